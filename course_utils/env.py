@@ -1,0 +1,155 @@
+"""Device, seed, run profile and environment report: written once, used by every notebook."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import socket
+import sys
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+PROFILES = ("small", "full")
+DEVICES = ("cuda", "mps", "cpu")
+
+
+def _parse_device(name: str) -> torch.device:
+    base = name.split(":")[0]
+    if base not in DEVICES:
+        raise ValueError(
+            f"COURSE_DEVICE={name!r} is not a device this course knows. "
+            f"Use one of {', '.join(DEVICES)} (optionally with an index, e.g. 'cuda:1'), "
+            "or unset COURSE_DEVICE to pick automatically."
+        )
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"COURSE_DEVICE={name!r} asks for a CUDA GPU, but torch sees none "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}). "
+            "Unset COURSE_DEVICE or set it to 'cpu'."
+        )
+    if base == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"COURSE_DEVICE={name!r} asks for Apple's MPS, which is not available here. Use 'cpu'.")
+    return torch.device(name)
+
+
+def get_device() -> torch.device:
+    """The device lessons run on: ``COURSE_DEVICE`` if set, else cuda, then mps, then cpu."""
+    override = os.environ.get("COURSE_DEVICE", "").strip()
+    if override:
+        return _parse_device(override)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_profile() -> str:
+    """``"small"`` or ``"full"``: ``COURSE_PROFILE`` if set, else full on a CUDA GPU and small elsewhere."""
+    value = os.environ.get("COURSE_PROFILE", "").strip().lower()
+    if value:
+        if value not in PROFILES:
+            raise ValueError(
+                f"COURSE_PROFILE={value!r} is not a profile. Use 'small' (CPU, minutes) or 'full' "
+                "(the lecture's settings, needs a GPU), or unset it to choose by hardware."
+            )
+        return value
+    return "full" if torch.cuda.is_available() else "small"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+@lru_cache(maxsize=1)
+def is_online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """True when the Hugging Face hub looks reachable and ``HF_HUB_OFFLINE`` is not set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or os.path.exists("/content/sample_data")
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:  # not installed
+        return "not installed"
+
+
+def env_facts() -> dict:
+    """The facts a result depends on: versions, hardware, device, profile, network."""
+    device = get_device()
+    facts = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "platform": platform.platform(terse=True),
+        "cpu threads": torch.get_num_threads(),
+        "device": str(device),
+        "profile": get_profile(),
+        "hub": "online" if is_online() else "offline (using the course's offline assets)",
+    }
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["bf16 supported"] = torch.cuda.is_bf16_supported()
+    return facts
+
+
+def report_env() -> dict:
+    """Print the environment facts (and return them)."""
+    facts = env_facts()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}} : {value}")
+    return facts
+
+
+class ProfileSettings(dict):
+    """The numbers of the active profile, readable as attributes, shown as one small table."""
+
+    def __init__(self, profile: str, values: dict):
+        super().__init__(values)
+        self.profile = profile
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r} in the {self.profile} profile; known: {sorted(self)}") from None
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><code>{k}</code></td><td>{v}</td></tr>" for k, v in self.items())
+        return f"<b>Profile: {self.profile}</b><table><tr><th>setting</th><th>value</th></tr>{rows}</table>"
+
+    def __repr__(self) -> str:
+        width = max(map(len, self), default=0)
+        lines = [f"Profile: {self.profile}"] + [f"  {k:<{width}} = {v}" for k, v in self.items()]
+        return "\n".join(lines)
+
+
+def profile_settings(small: dict, full: dict, profile: str | None = None) -> ProfileSettings:
+    """Pick a notebook's numbers for the active profile. Both profiles must name the same settings."""
+    if set(small) != set(full):
+        raise ValueError(
+            "the small and full profiles must name the same settings; "
+            f"only in small: {sorted(set(small) - set(full))}, only in full: {sorted(set(full) - set(small))}"
+        )
+    profile = profile or get_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
+    return ProfileSettings(profile, small if profile == "small" else full)

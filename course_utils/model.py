@@ -1,0 +1,225 @@
+"""Model 5: the course's own GPT, readable top to bottom.
+
+token + position embeddings -> n_layer pre-norm blocks
+(causal multi-head self-attention through F.scaled_dot_product_attention, MLP with 4x expansion
+and GELU, LayerNorm, residuals, dropout on attention / MLP / residual paths)
+-> final LayerNorm -> unembedding tied to the token embedding -> logits (B x T x V).
+
+The layout and parameter names follow GPT-2, so ``GPT.from_hf_gpt2`` can copy real GPT-2 weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary
+    block_size: int = 256  # context length: the longest sequence the model accepts
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    tie_weights: bool = True  # unembedding shares the token-embedding matrix
+    layer_norm_eps: float = 1e-5
+    pad_vocab_multiple: int = 1  # e.g. 64 pads 50257 -> 50304 rows (Lesson 1's alignment lever)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pad_vocab_multiple < 1:
+            raise ValueError(f"pad_vocab_multiple must be >= 1, got {self.pad_vocab_multiple}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.dropout_p = cfg.dropout
+        # F.scaled_dot_product_attention knows nothing about model.train()/model.eval(): its dropout_p
+        # applies whenever it is > 0. The model gates it on self.training. Lesson 2 switches this flag
+        # off to show what happens without the gate.
+        self.gate_dropout_on_training = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout_p if (self.training or not self.gate_dropout_on_training) else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)  # token embedding
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embedding
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)  # unembedding
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight  # one matrix, one storage
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Parameters counted once each (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids ``idx`` (B x T) -> logits (B x T x vocab_size)."""
+        if idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {T} is longer than the model's context (block_size={self.config.block_size}); "
+                f"crop the input to its last {self.config.block_size} tokens, e.g. idx[:, -{self.config.block_size}:]"
+            )
+        if idx.device != self.wte.weight.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device: the batch is on "
+                f"{idx.device} but the model is on {self.wte.weight.device}. "
+                f"Move the batch with `x = x.to({str(self.wte.weight.device)!r})` (or pass device= to get_batch)."
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # padding rows are never real tokens
+        return logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append ``max_new_tokens`` tokens to ``idx`` (B x T): greedy, or sampled with temperature/top-k.
+
+        Runs in eval mode (no dropout) and restores the previous mode afterwards. Sampling draws
+        from ``generator`` when given, so generation is reproducible without touching global RNG.
+        """
+        if not greedy and temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling; use greedy=True for argmax decoding")
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                logits = self(idx[:, -self.config.block_size :])[:, -1, :]
+                if greedy:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    probs = F.softmax(logits.float(), dim=-1)
+                    if generator is not None and generator.device != probs.device:
+                        nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+                    else:
+                        nxt = torch.multinomial(probs, 1, generator=generator)
+                idx = torch.cat([idx, nxt], dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    @classmethod
+    def from_hf_gpt2(cls, hf_model, dropout: float | None = None) -> "GPT":
+        """Build Model 5 from a ``transformers`` ``GPT2LMHeadModel`` (any size) with identical logits.
+
+        GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out); ``nn.Linear``
+        wants (out, in), so those are transposed.
+        """
+        hc = hf_model.config
+        if getattr(hc, "model_type", None) != "gpt2":
+            raise ValueError(f"from_hf_gpt2 needs a GPT-2 model, got model_type={getattr(hc, 'model_type', None)!r}")
+        if hc.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"Model 5 uses tanh-GELU; this GPT-2 uses {hc.activation_function!r}")
+        cfg = GPTConfig(
+            vocab_size=hc.vocab_size,
+            block_size=hc.n_positions,
+            n_layer=hc.n_layer,
+            n_head=hc.n_head,
+            n_embd=hc.n_embd,
+            dropout=hc.resid_pdrop if dropout is None else dropout,
+            layer_norm_eps=hc.layer_norm_epsilon,
+        )
+        model = cls(cfg)
+        sd = hf_model.state_dict()
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                key = "transformer." + name
+                if name == "lm_head.weight":  # tied to wte; already copied
+                    continue
+                src = sd[key]
+                p.copy_(src.t() if name.endswith(transposed) else src)
+        return model.to(next(hf_model.parameters()).device)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

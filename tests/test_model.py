@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from course_utils.model import GPT, GPTConfig
+
+
+def tiny(**kw):
+    base = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    base.update(kw)
+    return GPT(GPTConfig(**base))
+
+
+def test_logits_shape():
+    model = tiny()
+    x = torch.randint(0, 97, (3, 16))
+    assert model(x).shape == (3, 16, 97)
+
+
+def test_equals_hf_gpt2_logits():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=211, n_positions=32, n_embd=48, n_layer=3, n_head=4)).eval()
+    ours = GPT.from_hf_gpt2(hf).eval()
+    x = torch.randint(0, 211, (2, 32))
+    with torch.no_grad():
+        diff = (ours(x) - hf(x).logits).abs().max().item()
+    assert diff < 1e-4
+    assert ours.num_parameters() == sum(p.numel() for p in hf.parameters())
+
+
+def test_from_hf_rejects_other_models():
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    neo = GPTNeoForCausalLM(GPTNeoConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2,
+                                         attention_types=[[["global", "local"], 1]], max_position_embeddings=16))
+    with pytest.raises(ValueError, match="GPT-2"):
+        GPT.from_hf_gpt2(neo)
+
+
+def test_dropout_active_in_train_and_off_in_eval():
+    model = tiny(dropout=0.2)
+    x = torch.randint(0, 97, (2, 16))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_sdpa_dropout_needs_the_training_gate():
+    model = tiny(dropout=0.3).eval()
+    for block in model.h:
+        block.attn.gate_dropout_on_training = False  # what a model without the gate would do
+    x = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+
+
+def test_tied_weights_share_storage():
+    model = tiny()
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+    untied = tiny(tie_weights=False)
+    assert untied.num_parameters() - model.num_parameters() == 97 * 32
+
+
+def test_padded_vocab_returns_real_vocab_logits():
+    model = tiny(pad_vocab_multiple=64)
+    assert model.wte.weight.shape[0] == 128
+    assert model(torch.randint(0, 97, (1, 8))).shape[-1] == 97
+
+
+def test_too_long_sequence_is_a_clear_error():
+    with pytest.raises(ValueError, match="block_size=16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_device_mismatch_names_both_devices():
+    model = tiny().to("meta")
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device.*cpu.*meta"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+def test_generate_greedy_is_deterministic_and_sampling_uses_generator():
+    model = tiny()
+    x = torch.zeros(1, 3, dtype=torch.long)
+    a = model.generate(x, 5, greedy=True)
+    assert a.shape == (1, 8) and torch.equal(a, model.generate(x, 5, greedy=True))
+    s1 = model.generate(x, 5, generator=torch.Generator().manual_seed(1))
+    s2 = model.generate(x, 5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s1, s2)
+    assert model.training  # generate restores the mode it found

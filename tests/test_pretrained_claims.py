@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from course_utils import claims
+from course_utils.env import is_online
+from course_utils.pretrained import build_from_config, load_pretrained
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ValueError, match="gpt2-medium.*EleutherAI/gpt-neo-125M"):
+        load_pretrained("gpt-5")
+
+
+@pytest.mark.skipif(is_online(), reason="checks the offline fallback; the hub is reachable here")
+def test_offline_fallback_is_smollm2_and_generates():
+    model, tok, info = load_pretrained("gpt2-medium", device="cpu", verbose=False)
+    assert info.used == "SmolLM2-135M-Instruct" and info.is_fallback and "not reachable" in info.reason
+    assert info.n_params == 134_515_008
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text
+
+
+def test_real_configs_without_weights():
+    medium = build_from_config("gpt2-medium")
+    assert sum(p.numel() for p in medium.parameters()) == 354_823_168
+    neo = build_from_config("EleutherAI/gpt-neo-125M")
+    assert sum(p.numel() for p in neo.parameters()) == 125_198_592
+    assert next(neo.parameters()).device == torch.device("meta")
+
+
+def test_claims_table_renders_and_validates():
+    t = claims.ClaimsTable("Lesson X", context="cpu, small profile")
+    t.add("loss falls", "6 -> 2", "5.1 -> 2.3", claims.verdict(True))
+    t.add("GPU memory falls 25-30%", "25-30%", "n/a", claims.NOT_MEASURABLE, why="no GPU")
+    assert "holds" in t._repr_html_() and "| loss falls |" in t.to_markdown()
+    assert t.counts() == {claims.HOLDS: 1, claims.DOES_NOT_HOLD: 0, claims.NOT_MEASURABLE: 1}
+    assert "NOT MEASURABLE HERE" in str(t)
+    with pytest.raises(ValueError, match="say why"):
+        t.add("x", "1", "n/a", claims.NOT_MEASURABLE)
+    with pytest.raises(ValueError, match="verdict"):
+        t.add("x", "1", "2", "probably")

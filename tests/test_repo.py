@@ -1,0 +1,55 @@
+"""The repository's own promises: one list of packages, notebook headers, ignored outputs."""
+import re
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from course_utils import REPO_URL
+from course_utils.nbtools import header_problems, notebook_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(lines, base: Path):
+    names = set()
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        if line.startswith("-r"):
+            ref = base / line[2:].strip()
+            names |= _names(ref.read_text().splitlines(), ref.parent)
+            continue
+        names.add(re.split(r"[=<>!~\[ ;]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_environment_yml_and_requirements_name_the_same_packages():
+    req = _names((ROOT / "requirements.txt").read_text().splitlines(), ROOT)
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert _names(pip_section, ROOT) == req
+    conda_names = {re.split(r"[=<> ]", d)[0] for d in env["dependencies"] if isinstance(d, str)}
+    assert not (conda_names - {"python", "pip", "make"}) & req, "a package is listed for both conda and pip"
+
+
+def test_every_notebook_has_the_colab_header():
+    paths = notebook_paths()
+    assert paths, "no notebooks found"
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        assert header_problems(path, nb) == [], f"{path.name}: run `python -m course_utils.nbtools header --fix`"
+        assert REPO_URL in nb.cells[1].source
+
+
+def test_notebooks_are_committed_with_outputs_and_no_errors():
+    for path in notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert any(c.outputs for c in code), f"{path.name} has no outputs: run `make notebooks`"
+        assert not any(o.output_type == "error" for c in code for o in c.outputs), f"{path.name} holds an error"
+
+
+def test_executed_copies_are_ignored_by_git():
+    assert "runs/" in (ROOT / ".gitignore").read_text()

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from course_utils.data import get_batch
+from course_utils.losses import all_token_loss
+from course_utils.model import GPT, GPTConfig
+from course_utils.train import History, TrainConfig, evaluate, lr_factor, train
+
+DATA = torch.arange(2000) % 37  # a learnable, periodic token stream
+
+
+def batches(gen):
+    return get_batch(DATA, 4, 16, generator=gen)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+
+
+def test_loss_falls_and_history_is_complete():
+    model = fresh_model()
+    cfg = TrainConfig(steps=30, lr=3e-3, eval_every=10, eval_batches=2, progress=False)
+    h = train(model, batches, cfg, test_batches=batches, device="cpu")
+    assert h.step == list(range(1, 31))
+    assert h.eval_step == [0, 10, 20, 30]
+    assert h.test_loss[-1] < 0.7 * h.test_loss[0]
+    assert len(h.grad_norm) == len(h.lr) == len(h.tokens_per_s) == 30
+    assert h.tokens_seen[-1] == 30 * 4 * 16
+    assert model.training  # evaluation put it back in train mode
+
+
+def test_same_seed_same_run():
+    cfg = TrainConfig(steps=5, lr=1e-3, progress=False, seed=3)
+    a = train(fresh_model(), batches, cfg, device="cpu")
+    b = train(fresh_model(), batches, cfg, device="cpu")
+    assert a.train_loss == b.train_loss
+
+
+def test_resume_is_exact(tmp_path):
+    ckpt = str(tmp_path / "run.pt")
+    cfg = TrainConfig(steps=12, lr=2e-3, schedule="cosine", warmup_steps=3, eval_every=4, progress=False,
+                      checkpoint_path=ckpt, checkpoint_every=4)
+    straight = train(fresh_model(), batches, TrainConfig(**{**cfg.__dict__, "checkpoint_path": None, "checkpoint_every": 0}),
+                     test_batches=batches, device="cpu")
+    first = train(fresh_model(), batches, cfg, test_batches=batches, device="cpu", stop_at=6)  # "interrupted"
+    assert first.step[-1] == 6
+    model = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))  # other init
+    resumed = train(model, batches, cfg, test_batches=batches, device="cpu", resume=True)
+    assert resumed.step == straight.step
+    assert resumed.train_loss == straight.train_loss  # bit-for-bit, dropout masks included
+    assert resumed.test_loss == straight.test_loss
+
+
+def test_grad_accumulation_matches_big_batch():
+    # 2 micro-batches of 4 with one update == one batch of 8 (same windows), up to float rounding
+    def big(gen):
+        return get_batch(DATA, 8, 16, generator=gen)
+
+    def halves():
+        x, y = get_batch(DATA, 8, 16, generator=torch.Generator().manual_seed(0))
+        parts = iter([(x[:4], y[:4]), (x[4:], y[4:])])
+        return lambda gen: next(parts)
+
+    cfg_big = TrainConfig(steps=1, lr=1e-2, clip_grad=None, progress=False, seed=0)
+    m1, m2 = fresh_model().eval(), fresh_model().eval()
+    for m in (m1, m2):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        for block in m.h:
+            block.attn.dropout_p = 0.0
+    train(m1, big, cfg_big, device="cpu")
+    train(m2, halves(), TrainConfig(steps=1, lr=1e-2, clip_grad=None, progress=False, grad_accum=2), device="cpu")
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p1, p2, atol=1e-6)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    h = train(fresh_model(), batches, TrainConfig(steps=2, amp="bf16", progress=False), device="cpu")
+    assert all(torch.isfinite(torch.tensor(h.train_loss)))
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        train(fresh_model(), batches, TrainConfig(steps=1, amp="fp16", progress=False), device="cpu")
+    with pytest.raises(ValueError, match="amp="):
+        TrainConfig(steps=1, amp="fp8")
+    with pytest.raises(ValueError, match="test_batches"):
+        train(fresh_model(), batches, TrainConfig(steps=1, eval_every=1, progress=False), device="cpu")
+    model = fresh_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(model, batches, TrainConfig(steps=1, progress=False), device="cpu")
+
+
+def test_evaluate_is_repeatable_and_restores_mode():
+    model = fresh_model().train()
+    a = evaluate(model, batches, all_token_loss, n_batches=2)
+    assert a == evaluate(model, batches, all_token_loss, n_batches=2)
+    assert model.training
+
+
+def test_history_helpers():
+    h = History(train_loss=[4.0, 3.0, 2.0], step_time=[9.0, 1.0, 1.0, 2.0])
+    assert h.final_train_loss(last=2) == 2.5
+    assert h.median_step_time(skip=1) == 1.0
