@@ -34,3 +34,4 @@ header:
 
 bench:
 	$(PYTHON) benchmarks/train_step.py
+	$(PYTHON) benchmarks/notebooks.py
