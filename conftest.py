@@ -10,6 +10,8 @@ from collections import defaultdict
 
 os.environ["COURSE_PROFILE"] = "small"
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# On a shared or busy CPU, OpenMP threads that spin while waiting slow every step many times over.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _durations = defaultdict(float)
 

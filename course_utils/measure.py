@@ -57,6 +57,62 @@ def time_fn(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, device=
     return Timing(times)
 
 
+def time_interleaved(fns: dict, warmup: int = 1, repeats: int = 5, device=None) -> dict:
+    """Time several candidates fairly: ``{label: fn}`` -> ``{label: Timing}``.
+
+    The candidates alternate within each round (a, b, c, a, b, c, ...), so a change in background
+    load (other programs on a shared CPU, GPU clocks) hits all of them alike instead of whichever
+    happened to be timed last.
+    """
+    if not fns:
+        raise ValueError("give at least one function to time, e.g. {'baseline': f, 'candidate': g}")
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[label].append(time.perf_counter() - t0)
+    return {label: Timing(t) for label, t in times.items()}
+
+
+@dataclass
+class PairedComparison:
+    """Two interleaved timings compared round by round (see ``compare_paired``)."""
+
+    ratio: float  # median over rounds of candidate / baseline (> 1: the candidate is slower)
+    slower: int  # rounds in which the candidate was slower
+    rounds: int
+    p_value: float  # one-sided sign test: chance of >= `slower` slower rounds if neither were slower
+
+    def __str__(self) -> str:
+        return (f"{self.ratio - 1:+.1%} (slower in {self.slower} of {self.rounds} interleaved rounds, "
+                f"sign test p = {self.p_value:.3f})")
+
+
+def compare_paired(baseline: Timing, candidate: Timing) -> PairedComparison:
+    """Is ``candidate`` slower than ``baseline``? Both from one ``time_interleaved`` call.
+
+    Round i of each ran back to back, under the same background load, so the per-round ratios
+    cancel most of a shared machine's noise; the sign test says how often chance alone would make
+    the candidate look slower in that many rounds.
+    """
+    import math
+
+    if len(baseline.times) != len(candidate.times):
+        raise ValueError("the two timings need the same number of rounds: take both from one time_interleaved call")
+    ratios = [c / b for b, c in zip(baseline.times, candidate.times)]
+    n, k = len(ratios), sum(r > 1 for r in ratios)
+    p = sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+    return PairedComparison(statistics.median(ratios), k, n, p)
+
+
 def speedup(baseline: Timing, candidate: Timing) -> float:
     """How many times faster ``candidate`` is than ``baseline`` (medians): > 1 means faster."""
     return baseline.median / candidate.median
@@ -101,6 +157,28 @@ def peak_memory(fn: Callable[[], object], device=None, interval: float = 0.0005)
         thread.join()
     peak[0] = max(peak[0], _rss())
     return peak[0] - base
+
+
+def release_cpu_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that a
+    following CPU ``peak_memory`` measures the new work instead of reusing what an earlier run freed.
+
+    Without it, a second training run on CPU can appear to need almost no memory: the allocator
+    hands it the pages the first run released, and the process's resident size does not grow.
+    A no-op where there is no glibc (macOS, Windows).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:  # no C library to load: nothing to trim
+        pass
 
 
 def current_peak_memory(device=None) -> int | None:

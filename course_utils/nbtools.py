@@ -85,6 +85,7 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None) -> float:
 
     if profile:
         os.environ["COURSE_PROFILE"] = profile  # the kernel inherits this process's environment
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a busy CPU
     nb = nbformat.read(nb_path, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(nb_path.parent)}})

@@ -1,0 +1,401 @@
+"""Partial fine-tuning (Lesson 4): freeze parameters by what they DO, not by what they are called.
+
+    from course_utils.freeze import freeze, group_counts
+    report = freeze(model, ["attention", "embeddings"])   # everything else becomes trainable
+    print(report)                                          # counts per group, R = trainable / total
+
+Every parameter gets one of five groups, decided by the TYPE of the module that owns it and the
+ROLE that module plays in a transformer block:
+
+- ``embeddings``: ``nn.Embedding`` modules (token and position tables: GPT-2 / GPT-Neo ``wte``/``wpe``,
+  Llama ``embed_tokens``, Model 5 ``wte``/``wpe``). A tied unembedding (``lm_head.weight`` is the
+  token-embedding matrix itself) is the same tensor, so it is counted once, here, and freezing the
+  embeddings freezes the unembedding too. An untied ``lm_head`` is a separate matrix: group ``other``.
+- ``attention``: every parameter inside a self-attention module (known classes: GPT-2, GPT-Neo,
+  Llama and Model 5 attention; otherwise any module class whose name ends in ``Attention``).
+  The outermost such module wins, so GPT-Neo's ``attn.attention.q_proj`` is attention once.
+- ``mlp``: every parameter inside the feed-forward module (known classes, else a class name ending
+  in ``MLP``, ``FeedForward`` or ``FFN``).
+- ``norm``: LayerNorm and RMSNorm gains and biases outside attention and MLP.
+- ``other``: anything else (an untied output head, a classifier head, ...). Reported, never hidden.
+
+Matching parameter NAMES ("attn", "embed") looks simpler and goes wrong quietly: GPT-Neo calls its
+embeddings ``wte``/``wpe`` (no "embed"), and on Llama ``"attention"`` matches the RMSNorm
+``post_attention_layernorm`` but not the attention itself (``self_attn``). ``name_rule_mistakes``
+shows exactly what a name rule gets wrong on a given model.
+
+Also here: the bytes that training keeps per parameter (weights, gradients, optimizer moments),
+analytic and measured from a real optimizer, and the checker of the lesson's exercise.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
+# When a tensor is shared (tied weights), the group earlier in this order wins.
+_PRIORITY = {g: i for i, g in enumerate(GROUPS)}
+
+_ATTENTION_NAME = re.compile(r"Attention$")
+_MLP_NAME = re.compile(r"(MLP|FeedForward|FFN)$")
+_NORM_NAME = re.compile(r"(LayerNorm|RMSNorm)$")
+
+
+@lru_cache(maxsize=1)
+def _known_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Attention and MLP classes of the course's four architectures (those that import)."""
+    from .model import MLP, CausalSelfAttention
+
+    attention, mlp = [CausalSelfAttention], [MLP]
+    for module, att, ff in (
+        ("transformers.models.gpt2.modeling_gpt2", "GPT2Attention", "GPT2MLP"),
+        ("transformers.models.gpt_neo.modeling_gpt_neo", "GPTNeoAttention", "GPTNeoMLP"),
+        ("transformers.models.llama.modeling_llama", "LlamaAttention", "LlamaMLP"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[att, ff])
+        except ImportError:  # transformers missing or moved: the class-name rule still applies
+            continue
+        attention.append(getattr(mod, att))
+        mlp.append(getattr(mod, ff))
+    return tuple(attention), tuple(mlp)
+
+
+def module_role(module: nn.Module) -> str | None:
+    """The role a module plays: 'attention', 'mlp', 'embeddings', 'norm', or None (a container, a Linear...)."""
+    attention_types, mlp_types = _known_types()
+    name = type(module).__name__
+    if isinstance(module, attention_types) or _ATTENTION_NAME.search(name):
+        return "attention"
+    if isinstance(module, mlp_types) or _MLP_NAME.search(name):
+        return "mlp"
+    if isinstance(module, nn.Embedding):
+        return "embeddings"
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)) or _NORM_NAME.search(name):
+        return "norm"
+    return None
+
+
+@dataclass
+class ParamInfo:
+    name: str  # the name model.named_parameters() gives it (the first owner, for tied tensors)
+    group: str
+    numel: int
+    aliases: tuple = ()  # other names of the same tensor (tied weights)
+    param: torch.nn.Parameter | None = field(default=None, repr=False)
+
+
+def classify_parameters(model: nn.Module) -> list[ParamInfo]:
+    """Every distinct parameter tensor of ``model`` with its group (see the module docstring)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (a model), got {type(model).__name__}")
+    roles = {name: module_role(m) for name, m in model.named_modules(remove_duplicate=False)}
+    by_id: dict[int, ParamInfo] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        parts = name.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(len(parts))]  # "", "transformer", "transformer.h", ...
+        group = next((roles[q] for q in prefixes if roles.get(q) in ("attention", "mlp")), None)
+        if group is None:
+            owner = roles.get(prefixes[-1])
+            group = owner if owner in ("embeddings", "norm") else "other"
+        info = by_id.get(id(p))
+        if info is None:
+            by_id[id(p)] = ParamInfo(name, group, p.numel(), (), p)
+        else:  # the same tensor under a second name: a tied weight
+            info.aliases += (name,)
+            if _PRIORITY[group] < _PRIORITY[info.group]:
+                info.group = group
+    return list(by_id.values())
+
+
+def _zero_counts() -> dict:
+    return {g: 0 for g in GROUPS}
+
+
+def group_counts(model: nn.Module, trainable_only: bool = False) -> dict:
+    """Number of parameters per group (each tied tensor counted once); all five groups, zeros included."""
+    counts = _zero_counts()
+    for info in classify_parameters(model):
+        if info.param.requires_grad or not trainable_only:
+            counts[info.group] += info.numel
+    return counts
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Distinct parameters (a tied matrix once); ``trainable_only`` counts those with ``requires_grad``."""
+    return sum(group_counts(model, trainable_only).values())
+
+
+def tied_parameters(model: nn.Module) -> list[tuple[str, ...]]:
+    """Names that share one tensor, e.g. ``[('model.embed_tokens.weight', 'lm_head.weight')]``."""
+    return [(i.name,) + i.aliases for i in classify_parameters(model) if i.aliases]
+
+
+def _output_embedding(model: nn.Module):
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else getattr(model, "lm_head", None)
+    return head if isinstance(head, nn.Module) and getattr(head, "weight", None) is not None else None
+
+
+def unembedding_note(model: nn.Module) -> str:
+    """One sentence on the output head (unembedding): tied to the embeddings or a separate matrix."""
+    head = _output_embedding(model)
+    if head is None:
+        return "no output head (unembedding) found"
+    infos = {id(i.param): i for i in classify_parameters(model)}
+    info = infos[id(head.weight)]
+    state = "trainable" if head.weight.requires_grad else "frozen"
+    if info.aliases:
+        names = (info.name,) + info.aliases
+        return (f"the unembedding is TIED: {' and '.join(names)} are one tensor ({info.numel:,} parameters, "
+                f"counted once, group '{info.group}'), so it is {state} together with the token embedding")
+    return (f"the unembedding {info.name} is a separate matrix ({info.numel:,} parameters, group "
+            f"'{info.group}'); it is {state}")
+
+
+def _check_groups(groups) -> tuple[str, ...]:
+    if isinstance(groups, str):
+        groups = (groups,)
+    groups = tuple(groups)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown parameter group(s) {unknown}; the groups are {GROUPS}")
+    return groups
+
+
+@dataclass
+class FreezeReport:
+    model: str  # the model's class
+    frozen_groups: tuple
+    total: dict  # parameters per group
+    frozen: dict  # frozen parameters per group
+    unembedding: str
+
+    @property
+    def n_total(self) -> int:
+        return sum(self.total.values())
+
+    @property
+    def n_frozen(self) -> int:
+        return sum(self.frozen.values())
+
+    @property
+    def n_trainable(self) -> int:
+        return self.n_total - self.n_frozen
+
+    @property
+    def trainable(self) -> dict:
+        return {g: self.total[g] - self.frozen[g] for g in GROUPS}
+
+    @property
+    def ratio(self) -> float:
+        """R = trainable / total."""
+        return self.n_trainable / self.n_total
+
+    def __str__(self) -> str:
+        lines = [f"{self.model}: froze {', '.join(self.frozen_groups) or 'nothing'}",
+                 f"  {'group':<11}{'parameters':>14}{'frozen':>14}{'trainable':>14}"]
+        for g in GROUPS:
+            lines.append(f"  {g:<11}{self.total[g]:>14,}{self.frozen[g]:>14,}{self.trainable[g]:>14,}")
+        lines.append(f"  {'total':<11}{self.n_total:>14,}{self.n_frozen:>14,}{self.n_trainable:>14,}")
+        lines.append(f"  R = trainable / total = {self.ratio:.3f} ({1 - self.ratio:.1%} fewer parameters to train)")
+        lines.append(f"  {self.unembedding}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def freeze(model: nn.Module, groups: Iterable[str] | str = ()) -> FreezeReport:
+    """Freeze exactly ``groups`` (``requires_grad = False``) and make every other parameter trainable.
+
+    ``freeze(model, ["attention", "embeddings"])`` is the lecture's setting; ``freeze(model)`` unfreezes
+    all. Calling it again replaces the previous choice, it does not add to it. Returns what was frozen.
+    """
+    groups = _check_groups(groups)
+    infos = classify_parameters(model)
+    total = _zero_counts()
+    for info in infos:
+        total[info.group] += info.numel
+    # An empty 'norm' or 'other' group is normal (tied heads, no norms); an empty attention, MLP or
+    # embedding group means the model's modules were not recognised, and freezing nothing would be silent.
+    empty = [g for g in groups if total[g] == 0 and g in ("attention", "mlp", "embeddings")]
+    if empty:
+        seen = sorted({type(m).__name__ for m in model.modules()})[:20]
+        raise ValueError(
+            f"asked to freeze {empty}, but {type(model).__name__} has no parameters in that group: its modules "
+            f"were not recognised. Module classes seen: {seen}. Attention classes must end in 'Attention', MLP "
+            "classes in 'MLP'/'FeedForward'/'FFN' (or be one of the course's known types), embeddings must be "
+            "nn.Embedding."
+        )
+    if groups and all(total[g] == 0 or g in groups for g in GROUPS):
+        raise ValueError(f"freezing {groups} leaves nothing to train; leave at least one group trainable")
+    frozen = _zero_counts()
+    for info in infos:
+        is_frozen = info.group in groups
+        info.param.requires_grad_(not is_frozen)
+        if is_frozen:
+            frozen[info.group] += info.numel
+    return FreezeReport(type(model).__name__, groups, total, frozen, unembedding_note(model))
+
+
+def unfreeze_all(model: nn.Module) -> FreezeReport:
+    """Make every parameter trainable again (full fine-tuning)."""
+    return freeze(model, ())
+
+
+@dataclass
+class NameRuleCheck:
+    """What freezing by parameter-name substrings does, against freezing by module role."""
+
+    rule: tuple  # the substrings
+    intended: tuple  # the groups the rule was meant to freeze
+    n_matched: int  # parameters the name rule freezes
+    n_intended: int  # parameters in the intended groups
+    missed: dict  # name -> numel: meant to be frozen, not matched by the rule
+    wrongly: dict  # name -> numel: matched by the rule, not in the intended groups
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed and not self.wrongly
+
+    def __str__(self) -> str:
+        def show(d):
+            names = list(d)
+            extra = f" ... (+{len(names) - 3} more)" if len(names) > 3 else ""
+            return f"{sum(d.values()):,} params in {len(names)} tensors, e.g. {names[:3]}{extra}"
+
+        head = (f"name rule {list(self.rule)} for {list(self.intended)}: freezes {self.n_matched:,}, "
+                f"should freeze {self.n_intended:,}")
+        if self.ok:
+            return head + " -> correct on this model"
+        parts = [head]
+        if self.missed:
+            parts.append(f"  missed : {show(self.missed)}")
+        if self.wrongly:
+            parts.append(f"  wrongly: {show(self.wrongly)}")
+        return "\n".join(parts)
+
+    __repr__ = __str__
+
+
+def name_rule_mistakes(model: nn.Module, substrings: Iterable[str], intended: Iterable[str]) -> NameRuleCheck:
+    """Compare the naive rule ``any(s in name for s in substrings)`` (over ``named_parameters()``, as
+    the lecture does) with freezing the ``intended`` groups by module role. Changes nothing."""
+    if isinstance(substrings, str):
+        substrings = (substrings,)
+    substrings = tuple(substrings)
+    if not substrings or not all(isinstance(s, str) and s for s in substrings):
+        raise ValueError(f"substrings must be non-empty strings, e.g. ('attn', 'embed'); got {substrings!r}")
+    intended = _check_groups(intended)
+    group_of = {id(i.param): i.group for i in classify_parameters(model)}
+    missed, wrongly, matched_ids = {}, {}, set()
+    for name, p in model.named_parameters():  # deduplicated: a tied lm_head.weight does not appear
+        matched = any(s in name for s in substrings)
+        meant = group_of[id(p)] in intended
+        if matched:
+            matched_ids.add(id(p))
+        if meant and not matched:
+            missed[name] = p.numel()
+        elif matched and not meant:
+            wrongly[name] = p.numel()
+    n_matched = sum(p.numel() for p in model.parameters() if id(p) in matched_ids)
+    n_intended = sum(i.numel for i in classify_parameters(model) if i.group in intended)
+    return NameRuleCheck(substrings, intended, n_matched, n_intended, missed, wrongly)
+
+
+def linear_module_names(model: nn.Module, group: str = "attention") -> list[str]:
+    """Short names of the weight layers inside ``group`` (e.g. ``['k_proj', 'o_proj', 'q_proj', 'v_proj']``):
+    LoRA's ``target_modules``, found by role instead of typed by hand."""
+    (group,) = _check_groups((group,))
+    names = set()
+    for info in classify_parameters(model):
+        if info.group == group and info.name.endswith(".weight") and info.param.dim() == 2:
+            names.add(info.name.split(".")[-2])
+    if not names:
+        raise ValueError(f"no weight matrices in group {group!r} of {type(model).__name__}")
+    return sorted(names)
+
+
+# ---------------------------------------------------------------- memory accounting
+
+#: Optimizer-state tensors kept per trainable parameter, in units of the parameter's own size.
+OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}
+
+
+def training_state_bytes(model: nn.Module, optimizer: str = "adamw") -> dict:
+    """Analytic bytes that training keeps, activations not included:
+
+    parameters (all of them, frozen or not), gradients (trainable only), optimizer state (AdamW: two
+    moments per trainable parameter, plus a 4-byte step counter per trainable tensor), and the total.
+    Works on meta-device models (nothing is allocated).
+    """
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZER_STATES)}")
+    infos = classify_parameters(model)
+    params = sum(i.numel * i.param.element_size() for i in infos)
+    trainable = [i for i in infos if i.param.requires_grad]
+    grads = sum(i.numel * i.param.element_size() for i in trainable)
+    k = OPTIMIZER_STATES[optimizer]
+    steps = 4 * len(trainable) if optimizer in ("adam", "adamw") else 0
+    opt = k * grads + steps
+    return {"parameters": params, "gradients": grads, "optimizer": opt, "total": params + grads + opt}
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in an optimizer's state (moments, step counters), measured from its tensors.
+
+    State is created lazily: before the first ``step()`` this is 0.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return sum(
+        v.numel() * v.element_size()
+        for state in optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor)
+    )
+
+
+# ---------------------------------------------------------------- the exercise
+
+def expected_trainable(model: nn.Module, frozen_groups: Iterable[str]) -> int:
+    """Trainable parameters after freezing ``frozen_groups`` (computed from the groups; changes nothing)."""
+    groups = _check_groups(frozen_groups)
+    counts = group_counts(model)
+    return sum(n for g, n in counts.items() if g not in groups)
+
+
+def check_mlp_only_prediction(prediction, model: nn.Module | None = None, tolerance: float = 0.01) -> bool:
+    """Your turn: freeze ONLY the MLP (attention, embeddings, norms stay trainable); predict the count.
+
+    ``prediction`` is your number of trainable parameters. ``model`` defaults to GPT-Neo 125M built
+    from its real configuration. Within ``tolerance`` (relative) counts as right. Prints feedback.
+    """
+    if prediction is None:
+        print("No prediction yet: set my_prediction to the number of trainable parameters you expect "
+              "when only the MLP is frozen, then run this cell again.")
+        return False
+    if isinstance(prediction, bool) or not isinstance(prediction, (int, float)):
+        raise TypeError(f"the prediction must be a number of parameters (e.g. 70_000_000), got {prediction!r}")
+    if prediction < 0:
+        raise ValueError(f"a parameter count cannot be negative, got {prediction}")
+    if model is None:
+        from .pretrained import build_from_config
+
+        model = build_from_config("EleutherAI/gpt-neo-125M")
+    truth = expected_trainable(model, ["mlp"])
+    error = (prediction - truth) / truth
+    if abs(error) <= tolerance:
+        print(f"Right: {truth:,} parameters stay trainable (your {prediction:,.0f} is within {abs(error):.2%}).")
+        return True
+    counts = group_counts(model)
+    hint = ("trainable = total - MLP. The embeddings (the tied unembedding counted once), attention and "
+            f"norms all stay trainable; the MLP holds {counts['mlp']:,} of the {sum(counts.values()):,}.")
+    direction = "high" if error > 0 else "low"
+    print(f"Not yet: your {prediction:,.0f} is {abs(error):.1%} too {direction}. Hint: {hint}")
+    return False
