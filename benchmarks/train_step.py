@@ -2,7 +2,7 @@
 
 Same configuration, same weights (Model 5 is built from the HF model with GPT.from_hf_gpt2), same
 batch, same loss function on the logits. A "step" is forward, loss, backward and an AdamW update:
-Model 5 with the course's optimizer (``course_utils.train.make_optimizer``: fused AdamW on CUDA), the
+Model 5 with the course's optimizer (``course_utils.train.make_optimizer``: fused AdamW on CPU and CUDA), the
 HF model with ``torch.optim.AdamW``'s defaults (what a plain HF training loop gets). Steps of the two
 are interleaved (A, B, A, B, ...) so that load on the machine hits both alike; warm-up steps are
 excluded. Prints tokens/s of each and the ratio course / HF; on a GPU also the model FLOPs

@@ -3,6 +3,8 @@
     python -m course_utils.nbtools run notebooks/02_final_token_dropout.ipynb   # -> runs/02_....ipynb
     python -m course_utils.nbtools regen [notebooks/...]                        # small profile, in place
     python -m course_utils.nbtools header [--fix]                               # Colab badge + install cell
+    COURSE_PROFILE=full python -m course_utils.nbtools results --out results/<device> [notebooks/...]
+        # execute, then write each lesson's claims table as Markdown (with date, versions, device)
 """
 from __future__ import annotations
 
@@ -78,8 +80,20 @@ def fix_header(nb_path: Path, nb) -> None:
         nb.cells.insert(1, nbformat.v4.new_code_cell(colab_install_source()))
 
 
-def execute(nb_path: Path, out_path: Path, profile: str | None = None) -> float:
-    """Execute a notebook top to bottom in a fresh kernel; write the executed copy; return seconds."""
+# Run in the executed notebook's kernel after its last cell: every ClaimsTable it built, as Markdown.
+CLAIMS_CELL = """
+from course_utils.claims import ClaimsTable as _CT
+print("\\n\\n".join(v.to_markdown() for k, v in list(globals().items()) if isinstance(v, _CT) and not k.startswith("_")))
+"""
+
+
+def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_timeout: int | None = CELL_TIMEOUT,
+            collect_claims: bool = False):
+    """Execute a notebook top to bottom in a fresh kernel; write the executed copy; return seconds.
+
+    With ``collect_claims`` return ``(seconds, markdown)``: the claims tables the notebook built, read from its
+    kernel by one extra cell that is not written to the executed copy.
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -87,15 +101,37 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None) -> float:
         os.environ["COURSE_PROFILE"] = profile  # the kernel inherits this process's environment
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a busy CPU
     nb = nbformat.read(nb_path, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
+    n_cells = len(nb.cells)
+    if collect_claims:
+        nb.cells.append(nbformat.v4.new_code_cell(CLAIMS_CELL))
+    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(nb_path.parent)}})
     t0 = time.time()
     try:
         client.execute()
+        seconds = time.time() - t0
+        markdown = "".join(o.get("text", "") for o in nb.cells[-1].outputs) if collect_claims else ""
     finally:
+        del nb.cells[n_cells:]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_path)
-    return time.time() - t0
+    return (seconds, markdown) if collect_claims else seconds
+
+
+def results_header(nb_name: str, seconds: float) -> str:
+    """Where a claims table was measured: date, profile, device, versions."""
+    from datetime import date
+
+    from .env import _version, env_facts, get_profile
+
+    f = env_facts()
+    f["bitsandbytes"] = _version("bitsandbytes")
+    keys = ("gpu", "device", "torch", "transformers", "peft", "bitsandbytes", "python", "hub")
+    facts = " | ".join(f"{k} {f[k]}" for k in keys if k in f)
+    return (f"# {nb_name}: claims measured in the {get_profile()} profile\n\n"
+            f"{date.today().isoformat()} | {facts} | executed in {seconds:.0f} s\n\n"
+            f"Made with `COURSE_PROFILE={get_profile()} python -m course_utils.nbtools results`; the executed "
+            f"notebook is next to this file. The model each lesson actually used is in its table's first line.\n\n")
 
 
 def main(argv=None) -> int:
@@ -106,6 +142,11 @@ def main(argv=None) -> int:
     p_run.add_argument("notebooks", nargs="*")
     p_regen = sub.add_parser("regen", help="re-execute notebooks in place in the small profile (committed outputs)")
     p_regen.add_argument("notebooks", nargs="*")
+    p_res = sub.add_parser("results", help="execute notebooks (profile from COURSE_PROFILE) and write each one's "
+                                           "claims table as Markdown next to the executed copy")
+    p_res.add_argument("notebooks", nargs="*")
+    p_res.add_argument("--out", required=True, help="folder, e.g. results/nvidia-h100-80gb")
+    p_res.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell (default 1800)")
     p_head = sub.add_parser("header", help="check (or --fix) every notebook's Colab badge and install cell")
     p_head.add_argument("--fix", action="store_true")
     args = parser.parse_args(argv)
@@ -125,6 +166,18 @@ def main(argv=None) -> int:
                 bad += 1
                 print(f"{path.name}: " + "; ".join(problems))
         return 1 if bad else 0
+
+    if args.cmd == "results":
+        out_dir = Path(args.out)
+        for path in notebook_paths(args.notebooks):
+            print(f"running {path.name} ...", flush=True)
+            seconds, markdown = execute(path, out_dir / path.name, cell_timeout=args.cell_timeout, collect_claims=True)
+            if not markdown.strip():
+                raise SystemExit(f"{path.name} built no ClaimsTable: nothing to write")
+            md = out_dir / (path.stem + ".md")
+            md.write_text(results_header(path.name, seconds) + markdown)
+            print(f"  {seconds:6.1f} s -> {md}", flush=True)
+        return 0
 
     times = {}
     for path in notebook_paths(args.notebooks):

@@ -169,5 +169,6 @@ def build_from_config(name: str, device: str | torch.device = "meta") -> torch.n
     """
     from transformers import AutoModelForCausalLM
 
+    config = model_config(name)  # outside the meta context: it may convert the offline model (from_pretrained)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(model_config(name))
+        return AutoModelForCausalLM.from_config(config)

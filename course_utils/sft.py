@@ -14,6 +14,7 @@ plain Alpaca template and the tokenizer's EOS appended to the response. This is 
 """
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable, Iterable, Sequence
 
@@ -321,6 +322,24 @@ WORDS = (
     "elephant", "mountain", "sandwich", "hospital", "notebook", "umbrella", "dinosaur", "treasure",
 )
 
+
+
+@functools.lru_cache(maxsize=1)
+def word_pool() -> tuple[str, ...]:
+    """Words the instruction tasks draw from: ``WORDS`` first, then every other lowercase word of 3 to 10
+    letters in Alice (sorted, so the pool is the same on every machine): 2,353 words in all.
+
+    The 49 hand-picked words alone allow only 49 distinct prompts for the one-word tasks (``reverse``,
+    ``uppercase``, ``count_letters``): too few for the full profile's 400 training examples per task.
+    """
+    import re
+
+    from .data import load_text
+
+    extra = sorted(set(re.findall(r"\b[a-z]{3,10}\b", load_text("alice"))) - set(WORDS))
+    return WORDS + tuple(extra)
+
+
 TASKS = {
     # name: (how the instruction is worded)
     "reverse": "Reverse the letters of the word '{word}'. Reply with the reversed word only.",
@@ -335,8 +354,9 @@ TASKS = {
 
 
 def _task_example(task: str, rng: random.Random) -> tuple[str, str]:
-    word = rng.choice(WORDS)
-    words = rng.sample(WORDS, rng.randint(3, 5))
+    pool = word_pool()
+    word = rng.choice(pool)
+    words = rng.sample(pool, rng.randint(3, 5))
     sentence = " ".join(words)
     if task == "reverse":
         return TASKS[task].format(word=word), word[::-1]

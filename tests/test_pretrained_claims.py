@@ -42,3 +42,13 @@ def test_claims_table_renders_and_validates():
         t.add("x", "1", "n/a", claims.NOT_MEASURABLE)
     with pytest.raises(ValueError, match="verdict"):
         t.add("x", "1", "2", "probably")
+
+
+def test_build_from_config_converts_offline_model_on_a_fresh_cache(tmp_path, monkeypatch):
+    # A learner who opens Lesson 4 first has no converted copy yet: the conversion (a from_pretrained)
+    # must not run inside the meta-device context, which transformers refuses.
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    model = build_from_config("SmolLM2-135M-Instruct")
+    assert next(model.parameters()).device.type == "meta"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert (tmp_path / "SmolLM2-135M-Instruct-f32" / "config.json").exists()

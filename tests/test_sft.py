@@ -172,3 +172,16 @@ def test_normalize_answer():
     assert normalize_answer("  'APPLE'.\nmore text") == "APPLE"
     assert normalize_answer("**42**") == "42"
     assert normalize_answer("apple") != normalize_answer("APPLE")
+
+
+def test_instruction_sets_reach_the_full_profile_sizes():
+    # Lesson 5's full profile: 25 evaluation + 400 training prompts per trained task, 50 for the held-out one,
+    # all distinct. With 49 words the one-word tasks could not get there (a full-profile run failed on it).
+    from course_utils import sft
+
+    for task in sft.TASKS:
+        ev = sft.instruction_set([task], 50, seed=1)
+        tr = sft.instruction_set([task], 400, seed=0, exclude=ev)
+        prompts = [e["prompt"] for e in ev + tr]
+        assert len(set(prompts)) == 450, task
+    assert sft.word_pool()[: len(sft.WORDS)] == sft.WORDS
