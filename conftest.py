@@ -8,10 +8,11 @@ import os
 import time
 from collections import defaultdict
 
+from course_utils.env import use_fast_cpu_env
+
 os.environ["COURSE_PROFILE"] = "small"
 os.environ.setdefault("PYTHONHASHSEED", "0")
-# On a shared or busy CPU, OpenMP threads that spin while waiting slow every step many times over.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+use_fast_cpu_env()  # speed only (see course_utils.env.FAST_CPU_ENV); the kernels inherit it
 
 _durations = defaultdict(float)
 

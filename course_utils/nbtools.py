@@ -99,7 +99,9 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
 
     if profile:
         os.environ["COURSE_PROFILE"] = profile  # the kernel inherits this process's environment
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a busy CPU
+    from .env import use_fast_cpu_env
+
+    use_fast_cpu_env()  # the kernel inherits this process's environment
     nb = nbformat.read(nb_path, as_version=4)
     n_cells = len(nb.cells)
     if collect_claims:

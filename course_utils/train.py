@@ -263,7 +263,6 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.clip_grad if cfg.clip_grad is not None else float("inf")
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
 
     def run_eval(step, force=False):
@@ -292,7 +291,10 @@ def train(
             n_tokens += n
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+        if cfg.clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad).item()
+        else:  # only measure the norm: clip_grad_norm_(inf) would also multiply every gradient by 1.0
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).item()
         lr = optimizer.param_groups[0]["lr"]
         if scaler is not None:
             scaler.step(optimizer)

@@ -76,6 +76,25 @@ def test_grad_accumulation_matches_big_batch():
         assert torch.allclose(p1, p2, atol=1e-6)
 
 
+def test_grad_norm_is_recorded_and_clipping_only_when_asked():
+    # one SGD step (lr 1, no momentum) moves each weight by exactly its gradient, so the step shows
+    # which gradient the optimizer saw; the history records the norm before any clipping
+    def one_step(clip):
+        m = fresh_model().eval()
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        h = train(m, batches, TrainConfig(steps=1, lr=1.0, clip_grad=clip, progress=False, seed=0),
+                  optimizer=opt, device="cpu")
+        step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, m.parameters())])
+        return h.grad_norm[0], step.norm().item()
+
+    norm, step = one_step(None)
+    assert norm > 0.1 and step == pytest.approx(norm, rel=1e-4)  # unclipped: the full gradient
+    norm_c, step_c = one_step(0.1)
+    assert norm_c == pytest.approx(norm, rel=1e-5)  # the same gradient, measured before clipping
+    assert step_c == pytest.approx(0.1, rel=1e-3)  # clipped to the requested norm
+
+
 def test_lr_schedule_warmup_then_cosine():
     cfg = TrainConfig(steps=100, lr=1.0, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1)
