@@ -4,6 +4,9 @@
     claims.add("final-token loss is higher", lecture="higher than all-token", measured=f"{a:.2f} vs {b:.2f}",
                verdict=HOLDS if a > b else DOES_NOT_HOLD)
     claims  # renders as HTML in Jupyter, as text elsewhere
+
+Also the one result type of every "Your turn" checker: ``CheckResult`` (truthy when passed; shows PASSED or
+NOT YET, then one line per message).
 """
 from __future__ import annotations
 
@@ -86,3 +89,31 @@ class ClaimsTable:
             f"<h4>{e(self.title)}</h4>{ctx}<table><tr><th>claim</th><th>lecture</th><th>measured here</th>"
             f"<th>verdict</th><th>note</th></tr>{rows}</table>"
         )
+
+
+@dataclass
+class CheckResult:
+    """What an exercise checker found. Truthy when passed; shows ``PASSED`` or ``NOT YET``, then one line per
+    message (what is right, or what is still wrong and how to fix it)."""
+
+    passed: bool
+    messages: list[str]
+
+    def __post_init__(self):
+        if isinstance(self.messages, str):
+            self.messages = [self.messages]
+        if not self.messages:
+            raise ValueError("a CheckResult needs at least one message: say what was checked or what is wrong")
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def message(self) -> str:
+        """All messages, one per line."""
+        return "\n".join(self.messages)
+
+    def __str__(self) -> str:
+        return "\n".join(["PASSED" if self.passed else "NOT YET"] + [f"  - {m}" for m in self.messages])
+
+    __repr__ = __str__

@@ -37,6 +37,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from .claims import CheckResult
+
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
 # When a tensor is shared (tied weights), the group earlier in this order wins.
 _PRIORITY = {g: i for i, g in enumerate(GROUPS)}
@@ -346,21 +348,6 @@ def training_state_bytes(model: nn.Module, optimizer: str = "adamw") -> dict:
     return {"parameters": params, "gradients": grads, "optimizer": opt, "total": params + grads + opt}
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in an optimizer's state (moments, step counters), measured from its tensors.
-
-    State is created lazily: before the first ``step()`` this is 0.
-    """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return sum(
-        v.numel() * v.element_size()
-        for state in optimizer.state.values()
-        for v in state.values()
-        if isinstance(v, torch.Tensor)
-    )
-
-
 # ---------------------------------------------------------------- the exercise
 
 def expected_trainable(model: nn.Module, frozen_groups: Iterable[str]) -> int:
@@ -370,16 +357,15 @@ def expected_trainable(model: nn.Module, frozen_groups: Iterable[str]) -> int:
     return sum(n for g, n in counts.items() if g not in groups)
 
 
-def check_mlp_only_prediction(prediction, model: nn.Module | None = None, tolerance: float = 0.01) -> bool:
+def check_mlp_only_prediction(prediction, model: nn.Module | None = None, tolerance: float = 0.01) -> CheckResult:
     """Your turn: freeze ONLY the MLP (attention, embeddings, norms stay trainable); predict the count.
 
     ``prediction`` is your number of trainable parameters. ``model`` defaults to GPT-Neo 125M built
-    from its real configuration. Within ``tolerance`` (relative) counts as right. Prints feedback.
+    from its real configuration. Within ``tolerance`` (relative) counts as right.
     """
     if prediction is None:
-        print("No prediction yet: set my_prediction to the number of trainable parameters you expect "
-              "when only the MLP is frozen, then run this cell again.")
-        return False
+        return CheckResult(False, "no prediction yet: set my_prediction to the number of trainable parameters you "
+                                  "expect when only the MLP is frozen, then run this cell again")
     if isinstance(prediction, bool) or not isinstance(prediction, (int, float)):
         raise TypeError(f"the prediction must be a number of parameters (e.g. 70_000_000), got {prediction!r}")
     if prediction < 0:
@@ -391,11 +377,9 @@ def check_mlp_only_prediction(prediction, model: nn.Module | None = None, tolera
     truth = expected_trainable(model, ["mlp"])
     error = (prediction - truth) / truth
     if abs(error) <= tolerance:
-        print(f"Right: {truth:,} parameters stay trainable (your {prediction:,.0f} is within {abs(error):.2%}).")
-        return True
+        return CheckResult(True, f"{truth:,} parameters stay trainable (your {prediction:,.0f} is within {abs(error):.2%})")
     counts = group_counts(model)
     hint = ("trainable = total - MLP. The embeddings (the tied unembedding counted once), attention and "
-            f"norms all stay trainable; the MLP holds {counts['mlp']:,} of the {sum(counts.values()):,}.")
+            f"norms all stay trainable; the MLP holds {counts['mlp']:,} of the {sum(counts.values()):,}")
     direction = "high" if error > 0 else "low"
-    print(f"Not yet: your {prediction:,.0f} is {abs(error):.1%} too {direction}. Hint: {hint}")
-    return False
+    return CheckResult(False, [f"your {prediction:,.0f} is {abs(error):.1%} too {direction}", f"hint: {hint}"])

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .claims import CheckResult
 from .losses import all_token_loss
 from .measure import Timing, format_bytes, peak_memory, synchronize, tensor_bytes, time_fn
 from .model import GPT, CausalSelfAttention, GPTConfig
@@ -475,7 +476,7 @@ def tying_report(tied: GPT, untied: GPT) -> dict:
     }
 
 
-def training_state_bytes(n_params: int, shards: int = 1, bytes_per_param: int = ADAMW_FP32_BYTES_PER_PARAM) -> int:
+def sharded_state_bytes(n_params: int, shards: int = 1, bytes_per_param: int = ADAMW_FP32_BYTES_PER_PARAM) -> int:
     """Bytes per device for weights + gradients + AdamW moments, fully sharded over ``shards`` devices
     (what FSDP / ZeRO-3 does; activations not included)."""
     if shards < 1:
@@ -551,17 +552,6 @@ def pipeline_schedule(stages: int, micro_batches: int) -> tuple[str, float]:
 # --------------------------------------------------------------------------------------------
 # "Your turn": the gradient-accumulation exercise
 # --------------------------------------------------------------------------------------------
-@dataclass
-class CheckResult:
-    passed: bool
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-    __repr__ = __str__
-
-
 def check_accumulation(accumulate: Callable, k: int = 4, batch: int = 8, seed: int = 0, tol: float = 1e-5) -> CheckResult:
     """Check a learner's ``accumulate(model, micro_batches)``.
 
@@ -580,11 +570,11 @@ def check_accumulation(accumulate: Callable, k: int = 4, batch: int = 8, seed: i
     model.zero_grad(set_to_none=True)
     accumulate(model, list(zip(x.chunk(k), y.chunk(k))))
     if all(p.grad is None for p in model.parameters()):
-        return CheckResult(False, "NOT YET: no gradients were left in the model; call loss.backward() for each micro-batch")
+        return CheckResult(False, "no gradients were left in the model; call loss.backward() for each micro-batch")
     got = gradients(model)
     diff = max_grad_difference(ref, got)
     if diff < tol:
-        return CheckResult(True, f"PASSED: {k} accumulated micro-batches give the big batch's gradient "
+        return CheckResult(True, f"{k} accumulated micro-batches give the big batch's gradient "
                                  f"(max |difference| below {tol:g})")
     ratio = grad_norm(got) / grad_norm(ref)
     if abs(ratio - k) < 0.01 * k:
@@ -595,4 +585,4 @@ def check_accumulation(accumulate: Callable, k: int = 4, batch: int = 8, seed: i
         hint = "only part of the micro-batches reached backward(), or zero_grad() ran between them"
     else:
         hint = "compare with accumulated_gradients() in course_utils.levers"
-    return CheckResult(False, f"NOT YET: your gradient is {ratio:.2f}x the big batch's; {hint}")
+    return CheckResult(False, f"your gradient is {ratio:.2f}x the big batch's; {hint}")

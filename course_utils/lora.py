@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .claims import CheckResult
+
 
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable low-rank update: ``y = base(x) + (alpha/r) * x A^T B^T``.
@@ -259,12 +261,6 @@ def memory_table_markdown(rows: list[dict], unit: float = 1e9, unit_name: str = 
     return "\n".join(out)
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in the optimizer's state (Adam's two moments, step counters), measured, not computed."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if isinstance(v, torch.Tensor))
-
-
 def _quant_state_tensors(qs) -> list:
     out = [getattr(qs, name, None) for name in ("absmax", "code", "offset")]
     nested = getattr(qs, "state2", None)
@@ -356,10 +352,11 @@ def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):
 
 # --- "Your turn" ------------------------------------------------------------------------------
 
-def check_lora_count(answer, model: nn.Module, r: int = 4, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> bool:
+def check_lora_count(answer, model: nn.Module, r: int = 4,
+                     target_modules: Sequence[str] = ("q_proj", "v_proj")) -> CheckResult:
     """Checker for the exercise: your count of LoRA's trainable parameters at rank ``r`` on ``target_modules``.
 
-    Counts by actually wrapping a weightless copy of the layers, and prints whether your answer matches.
+    Counts by actually wrapping a weightless copy of the layers, and says whether your answer matches.
     """
     layers = linear_layers(model, target_modules)
     # Wrap shape-only stand-ins (meta device: no memory, no compute) and count what LoRALinear really adds.
@@ -369,18 +366,15 @@ def check_lora_count(answer, model: nn.Module, r: int = 4, target_modules: Seque
         truth += sum(p.numel() for p in LoRALinear(stand_in, r, alpha=2 * r).parameters() if p.requires_grad)
     shapes = sorted({(m.in_features, m.out_features) for _, m in layers})
     if answer is None:
-        print(f"Replace None with your number: LoRA r={r} on {list(target_modules)} ({len(layers)} layers, "
-              f"(in, out) shapes {shapes}).")
-        return False
+        return CheckResult(False, f"replace None with your number: LoRA r={r} on {list(target_modules)} "
+                                  f"({len(layers)} layers, (in, out) shapes {shapes})")
     if not isinstance(answer, (int, float)) or isinstance(answer, bool):
         raise TypeError(f"the answer must be a number of parameters, got {answer!r}")
     if int(answer) == truth:
-        print(f"Correct: {truth:,} trainable parameters = sum over layers of r * (in + out).")
-        return True
+        return CheckResult(True, f"{truth:,} trainable parameters = sum over layers of r * (in + out)")
     hint = ("each adapted layer adds A (r x in) and B (out x r), so r * (in + out) parameters; "
             f"here {len(layers)} layers with (in, out) shapes {shapes}")
-    print(f"Not quite: {int(answer):,} is {'too high' if answer > truth else 'too low'}. Hint: {hint}.")
-    return False
+    return CheckResult(False, [f"{int(answer):,} is {'too high' if answer > truth else 'too low'}", f"hint: {hint}"])
 
 
 def size_on_disk(path) -> int:

@@ -193,6 +193,17 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in an optimizer's state (Adam's two moments, step counters), measured from its tensors.
+
+    State is created lazily: before the first ``step()`` this is 0.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return sum(tensor_bytes(v) for state in optimizer.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":

@@ -6,7 +6,7 @@ and the checker for the "Your turn" exercise (a loss on the last k tokens).
     loss_noise(history.train_loss)                        # std of step-to-step changes, last half
     count_target_tokens(final_token_loss, 8, 64)          # -> 8: positions that get a gradient
     evaluate_losses(model, test_batches, {"all": all_token_loss, "last": final_token_loss})
-    check_last_k_loss(my_last_k_loss)                     # prints PASS or what is wrong
+    check_last_k_loss(my_last_k_loss)                     # PASSED, or NOT YET and what is wrong
 
 The point is that "missing spaces, tokens run together" and "the curve is noisier" become numbers.
 """
@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .claims import CheckResult
 from .losses import all_token_loss, final_token_loss
 from .plots import smooth
 
@@ -253,19 +254,14 @@ def _diagnose(value: float, logits, targets, k) -> str:
     return "compare your slice and your log_softmax step with final_token_loss in course_utils.losses"
 
 
-def check_last_k_loss(fn: Callable, seed: int = 0, verbose: bool = True) -> bool:
+def check_last_k_loss(fn: Callable, seed: int = 0) -> CheckResult:
     """Test a learner's ``fn(logits, targets, k)`` against the reference on random inputs.
 
     Checks values for several shapes and k (k=1 must equal the final-token loss, k=T the all-token
     loss), that only the last k positions get a gradient, and that adding a constant to every
-    logit changes nothing (a real log-probability loss is shift-invariant). Prints PASS or what is
-    wrong, and returns True or False.
+    logit changes nothing (a real log-probability loss is shift-invariant). Returns a ``CheckResult``:
+    PASSED, or NOT YET with the first thing that is wrong.
     """
-    def report(ok: bool, msg: str) -> bool:
-        if verbose:
-            print(("PASS: " if ok else "FAIL: ") + msg)
-        return ok
-
     if not callable(fn):
         raise TypeError(f"check_last_k_loss needs your loss function (a callable), got {type(fn).__name__}")
     gen = torch.Generator().manual_seed(seed)
@@ -276,35 +272,35 @@ def check_last_k_loss(fn: Callable, seed: int = 0, verbose: bool = True) -> bool
         try:
             got = fn(logits, targets, k)
         except NotImplementedError:
-            return report(False, "not written yet: replace the `raise NotImplementedError` with your loss")
+            return CheckResult(False, "not written yet: replace the `raise NotImplementedError` with your loss")
         except Exception as err:  # the learner's code failed: say where
-            return report(False, f"calling it with logits {(B, T, V)}, targets {(B, T)}, k={k} raised "
-                                 f"{type(err).__name__}: {err}")
+            return CheckResult(False, f"calling it with logits {(B, T, V)}, targets {(B, T)}, k={k} raised "
+                               f"{type(err).__name__}: {err}")
         if not isinstance(got, torch.Tensor) or got.numel() != 1:
-            return report(False, f"it must return one number (a 0-d tensor), got {type(got).__name__}"
-                                 + (f" of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else ""))
+            return CheckResult(False, f"it must return one number (a 0-d tensor), got {type(got).__name__}"
+                               + (f" of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else ""))
         want = last_k_loss_reference(logits, targets, k)
         if not torch.isfinite(got) or not math.isclose(got.item(), want.item(), rel_tol=1e-4, abs_tol=1e-5):
-            return report(False, f"with B={B}, T={T}, V={V}, k={k} it gave {got.item():.4f}, the right value is "
-                                 f"{want.item():.4f}: {_diagnose(got.item(), logits.detach(), targets, k)}")
+            return CheckResult(False, f"with B={B}, T={T}, V={V}, k={k} it gave {got.item():.4f}, the right value is "
+                               f"{want.item():.4f}: {_diagnose(got.item(), logits.detach(), targets, k)}")
         if not got.requires_grad:
-            return report(False, "the result carries no gradient (did you call .item(), .detach() or use numpy?)")
+            return CheckResult(False, "the result carries no gradient (did you call .item(), .detach() or use numpy?)")
         got.backward()
         touched = (logits.grad.abs().sum(dim=(0, 2)) > 0).tolist()  # per position
         expected = [t >= T - k for t in range(T)]
         if touched != expected:
-            return report(False, f"with T={T}, k={k} the positions that get a gradient are "
-                                 f"{[t for t, g in enumerate(touched) if g]}, expected the last {k}: {list(range(T - k, T))}")
+            return CheckResult(False, f"with T={T}, k={k} the positions that get a gradient are "
+                               f"{[t for t, g in enumerate(touched) if g]}, expected the last {k}: {list(range(T - k, T))}")
         shifted = fn(logits.detach() + 5.0, targets, k)
         if not math.isclose(float(shifted), want.item(), rel_tol=1e-4, abs_tol=1e-4):
-            return report(False, "adding 5 to every logit changed the loss; a log-probability loss does not change "
-                                 "(apply log_softmax before NLLLoss)")
+            return CheckResult(False, "adding 5 to every logit changed the loss; a log-probability loss does not change "
+                               "(apply log_softmax before NLLLoss)")
     # the two ends of the family: k=1 is Lesson 2's final-token loss, k=T the all-token loss
     logits = torch.randn(3, 8, 10, generator=gen)
     targets = torch.randint(0, 10, (3, 8), generator=gen)
     if not math.isclose(float(fn(logits, targets, 1)), final_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5):
-        return report(False, "k=1 should equal final_token_loss")
+        return CheckResult(False, "k=1 should equal final_token_loss")
     if not math.isclose(float(fn(logits, targets, 8)), all_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5):
-        return report(False, "k=T should equal all_token_loss")
-    return report(True, f"your last-k loss matches the reference on {len(cases)} random cases, trains only the last k "
-                        "positions, and gives the final-token loss at k=1 and the all-token loss at k=T.")
+        return CheckResult(False, "k=T should equal all_token_loss")
+    return CheckResult(True, f"your last-k loss matches the reference on {len(cases)} random cases, trains only the last k "
+                       "positions, and gives the final-token loss at k=1 and the all-token loss at k=T.")

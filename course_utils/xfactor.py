@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .claims import CheckResult
 from .losses import letter_token_mask, x_factor_target
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
@@ -270,19 +271,6 @@ def generation_widget(models: dict, tokenizer, mask: torch.Tensor | None = None,
 
 
 # --- the exercise ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckResult:
-    passed: bool
-    messages: list
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __repr__(self) -> str:
-        head = "PASSED" if self.passed else "NOT YET"
-        return "\n".join([head] + [f"  - {m}" for m in self.messages])
 
 
 def check_letter_target(candidate, tokenizer, letter: str, alpha: float, beta: float,

@@ -15,11 +15,11 @@ from course_utils.freeze import (
     group_counts,
     linear_module_names,
     name_rule_mistakes,
-    optimizer_state_bytes,
     tied_parameters,
     training_state_bytes,
     unfreeze_all,
 )
+from course_utils.measure import optimizer_state_bytes
 from course_utils.model import GPT, GPTConfig
 from course_utils.pretrained import build_from_config
 from course_utils.train import TrainConfig, make_optimizer
@@ -158,13 +158,13 @@ def test_name_rules_go_wrong_where_the_lesson_says():
     assert name_rule_mistakes(llama, ["self_attn", "embed_tokens"], LECTURE).ok
 
 
-def test_exercise_checker(capsys):
-    assert check_mlp_only_prediction(None) is False
-    assert "No prediction yet" in capsys.readouterr().out
-    assert check_mlp_only_prediction(68_529_408) is True
-    assert check_mlp_only_prediction(68_000_000) is True  # within 1%
-    assert check_mlp_only_prediction(56_707_584) is False  # that is the lecture's freeze, not MLP-only
-    assert "too low" in capsys.readouterr().out
+def test_exercise_checker():
+    none = check_mlp_only_prediction(None)
+    assert none.passed is False and "no prediction yet" in none.message
+    assert check_mlp_only_prediction(68_529_408).passed is True
+    assert check_mlp_only_prediction(68_000_000).passed is True  # within 1%
+    lecture = check_mlp_only_prediction(56_707_584)  # that is the lecture's freeze, not MLP-only
+    assert lecture.passed is False and "too low" in lecture.message and str(lecture).startswith("NOT YET")
     with pytest.raises(TypeError, match="number of parameters"):
         check_mlp_only_prediction("68M")
     small = small_llama()

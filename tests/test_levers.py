@@ -93,9 +93,9 @@ def test_tying_counts_at_gpt2_small_on_the_meta_device():
     assert r["tied parameters"] == 124_439_808
     assert r["saved parameters"] == 50257 * 768
     assert r["saved weight bytes (fp32)"] == 4 * 50257 * 768
-    assert levers.training_state_bytes(100, shards=8) == 200
+    assert levers.sharded_state_bytes(100, shards=8) == 200
     with pytest.raises(ValueError):
-        levers.training_state_bytes(100, shards=0)
+        levers.sharded_state_bytes(100, shards=0)
 
 
 def test_dtype_tables_are_exact():

@@ -100,9 +100,9 @@ def _right(logits, targets, k):
     return F.nll_loss(lp.reshape(-1, lp.size(-1)), targets[:, -k:].reshape(-1))
 
 
-def test_checker_passes_a_correct_answer(capsys):
-    assert check_last_k_loss(_right) is True
-    assert capsys.readouterr().out.startswith("PASS")
+def test_checker_passes_a_correct_answer():
+    result = check_last_k_loss(_right)
+    assert result.passed is True and str(result).startswith("PASSED")
 
 
 @pytest.mark.parametrize(
@@ -117,18 +117,18 @@ def test_checker_passes_a_correct_answer(capsys):
         (lambda l, t, k: _right(l, t, k).reshape(1, 1).expand(2, 1), "one number"),
     ],
 )
-def test_checker_names_the_mistake(wrong, hint, capsys):
-    assert check_last_k_loss(wrong) is False
-    out = capsys.readouterr().out
-    assert out.startswith("FAIL") and hint in out
+def test_checker_names_the_mistake(wrong, hint):
+    result = check_last_k_loss(wrong)
+    assert result.passed is False
+    assert str(result).startswith("NOT YET") and hint in result.message
 
 
-def test_checker_on_an_unfinished_exercise(capsys):
+def test_checker_on_an_unfinished_exercise():
     def stub(logits, targets, k):
         raise NotImplementedError
 
-    assert check_last_k_loss(stub) is False
-    assert "not written yet" in capsys.readouterr().out
+    result = check_last_k_loss(stub)
+    assert result.passed is False and "not written yet" in result.message
     with pytest.raises(TypeError, match="callable"):
         check_last_k_loss("my loss")
 
