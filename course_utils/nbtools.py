@@ -97,11 +97,12 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
     import nbformat
     from nbclient import NotebookClient
 
-    if profile:
-        os.environ["COURSE_PROFILE"] = profile  # the kernel inherits this process's environment
     from .env import use_fast_cpu_env
 
-    use_fast_cpu_env()  # the kernel inherits this process's environment
+    # the kernel inherits this process's environment
+    if profile:
+        os.environ["COURSE_PROFILE"] = profile
+    use_fast_cpu_env()
     nb = nbformat.read(nb_path, as_version=4)
     n_cells = len(nb.cells)
     if collect_claims:

@@ -78,9 +78,10 @@ def test_grad_accumulation_matches_big_batch():
 
 def test_grad_norm_is_recorded_and_clipping_only_when_asked():
     # one SGD step (lr 1, no momentum) moves each weight by exactly its gradient, so the step shows
-    # which gradient the optimizer saw; the history records the norm before any clipping
+    # which gradient the optimizer saw; the history records the norm before any clipping. train() puts the
+    # model in train mode and seeds dropout from cfg.seed, so both runs draw the same dropout masks.
     def one_step(clip):
-        m = fresh_model().eval()
+        m = fresh_model()
         before = [p.detach().clone() for p in m.parameters()]
         opt = torch.optim.SGD(m.parameters(), lr=1.0)
         h = train(m, batches, TrainConfig(steps=1, lr=1.0, clip_grad=clip, progress=False, seed=0),
