@@ -2,11 +2,12 @@
 PYTHON ?= python
 NB ?= 00
 
-.PHONY: setup test unit lesson notebooks header bench help
+.PHONY: setup test unit lint lesson notebooks header bench help
 
 help:
 	@echo "make setup              install the course and its pinned dependencies (after: pip install torch==2.13.0)"
 	@echo "make test               unit tests + nbval over every notebook (small profile)"
+	@echo "make lint               ruff over package, tests, benchmarks, scripts, notebooks; notebook headers"
 	@echo "make lesson NB=02       run one lesson headless; executed copy in runs/"
 	@echo "make notebooks          re-execute every notebook in place (small profile): the committed outputs"
 	@echo "make bench              benchmarks (Model 5 vs Hugging Face, notebook times)"
@@ -21,6 +22,10 @@ test:
 
 unit:
 	$(PYTHON) -m pytest tests
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m course_utils.nbtools header
 
 lesson:
 	$(PYTHON) -m course_utils.nbtools run notebooks/$(NB)_*.ipynb

@@ -5,7 +5,6 @@ environment), never compare stderr (tqdm progress bars write there), and end wit
 long each notebook took.
 """
 import os
-import time
 from collections import defaultdict
 
 from course_utils.env import use_fast_cpu_env

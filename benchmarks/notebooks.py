@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
         print(f"{name:<{width}}  {seconds:7.1f}")
     print(f"{'total':<{width}}  {sum(rows.values()):7.1f}   ({torch.get_num_threads()} CPU threads)")
     out = RUNS / "bench" / "notebook_times.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "seconds": rows}, indent=2))
+    out.write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "seconds": rows}, indent=2)
+    )
     print(f"wrote {out}")
     return 0
 

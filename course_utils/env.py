@@ -63,6 +63,19 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_device(device: torch.device | str | None = None,
+                   default: torch.device | str | torch.nn.Module | None = "cpu") -> torch.device | None:
+    """The device a function should use: ``device`` when given; else ``default``: ``"auto"`` (the course's
+    device, ``get_device()``), a module (where its parameters are), a device name, or None."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(default, torch.nn.Module):
+        return next(default.parameters()).device
+    if default == "auto":
+        return get_device()
+    return torch.device(default) if default is not None else None
+
+
 def get_profile() -> str:
     """``"small"`` or ``"full"``: ``COURSE_PROFILE`` if set, else full on a CUDA GPU and small elsewhere."""
     value = os.environ.get("COURSE_PROFILE", "").strip().lower()
@@ -150,8 +163,10 @@ class ProfileSettings(dict):
             raise AttributeError(f"no setting {name!r} in the {self.profile} profile; known: {sorted(self)}") from None
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><code>{k}</code></td><td>{v}</td></tr>" for k, v in self.items())
-        return f"<b>Profile: {self.profile}</b><table><tr><th>setting</th><th>value</th></tr>{rows}</table>"
+        from .tables import Table
+
+        rows = [{"setting": k, "value": v} for k, v in self.items()]
+        return Table(rows, f"Profile: {self.profile}", columns=["setting", "value"])._repr_html_()
 
     def __repr__(self) -> str:
         width = max(map(len, self), default=0)

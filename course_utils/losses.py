@@ -1,8 +1,6 @@
 """The loss functions the lessons teach. Each takes logits (what a model returns) and targets."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -43,100 +41,3 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     if not (shift_labels != ignore_index).any():
         raise ValueError("every label is ignore_index (-100): there is nothing to learn from in this batch")
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
-
-
-# --- Lesson 3: "Maximize the X factor", a KL loss toward a chosen target distribution ------------
-
-
-def _vocab_rows(tokenizer, vocab_size: int | None) -> int:
-    n_tok = len(tokenizer)
-    if vocab_size is None:
-        return n_tok
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int (the model's output size), got {vocab_size!r}")
-    if vocab_size < n_tok:
-        raise ValueError(
-            f"vocab_size={vocab_size} is smaller than the tokenizer ({n_tok} tokens): the model could not output "
-            "every token id. Pass the model's output size, e.g. model.get_output_embeddings().weight.shape[0]."
-        )
-    return vocab_size
-
-
-def letter_token_mask(tokenizer, letter: str = "x", vocab_size: int | None = None,
-                      include_special: bool = False) -> torch.Tensor:
-    """A (V,) bool tensor: True where token ``i`` decoded on its own contains ``letter`` (case-insensitive).
-
-    ``V`` is ``vocab_size`` (the model's output size) or, when not given, ``len(tokenizer)``; rows past the
-    tokenizer's length (padding rows of the embedding) are False. Special tokens (``<|endoftext|>`` contains
-    an x!) do not count unless ``include_special=True``.
-    """
-    if not isinstance(letter, str) or not letter.strip():
-        raise ValueError(f"letter must be a non-empty string such as 'x', got {letter!r}")
-    rows = _vocab_rows(tokenizer, vocab_size)
-    n_tok = len(tokenizer)
-    needle = letter.lower()
-    texts = tokenizer.batch_decode([[i] for i in range(n_tok)])
-    mask = torch.zeros(rows, dtype=torch.bool)
-    mask[:n_tok] = torch.tensor([needle in t.lower() for t in texts], dtype=torch.bool)
-    if not include_special:
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        special = [i for i in special if 0 <= i < n_tok]
-        if special:
-            mask[torch.tensor(special)] = False
-    return mask
-
-
-def x_factor_target(tokenizer, alpha: float, beta: float, letter: str = "x", vocab_size: int | None = None,
-                    include_special: bool = False) -> torch.Tensor:
-    """Lesson 3's target distribution P, a (V,) probability vector that sums to 1.
-
-    Every token containing ``letter`` (see ``letter_token_mask``) gets weight ``alpha``, every other token
-    ``beta``; the weights are then normalised. The lecture uses ``alpha > beta``. ``vocab_size`` is the model's
-    output size when it differs from ``len(tokenizer)``: rows that are no token at all get probability 0.
-    """
-    for name, v in (("alpha", alpha), ("beta", beta)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0 (a weight before normalising), got {v!r}")
-    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
-    n_hit = int(mask.sum())
-    if n_hit == 0:
-        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
-    if alpha == 0 and beta == 0:
-        raise ValueError("alpha and beta are both 0: there is no probability to spread (use alpha > beta > 0)")
-    n_tok = len(tokenizer)
-    weights = torch.zeros(mask.numel(), dtype=torch.float64)
-    weights[:n_tok] = beta
-    weights[mask] = alpha
-    if weights.sum() == 0:
-        raise ValueError(f"alpha=0 and no token without {letter!r} to give beta to: nothing is left")
-    return (weights / weights.sum()).float()
-
-
-def kl_to_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q_model) averaged over the B*T rows: ``F.kl_div(log_softmax(logits), P, reduction="batchmean")``.
-
-    ``logits`` are B x T x V (or N x V); ``target`` is the (V,) distribution P shared by every row (or one
-    row per position, same shape as the logits). Per row: sum_i P(i) * (log P(i) - log Q(i)); rows where
-    P(i) = 0 contribute nothing for that i.
-    """
-    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3):
-        raise ValueError(f"logits must be a (batch, time, vocab) or (rows, vocab) tensor, got "
-                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
-    if not isinstance(target, torch.Tensor):
-        raise ValueError(f"target must be a tensor (e.g. from x_factor_target), got {type(target).__name__}")
-    V = logits.size(-1)
-    if target.size(-1) != V:
-        raise ValueError(
-            f"the target has {target.size(-1)} entries but the logits have V={V}: build the target with "
-            f"vocab_size={V} (the model's output size), not len(tokenizer)"
-        )
-    log_q = F.log_softmax(logits.reshape(-1, V).float(), dim=-1)  # (B*T) x V
-    p = target.to(log_q.device, torch.float32)
-    if p.dim() == 1:
-        p = p.expand_as(log_q)
-    elif p.shape != logits.shape:
-        raise ValueError(f"target must be (V,) or the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
-    else:
-        p = p.reshape(-1, V)
-    return F.kl_div(log_q, p, reduction="batchmean")

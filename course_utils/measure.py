@@ -1,21 +1,26 @@
-"""Timing and memory measurements that are honest on CPU and GPU alike.
+"""Timing, honest on CPU and GPU alike, and the one procedure that turns two timings into a verdict.
 
 Timings: warm-up runs are discarded, then several repeats; report the median and the spread
 (interquartile range). CUDA work is asynchronous, so the clock is read only after synchronizing.
+Comparisons: ``time_interleaved`` runs the candidates in alternation, round by round, and ``speed_verdict``
+decides from the paired rounds (median speed-up and a distribution-free interval). Bytes and memory live in
+``course_utils.memory``.
 """
 from __future__ import annotations
 
+import math
 import statistics
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
+from .env import resolve_device
+
 
 def synchronize(device: torch.device | str | None = None) -> None:
-    device = torch.device(device) if device is not None else None
+    device = resolve_device(device, None)
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device is not None and device.type == "mps":
@@ -28,7 +33,7 @@ class Timing:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        return median(self.times)
 
     @property
     def iqr(self) -> float:
@@ -82,131 +87,84 @@ def time_interleaved(fns: dict, warmup: int = 1, repeats: int = 5, device=None) 
     return {label: Timing(t) for label, t in times.items()}
 
 
-@dataclass
-class PairedComparison:
-    """Two interleaved timings compared round by round (see ``compare_paired``)."""
+#: Fewest interleaved rounds ``speed_verdict`` accepts; claims use ``CLAIM_ROUNDS`` or more.
+MIN_ROUNDS = 5
+CLAIM_ROUNDS = 15
 
-    ratio: float  # median over rounds of candidate / baseline (> 1: the candidate is slower)
-    slower: int  # rounds in which the candidate was slower
+
+def median(values) -> float:
+    """The one median of the course (``statistics.median``: the mean of the middle two for an even count)."""
+    values = list(values)
+    if not values:
+        raise ValueError("the median of no values is undefined")
+    return statistics.median(values)
+
+
+def _median_interval_ranks(n: int, confidence: float = 0.95) -> tuple[int, float]:
+    """Distribution-free interval for a median from n paired rounds: (k, coverage) such that the k-th smallest
+    and k-th largest values bound the median with probability ``coverage`` >= ``confidence`` (sign test). With
+    fewer than 6 rounds no k reaches 95%: k = 1 (min and max) and the coverage is stated."""
+    best_k, best_cov = 1, 1 - 2 / 2**n
+    for k in range(1, n // 2 + 1):
+        cov = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        if cov >= confidence:
+            best_k, best_cov = k, cov
+    return best_k, best_cov
+
+
+@dataclass
+class SpeedVerdict:
+    """Is the candidate faster than the baseline? From paired, interleaved rounds (see ``speed_verdict``)."""
+
+    verdict: str  # one of course_utils.claims.VERDICTS
+    speedup: float  # median over rounds of baseline time / candidate time: > 1 means the candidate is faster
+    low: float  # a (>= 95%) interval of that median speed-up, distribution-free (sign test)
+    high: float
     rounds: int
-    p_value: float  # one-sided sign test: chance of >= `slower` slower rounds if neither were slower
+    min_speedup: float
+    note: str
 
     def __str__(self) -> str:
-        return (f"{self.ratio - 1:+.1%} (slower in {self.slower} of {self.rounds} interleaved rounds, "
-                f"sign test p = {self.p_value:.3f})")
+        return f"{self.verdict}: {self.note}"
 
 
-def compare_paired(baseline: Timing, candidate: Timing) -> PairedComparison:
-    """Is ``candidate`` slower than ``baseline``? Both from one ``time_interleaved`` call.
+def speed_verdict(baseline: Timing, candidate: Timing, min_speedup: float = 1.0,
+                  confidence: float = 0.95) -> SpeedVerdict:
+    """The course's one procedure for speed claims ("the candidate is faster than the baseline").
 
-    Round i of each ran back to back, under the same background load, so the per-round ratios
-    cancel most of a shared machine's noise; the sign test says how often chance alone would make
-    the candidate look slower in that many rounds.
+    Both timings come from one ``time_interleaved`` call, so round i of each ran back to back under the same
+    background load; each round gives one speed-up (baseline / candidate), and the rounds give the median
+    speed-up and a distribution-free interval around it (order statistics of the rounds, the sign test's
+    interval: no assumption about the shape of the noise, robust to an outlier round).
+
+    - holds: the whole interval is above ``min_speedup`` (e.g. 1.05: "faster by at least 5%");
+    - does not hold: the whole interval is below it;
+    - inconclusive: the interval contains it (the difference is within the noise of these rounds).
     """
-    import math
+    from .claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
-    if len(baseline.times) != len(candidate.times):
-        raise ValueError("the two timings need the same number of rounds: take both from one time_interleaved call")
-    ratios = [c / b for b, c in zip(baseline.times, candidate.times)]
-    n, k = len(ratios), sum(r > 1 for r in ratios)
-    p = sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
-    return PairedComparison(statistics.median(ratios), k, n, p)
-
-
-def speedup(baseline: Timing, candidate: Timing) -> float:
-    """How many times faster ``candidate`` is than ``baseline`` (medians): > 1 means faster."""
-    return baseline.median / candidate.median
-
-
-def _rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def peak_memory(fn: Callable[[], object], device=None, interval: float = 0.0005) -> int:
-    """Extra memory (bytes) ``fn()`` needs at its peak, above what was in use before.
-
-    On CUDA: the allocator's peak (``max_memory_allocated``), exact. On CPU: the process's resident
-    memory sampled every ``interval`` seconds in a thread, so short spikes can be missed and
-    the allocator may reuse freed pages; treat it as an estimate and say so.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    base = _rss()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(interval)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    peak[0] = max(peak[0], _rss())
-    return peak[0] - base
+    if not isinstance(baseline, Timing) or not isinstance(candidate, Timing):
+        raise TypeError("speed_verdict takes two Timing objects from one time_interleaved call")
+    n = len(baseline.times)
+    if n != len(candidate.times):
+        raise ValueError(f"the two timings have {n} and {len(candidate.times)} rounds: take both from one "
+                         "time_interleaved call so that the rounds pair up")
+    if n < MIN_ROUNDS:
+        raise ValueError(f"{n} rounds are too few for an interval: use at least {MIN_ROUNDS} "
+                         f"({CLAIM_ROUNDS} for a claim)")
+    if min_speedup <= 0:
+        raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
+    ratios = sorted(b / c for b, c in zip(baseline.times, candidate.times))
+    k, coverage = _median_interval_ranks(n, confidence)
+    low, high, mid = ratios[k - 1], ratios[n - k], median(ratios)
+    bar = f" {min_speedup:.2f}x" if min_speedup != 1 else " 1 (no difference)"
+    interval = f"{mid:.2f}x faster, {coverage:.0%} interval {low:.2f}-{high:.2f}x over {n} interleaved rounds"
+    if low > min_speedup:
+        v, note = HOLDS, f"{interval}: wholly above{bar}"
+    elif high < min_speedup:
+        v, note = DOES_NOT_HOLD, f"{interval}: wholly below{bar}"
+    else:
+        v, note = INCONCLUSIVE, f"{interval}: contains{bar}, within the noise of these rounds"
+    return SpeedVerdict(v, mid, low, high, n, min_speedup, note)
 
 
-def release_cpu_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that a
-    following CPU ``peak_memory`` measures the new work instead of reusing what an earlier run freed.
-
-    Without it, a second training run on CPU can appear to need almost no memory: the allocator
-    hands it the pages the first run released, and the process's resident size does not grow.
-    A no-op where there is no glibc (macOS, Windows).
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:  # no C library to load: nothing to trim
-        pass
-
-
-def current_peak_memory(device=None) -> int | None:
-    """Peak allocated bytes on a CUDA device since the last reset; None on other devices."""
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return None
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held in an optimizer's state (Adam's two moments, step counters), measured from its tensors.
-
-    State is created lazily: before the first ``step()`` this is 0.
-    """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    return sum(tensor_bytes(v) for state in optimizer.state.values() for v in state.values()
-               if isinstance(v, torch.Tensor))
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"

@@ -9,12 +9,25 @@ The layout and parameter names follow GPT-2, so ``GPT.from_hf_gpt2`` can copy re
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """``with eval_mode(model):`` runs in eval mode (dropout off) and restores the previous mode afterwards,
+    also when the body raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -166,9 +179,7 @@ class GPT(nn.Module):
         """
         if not greedy and temperature <= 0:
             raise ValueError("temperature must be > 0 when sampling; use greedy=True for argmax decoding")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for _ in range(max_new_tokens):
                 logits = self(idx[:, -self.config.block_size :])[:, -1, :]
                 if greedy:
@@ -184,12 +195,10 @@ class GPT(nn.Module):
                     else:
                         nxt = torch.multinomial(probs, 1, generator=generator)
                 idx = torch.cat([idx, nxt], dim=1)
-        finally:
-            self.train(was_training)
         return idx
 
     @classmethod
-    def from_hf_gpt2(cls, hf_model, dropout: float | None = None) -> "GPT":
+    def from_hf_gpt2(cls, hf_model, dropout: float | None = None) -> GPT:
         """Build Model 5 from a ``transformers`` ``GPT2LMHeadModel`` (any size) with identical logits.
 
         GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out); ``nn.Linear``

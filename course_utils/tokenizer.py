@@ -49,5 +49,6 @@ def gpt2_tokenizer():
     # transformers 5.x; from_pretrained(folder) is the form that works.
     tok = GPT2TokenizerFast.from_pretrained(str(_offline_folder()))
     if len(tok) != 50257:
-        raise RuntimeError(f"the offline GPT-2 tokenizer has {len(tok)} tokens instead of 50257; delete {_offline_folder()}")
+        raise RuntimeError(f"the offline GPT-2 tokenizer has {len(tok)} tokens instead of 50257; delete "
+                           f"{_offline_folder()}")
     return tok

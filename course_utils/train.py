@@ -20,13 +20,15 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
-from .env import get_device
+from .env import resolve_device
 from .losses import all_token_loss
+from .measure import median
+from .model import eval_mode
 
 AMP_MODES = ("off", "bf16", "fp16", "auto")
 SCHEDULES = ("constant", "cosine")
@@ -85,8 +87,7 @@ class History:
 
     def median_step_time(self, skip: int = 2) -> float:
         """Median seconds per update, ignoring the first ``skip`` (warm-up) steps."""
-        times = sorted(self.step_time[skip:] or self.step_time)
-        return times[len(times) // 2]
+        return median(self.step_time[skip:] or self.step_time)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -176,15 +177,11 @@ def forward_loss(model, batch, loss_fn, device, amp_dtype=None):
 def evaluate(model, batches: Callable, loss_fn=all_token_loss, n_batches: int = 4, seed: int = 1234,
              device=None, amp: str = "off") -> float:
     """Mean loss over ``n_batches`` test batches, drawn from a fixed seed (the same batches every call)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, model)
     amp_dtype, _ = resolve_amp(amp, device)
-    was_training = model.training
-    model.eval()  # dropout off
     gen = torch.Generator().manual_seed(seed)
-    try:
+    with eval_mode(model):
         losses = [forward_loss(model, batches(gen), loss_fn, device, amp_dtype)[0].item() for _ in range(n_batches)]
-    finally:
-        model.train(was_training)
     return sum(losses) / len(losses)
 
 
@@ -236,7 +233,7 @@ def train(
     ``resume=True`` continues from ``cfg.checkpoint_path`` if it exists. ``stop_at`` ends the run
     early after that many updates (as an interrupted session would), for resume demonstrations.
     """
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device, "auto")
     model.to(device)
     amp_dtype, needs_scaler = resolve_amp(cfg.amp, device)
     if cfg.eval_every and test_batches is None:
@@ -316,11 +313,15 @@ def train(
         bar.update(1)
         bar.set_postfix_str(f"loss {loss_sum:.3f} | lr {lr:.1e} | norm {grad_norm:.2f} | {n_tokens / dt:,.0f} tok/s")
         if cfg.checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(cfg.checkpoint_path, model, optimizer, scheduler, scaler, step + 1, batch_gen, history, cfg, device)
+            save_checkpoint(
+                cfg.checkpoint_path, model, optimizer, scheduler, scaler, step + 1, batch_gen, history, cfg, device
+            )
     if end == cfg.steps:
         run_eval(cfg.steps, force=True)  # always end with a test loss
         if cfg.checkpoint_path:
-            save_checkpoint(cfg.checkpoint_path, model, optimizer, scheduler, scaler, end, batch_gen, history, cfg, device)
+            save_checkpoint(
+                cfg.checkpoint_path, model, optimizer, scheduler, scaler, end, batch_gen, history, cfg, device
+            )
     bar.close()
     if device.type == "cuda":
         history.peak_memory_bytes = torch.cuda.max_memory_allocated(device)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 import torch
 import torch.distributed as dist
 
-from course_utils.ddp import DDPSettings, load_token_stream, rank_record, summarize, train_shard
+from course_utils.lessons.l1_ddp import DDPSettings, load_token_stream, rank_record, summarize, train_shard
 
 
 def main(argv=None) -> int:

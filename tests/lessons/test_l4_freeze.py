@@ -5,21 +5,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from course_utils.freeze import (
+from course_utils.lessons.l4_freeze import (
     GROUPS,
     check_mlp_only_prediction,
     classify_parameters,
-    count_parameters,
     expected_trainable,
     freeze,
     group_counts,
     linear_module_names,
     name_rule_mistakes,
     tied_parameters,
-    training_state_bytes,
     unfreeze_all,
 )
-from course_utils.measure import optimizer_state_bytes
+from course_utils.memory import count_parameters, optimizer_state_bytes, training_state_bytes
 from course_utils.model import GPT, GPTConfig
 from course_utils.pretrained import build_from_config
 from course_utils.train import TrainConfig, make_optimizer
@@ -53,7 +51,7 @@ def test_gpt_neo_125m_real_config():
                                    "norm": 38_400, "other": 0}
     report = freeze(model, LECTURE)
     assert report.n_total == 125_198_592 == sum(p.numel() for p in model.parameters())
-    assert report.n_trainable == 56_707_584 == count_parameters(model, trainable_only=True)
+    assert report.n_trainable == 56_707_584 == count_parameters(model).trainable
     assert report.frozen["embeddings"] == 50257 * 768 + 2048 * 768  # wte AND wpe, although neither says "embed"
     assert abs(report.ratio - 0.4529) < 1e-3
     assert not model.lm_head.weight.requires_grad  # tied: frozen with wte
@@ -88,7 +86,7 @@ def test_model5_matches_gpt2_and_untied_head_is_other():
 def test_small_llama(tie):
     model = small_llama(tie)
     assert group_counts(model) == llama_expected(tie)
-    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model).total == sum(p.numel() for p in model.parameters())
     report = freeze(model, LECTURE)
     exp = llama_expected(tie)
     assert report.n_trainable == exp["mlp"] + exp["norm"] + exp["other"]
@@ -116,8 +114,8 @@ def test_frozen_parameters_get_no_gradient_and_the_optimizer_skips_them():
     opt.step()
     assert optimizer_state_bytes(opt) == training_state_bytes(model)["optimizer"]  # analytic == measured
     b = training_state_bytes(model)
-    trainable = count_parameters(model, trainable_only=True)
-    assert b["gradients"] == 4 * trainable and b["parameters"] == 4 * count_parameters(model)
+    trainable = count_parameters(model).trainable
+    assert b["gradients"] == 4 * trainable and b["parameters"] == 4 * count_parameters(model).total
 
 
 def test_freeze_replaces_previous_choice_and_unfreezes():
@@ -170,21 +168,3 @@ def test_exercise_checker():
     small = small_llama()
     exp = llama_expected()
     assert check_mlp_only_prediction(sum(exp.values()) - exp["mlp"], model=small)
-
-
-def test_interleaved_timing_and_paired_comparison():
-    # shared helpers this lesson added to course_utils.measure (used for the LoRA latency comparison)
-    from course_utils.measure import Timing, compare_paired, release_cpu_memory, time_interleaved
-
-    release_cpu_memory()  # must not fail, glibc or not
-
-    calls = []
-    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
-    assert calls == ["a", "b"] * 4 and all(len(t.times) == 3 for t in timings.values())
-    cmp = compare_paired(Timing([1.0, 2.0, 1.0, 3.0, 1.0]), Timing([1.1, 2.2, 1.2, 3.1, 1.05]))
-    assert cmp.slower == 5 and cmp.rounds == 5 and cmp.p_value == 1 / 32 and 1.03 < cmp.ratio < 1.11
-    assert compare_paired(Timing([1.0, 1.0]), Timing([0.9, 1.1])).slower == 1
-    with pytest.raises(ValueError, match="same number of rounds"):
-        compare_paired(Timing([1.0]), Timing([1.0, 2.0]))
-    with pytest.raises(ValueError, match="at least one"):
-        time_interleaved({})

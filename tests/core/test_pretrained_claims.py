@@ -36,7 +36,7 @@ def test_claims_table_renders_and_validates():
     t.add("loss falls", "6 -> 2", "5.1 -> 2.3", claims.verdict(True))
     t.add("GPU memory falls 25-30%", "25-30%", "n/a", claims.NOT_MEASURABLE, why="no GPU")
     assert "holds" in t._repr_html_() and "| loss falls |" in t.to_markdown()
-    assert t.counts() == {claims.HOLDS: 1, claims.DOES_NOT_HOLD: 0, claims.NOT_MEASURABLE: 1}
+    assert t.counts() == {claims.HOLDS: 1, claims.DOES_NOT_HOLD: 0, claims.INCONCLUSIVE: 0, claims.NOT_MEASURABLE: 1}
     assert "NOT MEASURABLE HERE" in str(t)
     with pytest.raises(ValueError, match="say why"):
         t.add("x", "1", "n/a", claims.NOT_MEASURABLE)

@@ -6,12 +6,12 @@ backward, so every rank applies the same update and the copies never drift apart
 slices, the average of the ranks' mean losses is the mean loss of the whole batch: the run is the
 same computation as one process on the global batch, split in pieces.
 
-    from course_utils import ddp
-    settings = ddp.DDPSettings(steps=8, global_batch=8, block_size=32)
-    plan = ddp.launch_plan()                      # how many processes, which backend, which device
-    run = ddp.launch(settings, plan, out="outputs/ddp.json", tokens="outputs/tokens.pt")
-    ref = ddp.reference_run(settings, ddp.load_token_stream("outputs/tokens.pt"))
-    ddp.max_loss_difference(run, ref)             # same global batch -> same losses, up to rounding
+    from course_utils.lessons import l1_ddp
+    settings = l1_ddp.DDPSettings(steps=8, global_batch=8, block_size=32)
+    plan = l1_ddp.launch_plan()                      # how many processes, which backend, which device
+    run = l1_ddp.launch(settings, plan, out="outputs/ddp.json", tokens="outputs/tokens.pt")
+    ref = l1_ddp.reference_run(settings, l1_ddp.load_token_stream("outputs/tokens.pt"))
+    l1_ddp.max_loss_difference(run, ref)             # same global batch -> same losses, up to rounding
 
 The per-process side lives in ``scripts/ddp_train.py``; this module holds what both sides share.
 """
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from .data import get_batch
-from .model import GPT, GPTConfig
-from .paths import REPO_ROOT
+from ..data import get_batch
+from ..measure import median
+from ..model import GPT, GPTConfig
+from ..paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "ddp_train.py"
 BACKENDS = ("auto", "gloo", "nccl")
@@ -72,7 +73,7 @@ class DDPSettings:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
 
     @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> "DDPSettings":
+    def from_namespace(cls, ns: argparse.Namespace) -> DDPSettings:
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
@@ -102,7 +103,7 @@ def launch_plan(nproc: int | None = None) -> LaunchPlan:
 
 def load_token_stream(source: str | os.PathLike) -> torch.Tensor:
     """A 1-D token-id tensor: a file written with ``torch.save``, or a course text name ("alice", ...)."""
-    from .data import TEXTS, load_tokens
+    from ..data import TEXTS, load_tokens
 
     if str(source) in TEXTS:
         return load_tokens(str(source))
@@ -144,7 +145,7 @@ def train_shard(settings: DDPSettings, data: torch.Tensor, rank: int = 0, world_
     train on this rank's slices with ``course_utils.train.train``. Returns (model, history)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .train import TrainConfig, train
+    from ..train import TrainConfig, train
 
     device = torch.device(device)
     torch.manual_seed(settings.seed)  # identical initial weights everywhere (DDP also broadcasts rank 0's)
@@ -183,8 +184,7 @@ def rank_record(model, history, skip: int = 1) -> dict:
     """What one rank reports: its losses, step times, throughput (warm-up steps skipped), weights' fingerprint."""
     times = history.step_time[skip:] or history.step_time
     tokens = history.tokens_seen[0]
-    median = sorted(times)[len(times) // 2]
-    return {"loss": history.train_loss, "step_time": history.step_time, "tokens_per_s": tokens / median,
+    return {"loss": history.train_loss, "step_time": history.step_time, "tokens_per_s": tokens / median(times),
             "fingerprint": param_fingerprint(model)}
 
 
@@ -195,7 +195,9 @@ def reference_run(settings: DDPSettings, data: torch.Tensor, device: str | torch
     return summarize(settings, [rank_record(model, history)], "none", str(device), time.perf_counter() - t0)
 
 
-def torchrun_command(settings: DDPSettings, plan: LaunchPlan, out: str | os.PathLike, tokens: str | os.PathLike) -> list[str]:
+def torchrun_command(
+    settings: DDPSettings, plan: LaunchPlan, out: str | os.PathLike, tokens: str | os.PathLike
+) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node=N scripts/ddp_train.py ...``
     (the module form of ``torchrun``, so it uses this notebook's Python)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.nproc}",

@@ -8,7 +8,7 @@ import yaml
 from course_utils import REPO_URL
 from course_utils.nbtools import header_problems, notebook_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _names(lines, base: Path):

@@ -41,7 +41,8 @@ def test_resume_is_exact(tmp_path):
     ckpt = str(tmp_path / "run.pt")
     cfg = TrainConfig(steps=12, lr=2e-3, schedule="cosine", warmup_steps=3, eval_every=4, progress=False,
                       checkpoint_path=ckpt, checkpoint_every=4)
-    straight = train(fresh_model(), batches, TrainConfig(**{**cfg.__dict__, "checkpoint_path": None, "checkpoint_every": 0}),
+    plain = TrainConfig(**{**cfg.__dict__, "checkpoint_path": None, "checkpoint_every": 0})
+    straight = train(fresh_model(), batches, plain,
                      test_batches=batches, device="cpu")
     first = train(fresh_model(), batches, cfg, test_batches=batches, device="cpu", stop_at=6)  # "interrupted"
     assert first.step[-1] == 6

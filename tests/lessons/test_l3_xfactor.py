@@ -5,13 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.losses import kl_to_target, letter_token_mask, x_factor_target
-from course_utils.xfactor import (
+from course_utils.lessons.l3_xfactor import (
     Sample,
     check_letter_target,
     judge_perplexity,
+    kl_to_target,
+    letter_token_mask,
     random_token_batches,
     tilted_target,
+    x_factor_target,
     x_rate,
 )
 
@@ -205,7 +207,7 @@ def test_judge_perplexity_of_a_uniform_model_is_the_vocabulary_size():
 
 
 def test_widget_builds_without_a_display():
-    from course_utils.xfactor import generation_widget
+    from course_utils.lessons.l3_xfactor import generation_widget
 
     panel = generation_widget({"toy": UniformLM(6)}, TOK, mask=letter_token_mask(TOK, "x"))
     assert type(panel).__name__ == "VBox"
@@ -214,8 +216,8 @@ def test_widget_builds_without_a_display():
 
 
 def test_seeded_generation_and_r_on_the_real_model():
+    from course_utils.lessons.l3_xfactor import evaluate_generations, generate_samples
     from course_utils.pretrained import load_pretrained
-    from course_utils.xfactor import evaluate_generations, generate_samples
 
     model, tok, _ = load_pretrained("SmolLM2-135M-Instruct", device="cpu", verbose=False)
     V = model.get_output_embeddings().weight.shape[0]

@@ -79,7 +79,7 @@ def test_profile_settings():
     with pytest.raises(ValueError, match="same settings"):
         env.profile_settings({"steps": 5}, {"iters": 5})
     with pytest.raises(AttributeError, match="no setting"):
-        s.lr
+        _ = s.lr
 
 
 def test_seed_everything_repeats():

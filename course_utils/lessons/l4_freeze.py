@@ -1,6 +1,6 @@
 """Partial fine-tuning (Lesson 4): freeze parameters by what they DO, not by what they are called.
 
-    from course_utils.freeze import freeze, group_counts
+    from course_utils.lessons.l4_freeze import freeze, group_counts
     report = freeze(model, ["attention", "embeddings"])   # everything else becomes trainable
     print(report)                                          # counts per group, R = trainable / total
 
@@ -24,20 +24,20 @@ embeddings ``wte``/``wpe`` (no "embed"), and on Llama ``"attention"`` matches th
 ``post_attention_layernorm`` but not the attention itself (``self_attn``). ``name_rule_mistakes``
 shows exactly what a name rule gets wrong on a given model.
 
-Also here: the bytes that training keeps per parameter (weights, gradients, optimizer moments),
-analytic and measured from a real optimizer, and the checker of the lesson's exercise.
+Also here: the checker of the lesson's exercise. The bytes that training keeps per parameter (weights,
+gradients, optimizer moments) live in ``course_utils.memory``.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-from .claims import CheckResult
+from ..claims import CheckResult
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
 # When a tensor is shared (tied weights), the group earlier in this order wins.
@@ -51,7 +51,7 @@ _NORM_NAME = re.compile(r"(LayerNorm|RMSNorm)$")
 @lru_cache(maxsize=1)
 def _known_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """Attention and MLP classes of the course's four architectures (those that import)."""
-    from .model import MLP, CausalSelfAttention
+    from ..model import MLP, CausalSelfAttention
 
     attention, mlp = [CausalSelfAttention], [MLP]
     for module, att, ff in (
@@ -126,11 +126,6 @@ def group_counts(model: nn.Module, trainable_only: bool = False) -> dict:
         if info.param.requires_grad or not trainable_only:
             counts[info.group] += info.numel
     return counts
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Distinct parameters (a tied matrix once); ``trainable_only`` counts those with ``requires_grad``."""
-    return sum(group_counts(model, trainable_only).values())
 
 
 def tied_parameters(model: nn.Module) -> list[tuple[str, ...]]:
@@ -323,32 +318,7 @@ def linear_module_names(model: nn.Module, group: str = "attention") -> list[str]
     return sorted(names)
 
 
-# ---------------------------------------------------------------- memory accounting
-
-#: Optimizer-state tensors kept per trainable parameter, in units of the parameter's own size.
-OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}
-
-
-def training_state_bytes(model: nn.Module, optimizer: str = "adamw") -> dict:
-    """Analytic bytes that training keeps, activations not included:
-
-    parameters (all of them, frozen or not), gradients (trainable only), optimizer state (AdamW: two
-    moments per trainable parameter, plus a 4-byte step counter per trainable tensor), and the total.
-    Works on meta-device models (nothing is allocated).
-    """
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZER_STATES)}")
-    infos = classify_parameters(model)
-    params = sum(i.numel * i.param.element_size() for i in infos)
-    trainable = [i for i in infos if i.param.requires_grad]
-    grads = sum(i.numel * i.param.element_size() for i in trainable)
-    k = OPTIMIZER_STATES[optimizer]
-    steps = 4 * len(trainable) if optimizer in ("adam", "adamw") else 0
-    opt = k * grads + steps
-    return {"parameters": params, "gradients": grads, "optimizer": opt, "total": params + grads + opt}
-
-
-# ---------------------------------------------------------------- the exercise
+# ---- The exercise --------------------------------------------------------------------------------
 
 def expected_trainable(model: nn.Module, frozen_groups: Iterable[str]) -> int:
     """Trainable parameters after freezing ``frozen_groups`` (computed from the groups; changes nothing)."""
@@ -371,13 +341,14 @@ def check_mlp_only_prediction(prediction, model: nn.Module | None = None, tolera
     if prediction < 0:
         raise ValueError(f"a parameter count cannot be negative, got {prediction}")
     if model is None:
-        from .pretrained import build_from_config
+        from ..pretrained import build_from_config
 
         model = build_from_config("EleutherAI/gpt-neo-125M")
     truth = expected_trainable(model, ["mlp"])
     error = (prediction - truth) / truth
     if abs(error) <= tolerance:
-        return CheckResult(True, f"{truth:,} parameters stay trainable (your {prediction:,.0f} is within {abs(error):.2%})")
+        return CheckResult(True, f"{truth:,} parameters stay trainable (your {prediction:,.0f} is within "
+                                 f"{abs(error):.2%})")
     counts = group_counts(model)
     hint = ("trainable = total - MLP. The embeddings (the tied unembedding counted once), attention and "
             f"norms all stay trainable; the MLP holds {counts['mlp']:,} of the {sum(counts.values()):,}")

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+
+from ..env import resolve_device
+from ..model import eval_mode
 
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")
@@ -56,7 +59,8 @@ def alpaca_prompt(record: dict) -> str:
     """The prompt of an Alpaca record: the instruction, then its input (if any) after a blank line."""
     missing = {"instruction", "output"} - set(record)
     if missing:
-        raise KeyError(f"an Alpaca record needs 'instruction' and 'output' (and optionally 'input'); missing {sorted(missing)}")
+        raise KeyError("an Alpaca record needs 'instruction' and 'output' (and optionally 'input'); missing "
+                       f"{sorted(missing)}")
     extra = record.get("input") or ""
     return record["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
 
@@ -246,11 +250,9 @@ def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_s
     """
     if not examples:
         raise ValueError("no examples to evaluate")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = resolve_device(device, model)
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for i in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collator(examples[i:i + batch_size]).items()}
             labels = batch.pop("labels")
@@ -260,8 +262,6 @@ def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_s
                                                      ignore_index=IGNORE_INDEX, reduction="sum")
             total += loss.item()
             count += int((target != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
     return total / count
 
 
@@ -269,13 +269,13 @@ def show_example(tokenizer, example: dict) -> str:
     """The example's text with the prompt part in ``[PROMPT: ...]`` and the trained part in ``[RESPONSE: ...]``."""
     ids, labels, mask = example["input_ids"].tolist(), example["labels"].tolist(), example["attention_mask"].tolist()
     n = sum(mask)
-    prompt = [i for i, l in zip(ids[:n], labels[:n]) if l == IGNORE_INDEX]
-    trained = [i for i, l in zip(ids[:n], labels[:n]) if l != IGNORE_INDEX]
+    prompt = [i for i, lab in zip(ids[:n], labels[:n]) if lab == IGNORE_INDEX]
+    trained = [i for i, lab in zip(ids[:n], labels[:n]) if lab != IGNORE_INDEX]
     return (f"[PROMPT, no loss: {tokenizer.decode(prompt)!r}]\n[RESPONSE, loss: {tokenizer.decode(trained)!r}]\n"
             f"[PADDING: {len(ids) - n} tokens, no loss]")
 
 
-# --- TRL's own masking, for comparison --------------------------------------------------------
+# ---- TRL's own masking, for comparison -----------------------------------------------------------
 
 def trl_completion_labels(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, workdir: str,
                           system: str | None = None) -> list[dict]:
@@ -305,14 +305,16 @@ def trl_completion_labels(tokenizer, pairs: Sequence[tuple[str, str]], max_len: 
             warnings.simplefilter("ignore", FutureWarning)  # TRL's own deprecation notices
             args = SFTConfig(output_dir=workdir, max_length=max_len, completion_only_loss=True, report_to="none",
                              use_cpu=True, dataset_num_proc=None)
-            trainer = SFTTrainer(model=tiny, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+            trainer = SFTTrainer(
+                model=tiny, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            )
     finally:
         if bars:
             ds_logging.enable_progress_bar()
     return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer.train_dataset]
 
 
-# --- A synthetic multi-task instruction set ---------------------------------------------------
+# ---- A synthetic multi-task instruction set ------------------------------------------------------
 
 WORDS = (
     "cat", "sun", "map", "red", "box", "tree", "bird", "lamp", "fish", "rain", "moon", "door",
@@ -334,7 +336,7 @@ def word_pool() -> tuple[str, ...]:
     """
     import re
 
-    from .data import load_text
+    from ..data import load_text
 
     extra = sorted(set(re.findall(r"\b[a-z]{3,10}\b", load_text("alice"))) - set(WORDS))
     return WORDS + tuple(extra)
@@ -348,7 +350,8 @@ TASKS = {
     "sort_numbers": "Sort these numbers from smallest to largest: {numbers}. Reply with the sorted list only.",
     "nth_word": "What is word number {n} in the sentence '{sentence}'? Reply with that word only.",
     "add": "What is {a} + {b}? Reply with the number only.",
-    "first_letters": "Write the first letter of each of these words: {sentence}. Reply with the letters only, no spaces.",
+    "first_letters": "Write the first letter of each of these words: {sentence}. Reply with the letters only, no "
+                     "spaces.",
     "last_word": "What is the last word of the sentence '{sentence}'? Reply with that word only.",
 }
 
@@ -430,10 +433,8 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens:
     device = next(model.parameters()).device
     kind = _resolve_template(tokenizer, template)
     pad_id = _pad_id(tokenizer)
-    was_training = model.training
-    model.eval()
     answers = []
-    try:
+    with eval_mode(model):
         for i in range(0, len(prompts), batch_size):
             rows = [_prompt_ids(tokenizer, p, kind, system) for p in prompts[i:i + batch_size]]
             width = max(map(len, rows))
@@ -442,8 +443,6 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens:
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
             answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    finally:
-        model.train(was_training)
     return answers
 
 

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from course_utils.losses import causal_lm_loss
-from course_utils.sft import (
+from course_utils.lessons.l5_sft import (
     IGNORE_INDEX,
     SFTCollator,
     alpaca_prompt,
@@ -14,6 +13,7 @@ from course_utils.sft import (
     sft_example,
     trl_completion_labels,
 )
+from course_utils.losses import causal_lm_loss
 from course_utils.tokenizer import gpt2_tokenizer
 
 
@@ -177,7 +177,7 @@ def test_normalize_answer():
 def test_instruction_sets_reach_the_full_profile_sizes():
     # Lesson 5's full profile: 25 evaluation + 400 training prompts per trained task, 50 for the held-out one,
     # all distinct. With 49 words the one-word tasks could not get there (a full-profile run failed on it).
-    from course_utils import sft
+    from course_utils.lessons import l5_sft as sft
 
     for task in sft.TASKS:
         ev = sft.instruction_set([task], 50, seed=1)

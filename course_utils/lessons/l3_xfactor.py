@@ -17,16 +17,16 @@
 """
 from __future__ import annotations
 
-import html
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .claims import CheckResult
-from .losses import letter_token_mask, x_factor_target
+from ..claims import CheckResult
+from ..model import eval_mode
+from ..tables import Table
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
 DEFAULT_PROMPTS = (
@@ -35,6 +35,102 @@ DEFAULT_PROMPTS = (
     "Once upon a time, a little girl",
     "The best way to learn a new language is",
 )
+
+
+# ---- The lecture's target distribution and the KL loss -------------------------------------------
+def _vocab_rows(tokenizer, vocab_size: int | None) -> int:
+    n_tok = len(tokenizer)
+    if vocab_size is None:
+        return n_tok
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int (the model's output size), got {vocab_size!r}")
+    if vocab_size < n_tok:
+        raise ValueError(
+            f"vocab_size={vocab_size} is smaller than the tokenizer ({n_tok} tokens): the model could not output "
+            "every token id. Pass the model's output size, e.g. model.get_output_embeddings().weight.shape[0]."
+        )
+    return vocab_size
+
+
+def letter_token_mask(tokenizer, letter: str = "x", vocab_size: int | None = None,
+                      include_special: bool = False) -> torch.Tensor:
+    """A (V,) bool tensor: True where token ``i`` decoded on its own contains ``letter`` (case-insensitive).
+
+    ``V`` is ``vocab_size`` (the model's output size) or, when not given, ``len(tokenizer)``; rows past the
+    tokenizer's length (padding rows of the embedding) are False. Special tokens (``<|endoftext|>`` contains
+    an x!) do not count unless ``include_special=True``.
+    """
+    if not isinstance(letter, str) or not letter.strip():
+        raise ValueError(f"letter must be a non-empty string such as 'x', got {letter!r}")
+    rows = _vocab_rows(tokenizer, vocab_size)
+    n_tok = len(tokenizer)
+    needle = letter.lower()
+    texts = tokenizer.batch_decode([[i] for i in range(n_tok)])
+    mask = torch.zeros(rows, dtype=torch.bool)
+    mask[:n_tok] = torch.tensor([needle in t.lower() for t in texts], dtype=torch.bool)
+    if not include_special:
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        special = [i for i in special if 0 <= i < n_tok]
+        if special:
+            mask[torch.tensor(special)] = False
+    return mask
+
+
+def x_factor_target(tokenizer, alpha: float, beta: float, letter: str = "x", vocab_size: int | None = None,
+                    include_special: bool = False) -> torch.Tensor:
+    """Lesson 3's target distribution P, a (V,) probability vector that sums to 1.
+
+    Every token containing ``letter`` (see ``letter_token_mask``) gets weight ``alpha``, every other token
+    ``beta``; the weights are then normalised. The lecture uses ``alpha > beta``. ``vocab_size`` is the model's
+    output size when it differs from ``len(tokenizer)``: rows that are no token at all get probability 0.
+    """
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0 (a weight before normalising), got {v!r}")
+    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
+    n_hit = int(mask.sum())
+    if n_hit == 0:
+        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
+    if alpha == 0 and beta == 0:
+        raise ValueError("alpha and beta are both 0: there is no probability to spread (use alpha > beta > 0)")
+    n_tok = len(tokenizer)
+    weights = torch.zeros(mask.numel(), dtype=torch.float64)
+    weights[:n_tok] = beta
+    weights[mask] = alpha
+    if weights.sum() == 0:
+        raise ValueError(f"alpha=0 and no token without {letter!r} to give beta to: nothing is left")
+    return (weights / weights.sum()).float()
+
+
+def kl_to_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q_model) averaged over the B*T rows: ``F.kl_div(log_softmax(logits), P, reduction="batchmean")``.
+
+    ``logits`` are B x T x V (or N x V); ``target`` is the (V,) distribution P shared by every row (or one
+    row per position, same shape as the logits). Per row: sum_i P(i) * (log P(i) - log Q(i)); rows where
+    P(i) = 0 contribute nothing for that i.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be a (batch, time, vocab) or (rows, vocab) tensor, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise ValueError(f"target must be a tensor (e.g. from x_factor_target), got {type(target).__name__}")
+    V = logits.size(-1)
+    if target.size(-1) != V:
+        raise ValueError(
+            f"the target has {target.size(-1)} entries but the logits have V={V}: build the target with "
+            f"vocab_size={V} (the model's output size), not len(tokenizer)"
+        )
+    log_q = F.log_softmax(logits.reshape(-1, V).float(), dim=-1)  # (B*T) x V
+    p = target.to(log_q.device, torch.float32)
+    if p.dim() == 1:
+        p = p.expand_as(log_q)
+    elif p.shape != logits.shape:
+        raise ValueError(f"target must be (V,) or the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+    else:
+        p = p.reshape(-1, V)
+    return F.kl_div(log_q, p, reduction="batchmean")
+
 
 
 @dataclass
@@ -111,15 +207,11 @@ def generate_samples(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS,
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # Hugging Face sampling draws from torch's global generator
             out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=1.0,
                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad)
-    finally:
-        model.train(was_training)
     samples = []
     for prompt, row in zip(prompts, out[:, enc["input_ids"].shape[1]:].tolist()):
         ids = row[: row.index(eos)] if eos in row else row
@@ -135,10 +227,8 @@ def judge_perplexity(judge, tokenizer, samples: Sequence[Sample]) -> float:
     natural language: around 10-30 for ordinary text, hundreds or thousands for word salad.
     """
     device = _check_model(judge)
-    was_training = judge.training
-    judge.eval()
     nll, count = 0.0, 0
-    try:
+    with eval_mode(judge):
         for s in samples:
             if not s.ids:
                 continue
@@ -149,8 +239,6 @@ def judge_perplexity(judge, tokenizer, samples: Sequence[Sample]) -> float:
             token_logp = logp.gather(1, tgt[:, None])[:, 0][len(prompt_ids) - 1:]  # generated tokens only
             nll -= token_logp.sum().item()
             count += token_logp.numel()
-    finally:
-        judge.train(was_training)
     if count == 0:
         raise ValueError("no generated tokens to judge (every sample is empty)")
     return math.exp(nll / count)
@@ -178,17 +266,18 @@ class SideBySide:
         self.results = results
         self.prompts = [s.prompt for s in next(iter(results.values())).samples]
 
+    def table(self) -> Table:
+        """One row per prompt, one column per model; the first row gives each model's R and judged perplexity."""
+        def score(r) -> str:
+            return f"R = {r.rate:.2f}" + (f", ppl {r.perplexity:,.0f}" if r.perplexity is not None else "")
+
+        rows = [{"prompt": "(R, judged perplexity)", **{k: score(r) for k, r in self.results.items()}}]
+        rows += [{"prompt": p, **{k: r.samples[j].text for k, r in self.results.items()}}
+                 for j, p in enumerate(self.prompts)]
+        return Table(rows, columns=["prompt", *self.results])
+
     def _repr_html_(self) -> str:
-        e = html.escape
-        head = "".join(f"<th>{e(k)}<br><small>R = {r.rate:.2f}"
-                       + (f", ppl {r.perplexity:,.0f}" if r.perplexity is not None else "") + "</small></th>"
-                       for k, r in self.results.items())
-        rows = ""
-        for j, p in enumerate(self.prompts):
-            cells = "".join(f"<td style='text-align:left;vertical-align:top'>{e(r.samples[j].text)}</td>"
-                            for r in self.results.values())
-            rows += f"<tr><td style='text-align:left;vertical-align:top'><b>{e(p)}</b></td>{cells}</tr>"
-        return f"<table><tr><th>prompt</th>{head}</tr>{rows}</table>"
+        return self.table()._repr_html_()
 
     def __repr__(self) -> str:
         lines = []
@@ -230,7 +319,7 @@ def tilted_target(ref_logits: torch.Tensor, mask: torch.Tensor, log_bonus: float
     return F.softmax(logq + log_bonus * mask.to(logq.device, logq.dtype), dim=-1)
 
 
-# --- the widget -----------------------------------------------------------------------------------
+# ---- The widget ----------------------------------------------------------------------------------
 
 
 def generation_widget(models: dict, tokenizer, mask: torch.Tensor | None = None, prompt: str = DEFAULT_PROMPTS[0],
@@ -270,7 +359,7 @@ def generation_widget(models: dict, tokenizer, mask: torch.Tensor | None = None,
     return w.VBox([choice, text, w.HBox([temp, seed]), n_tokens, button, out])
 
 
-# --- the exercise ---------------------------------------------------------------------------------
+# ---- The exercise --------------------------------------------------------------------------------
 
 
 def check_letter_target(candidate, tokenizer, letter: str, alpha: float, beta: float,
@@ -289,7 +378,8 @@ def check_letter_target(candidate, tokenizer, letter: str, alpha: float, beta: f
     reference = x_factor_target(tokenizer, alpha, beta, letter, vocab_size)
     V = reference.numel()
     if tuple(candidate.shape) != (V,):
-        return CheckResult(False, [f"shape must be ({V},): one probability per vocabulary row; got {tuple(candidate.shape)}"])
+        return CheckResult(False, [f"shape must be ({V},): one probability per vocabulary row; got "
+                                   f"{tuple(candidate.shape)}"])
     cand = candidate.detach().double().cpu()
     if not torch.isfinite(cand).all():
         return CheckResult(False, ["the target has NaN or infinite entries (did you divide by zero?)"])
@@ -316,5 +406,6 @@ def check_letter_target(candidate, tokenizer, letter: str, alpha: float, beta: f
     if msgs:
         return CheckResult(False, msgs)
     n = int(mask.sum())
-    return CheckResult(True, [f"{n} tokens contain {letter!r}; they carry {ref[mask].sum().item():.1%} of the probability",
+    return CheckResult(True, [f"{n} tokens contain {letter!r}; they carry {ref[mask].sum().item():.1%} of the "
+                              "probability",
                               "shape, sum and every entry match"])

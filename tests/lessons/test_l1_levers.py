@@ -1,12 +1,14 @@
-"""Lesson 1's measuring helpers (course_utils.levers): each one checked against a fact it must reproduce."""
+"""Lesson 1's measuring helpers (course_utils.lessons.l1_levers): each one checked against a fact it must reproduce."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import levers
+from course_utils import memory, runs, tables
 from course_utils.data import get_batch
+from course_utils.lessons import l1_levers as levers
+from course_utils.lessons import l1_parallel
 from course_utils.measure import Timing
 from course_utils.model import GPT, GPTConfig
 
@@ -93,9 +95,9 @@ def test_tying_counts_at_gpt2_small_on_the_meta_device():
     assert r["tied parameters"] == 124_439_808
     assert r["saved parameters"] == 50257 * 768
     assert r["saved weight bytes (fp32)"] == 4 * 50257 * 768
-    assert levers.sharded_state_bytes(100, shards=8) == 200
+    assert memory.sharded_state_bytes(100, shards=8) == 200
     with pytest.raises(ValueError):
-        levers.sharded_state_bytes(100, shards=0)
+        memory.sharded_state_bytes(100, shards=0)
 
 
 def test_dtype_tables_are_exact():
@@ -115,28 +117,28 @@ def test_tensor_parallel_and_pipeline_reproduce_the_model():
     mlp = model.h[0].mlp
     h = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        col, shapes = levers.column_parallel_linear(mlp.c_fc, h, 4)
+        col, shapes = l1_parallel.column_parallel_linear(mlp.c_fc, h, 4)
         assert shapes == [(32, 32)] * 4 and (col - mlp.c_fc(h)).abs().max() < 1e-6
         hid = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))
-        row, _ = levers.row_parallel_linear(mlp.c_proj, hid, 2)
+        row, _ = l1_parallel.row_parallel_linear(mlp.c_proj, hid, 2)
         assert (row - mlp.c_proj(hid)).abs().max() < 1e-5
         x, _ = batches(4)(torch.Generator().manual_seed(0))
-        logits, groups = levers.pipeline_forward(model, x, stages=2, micro_batches=2)
+        logits, groups = l1_parallel.pipeline_forward(model, x, stages=2, micro_batches=2)
         assert groups == [[0], [1]] and (logits - model(x)).abs().max() < 1e-5
-    diagram, bubble = levers.pipeline_schedule(4, 4)
+    diagram, bubble = l1_parallel.pipeline_schedule(4, 4)
     assert bubble == pytest.approx(3 / 7) and diagram.splitlines()[3].endswith("0 1 2 3")
     with pytest.raises(ValueError, match="shards"):
-        levers.column_parallel_linear(mlp.c_fc, h, 5)
+        l1_parallel.column_parallel_linear(mlp.c_fc, h, 5)
 
 
 def test_measure_training_and_memory_counts():
-    m = levers.measure_training(tiny, batches(4), "tiny", warmup=1, repeats=2, device="cpu")
+    m = runs.measure_training(tiny, batches(4), "tiny", warmup=1, repeats=2, device="cpu")
     assert len(m.timing.times) == 2 and m.tokens_per_step == 4 * 16
     assert m.tokens_per_s > 0 and len(m.losses) == 3
-    small, _ = levers.tensor_peak_memory(lambda: torch.zeros(1000), device="cpu")
-    big, method = levers.tensor_peak_memory(lambda: torch.zeros(100_000), device="cpu")
+    small, _ = memory.tensor_peak_memory(lambda: torch.zeros(1000), device="cpu")
+    big, method = memory.tensor_peak_memory(lambda: torch.zeros(100_000), device="cpu")
     assert big >= 400_000 > small and "MemTracker" in method
-    accum = levers.measure_training(tiny, batches(1), "accum", warmup=0, repeats=1, device="cpu", grad_accum=4)
+    accum = runs.measure_training(tiny, batches(1), "accum", warmup=0, repeats=1, device="cpu", grad_accum=4)
     assert accum.tokens_per_step == m.tokens_per_step
 
 
@@ -166,6 +168,6 @@ def test_layout_and_attention_benchmarks_run_and_pinned_is_cuda_only():
 
 
 def test_table_renders():
-    t = levers.Table([{"a": 1, "b": 2.5}, {"a": 1234567, "b": "x"}], "t")
+    t = tables.Table([{"a": 1, "b": 2.5}, {"a": 1234567, "b": "x"}], "t")
     assert "1,234,567" in str(t) and "<table>" in t._repr_html_() and t.column("a") == [1, 1234567]
     assert math.isclose(t.rows[0]["b"], 2.5)

@@ -1,0 +1,56 @@
+"""One result type for every "Your turn" checker: course_utils.claims.CheckResult."""
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import course_utils
+from course_utils.claims import CheckResult
+
+
+def test_check_result_is_truthy_only_when_passed_and_shows_every_message():
+    ok = CheckResult(True, ["shape matches", "sum is 1"])
+    assert ok and str(ok) == "PASSED\n  - shape matches\n  - sum is 1"
+    bad = CheckResult(False, "divide by k")  # one message may be given as a string
+    assert not bad and bad.messages == ["divide by k"] and repr(bad) == "NOT YET\n  - divide by k"
+    assert bad.message == "divide by k"
+    with pytest.raises(ValueError, match="at least one message"):
+        CheckResult(False, [])
+
+
+def _checkers():
+    for info in pkgutil.walk_packages(course_utils.__path__, prefix="course_utils."):
+        module = importlib.import_module(info.name)
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if name.startswith("check_") and fn.__module__ == module.__name__:
+                yield f"{info.name.rsplit('.', 1)[-1]}.{name}", fn
+
+
+def test_every_exercise_checker_returns_the_shared_result_type():
+    found = dict(_checkers())
+    # the five lessons' checkers; a new one must return CheckResult too
+    assert {"l1_levers.check_accumulation", "l2_final_token.check_last_k_loss", "l3_xfactor.check_letter_target",
+            "l4_freeze.check_mlp_only_prediction", "l5_lora.check_lora_count"} <= set(found)
+    for name, fn in found.items():
+        returns = inspect.signature(fn).return_annotation
+        assert returns in (CheckResult, "CheckResult"), f"{name} returns {returns!r}, not CheckResult"
+
+
+def test_verdicts_that_need_a_reason_and_facts_beside_the_table():
+    from course_utils.claims import HOLDS, INCONCLUSIVE, VERDICTS, ClaimsTable
+
+    assert INCONCLUSIVE == "inconclusive" and INCONCLUSIVE in VERDICTS
+    t = ClaimsTable("Lesson X", context="cpu, small profile")
+    with pytest.raises(ValueError, match="say why"):
+        t.add("faster", "2x", "1.01x", INCONCLUSIVE)
+    t.add("faster", "2x", "1.01x", INCONCLUSIVE, why="within the noise of 15 rounds")
+    t.add("smaller", "half", "0.5x", HOLDS)
+    t.fact("bf16 bytes per element", "2")
+    assert t.counts()[INCONCLUSIVE] == 1 and len(t.claims) == 2  # a fact is not a claim
+    html = t._repr_html_()
+    assert "inconclusive" in html and "Facts" in html and "bf16 bytes per element" in html
+    assert "<th style='text-align:left" in html  # headers aligned with their cells
+    md = t.to_markdown()
+    assert "| faster | 2x | 1.01x | inconclusive |" in md and "bf16 bytes per element" in md
+    assert "fact: bf16 bytes per element: 2" in str(t)
