@@ -55,10 +55,17 @@ def test_shards_cover_the_global_batch_exactly(tokens):
         ddp.shard_batches(data, SETTINGS, 0, 3)
 
 
-def test_a_wrong_average_would_be_caught():
-    # the tolerance is meaningful: without the averaging, the second step's loss differs by far more
-    ref = {"loss": [3.0, 2.9]}
-    assert ddp.max_loss_difference(ref, {"loss": [3.0, 2.9 + 10 * TOL]}) > TOL
+def test_a_missing_all_reduce_is_caught(tokens):
+    # The real mistake: each rank trains on its own slice and nobody averages the gradients (no DDP wrapper).
+    # Step 1's loss still agrees (same weights, the two slices' mean is the batch mean); every later step must not.
+    data = ddp.load_token_stream(tokens)
+    ref = ddp.reference_run(SETTINGS, data)
+    per_rank = [ddp.rank_record(*ddp.train_shard(SETTINGS, data, rank, 2)) for rank in range(2)]
+    broken = ddp.summarize(SETTINGS, per_rank, "none (no all-reduce)", "cpu", 0.0)
+    assert abs(broken["loss"][0] - ref["loss"][0]) < TOL
+    assert ddp.max_loss_difference(broken, ref) > 10 * TOL
+    fp = broken["param_fingerprints"]
+    assert abs(fp[0] - fp[1]) > 1e-6 * fp[0]  # the copies drifted apart
     with pytest.raises(ValueError, match="different lengths"):
         ddp.max_loss_difference(ref, {"loss": [3.0]})
 
