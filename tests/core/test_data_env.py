@@ -94,3 +94,16 @@ def test_report_env_prints_the_facts(capsys):
     out = capsys.readouterr().out
     for key in ("torch", "transformers", "device", "profile", "hub"):
         assert key in facts and key in out
+
+
+def test_check_packages_names_the_lessons_that_need_a_missing_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    table = env.check_packages()
+    rows = {r["package"]: r for r in table.rows}
+    assert rows["trl"]["status"] == "MISSING: pip install trl" and rows["trl"]["lessons"] == "5"
+    assert rows["peft"]["status"][0].isdigit()  # a version
+    assert "missing: trl" in table.note
+    assert {"transformers", "peft", "trl", "bitsandbytes", "datasets"} <= set(rows)
