@@ -12,7 +12,7 @@
 - Gradient accumulation (``loss / grad_accum`` so the summed gradient equals the big batch's mean),
   gradient clipping (the norm is recorded every step), warmup + cosine LR schedule,
   autocast mixed precision (bf16; fp16 with a GradScaler on CUDA), a tqdm progress bar with
-  a short postfix (``loss 3.214 lr 3e-4 |g| 0.82 1.2k tok/s``; ``|g|`` is the gradient norm before clipping),
+  a short postfix (``loss 3.214 lr 3e-4 norm 0.82 1.23k tok/s``; norm: the gradient norm before clipping),
   checkpoints with exact resume that load with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -153,13 +153,18 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 def progress_postfix(loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> str:
-    """The progress bar's short postfix, e.g. ``loss 3.214 lr 3e-4 |g| 0.82 1.2k tok/s``."""
+    """The progress bar's short postfix, e.g. ``loss 3.214 lr 3e-4 norm 0.82 1.23k tok/s``.
+
+    A browser may break a line after "|" or "-", which split "lr 1e-" from "6" in a narrow notebook widget: so
+    no "|", and the exponent's minus is a non-breaking hyphen (U+2011), which looks the same.
+    """
     mantissa, exponent = f"{lr:.0e}".split("e")
     from tqdm import tqdm
 
     rate = tqdm.format_sizeof(tokens_per_s).strip()
     norm = f"{grad_norm:.2f}" if grad_norm < 10 else f"{grad_norm:.0f}"
-    return f"loss {loss:.3f} lr {mantissa}e{int(exponent)} |g| {norm} {rate} tok/s"
+    exponent = str(int(exponent)).replace("-", "\u2011")
+    return f"loss {loss:.3f} lr {mantissa}e{exponent} norm {norm} {rate} tok/s"
 
 
 def _to_device(batch, device: torch.device):
@@ -365,10 +370,10 @@ def train(
 
     from tqdm.auto import tqdm
 
-    # dynamic_ncols: a text bar fits the terminal's width; a notebook widget spans the cell and never
-    # breaks its label ("lr 1e-6") or the short postfix onto a second line
+    # dynamic_ncols: a text bar fits the terminal's width; a notebook widget spans the cell, and in a narrow
+    # one its counts and postfix move to the next line whole. No it/s: the postfix has tokens/s.
     bar = tqdm(total=cfg.steps, initial=start, desc=cfg.desc, disable=not cfg.progress, leave=True,
-               dynamic_ncols=True)
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
     model.train()
     tokens_seen = history.tokens_seen[-1] if history.tokens_seen else 0
     for step in range(start, end):
