@@ -137,10 +137,31 @@ class GPT(nn.Module):
         """Parameters counted once each (a tied matrix counts once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def _check_token_ids(self, idx: torch.Tensor) -> None:
+        """Integer ids in [0, vocab_size): one min/max over the batch (skipped while torch.compile traces)."""
+        V = self.config.vocab_size
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(
+                f"token ids must be integers (torch.long), got {idx.dtype}: pass the tokenizer's ids, "
+                f"e.g. torch.tensor(ids, dtype=torch.long), not embeddings, probabilities or a float tensor"
+            )
+        if idx.numel() == 0 or torch.compiler.is_compiling():
+            return
+        lo, hi = torch.stack(torch.aminmax(idx)).tolist()
+        if lo < 0 or hi >= V:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"token id {bad} is outside this model's vocabulary (vocab_size={V}: ids 0..{V - 1}). "
+                f"The ids probably come from another tokenizer than the one the model was built for "
+                f"(e.g. a 49,152-token SmolLM2 tokenizer for a 50,257-token GPT-2 model), or padding used -1/-100 "
+                f"as an input id; tokenize with the model's tokenizer, or build GPTConfig(vocab_size=...) to match."
+            )
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids ``idx`` (B x T) -> logits (B x T x vocab_size)."""
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        self._check_token_ids(idx)
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(

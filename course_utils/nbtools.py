@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from html import unescape
 from pathlib import Path
 
 from . import REPO_BRANCH, REPO_URL
@@ -84,6 +85,74 @@ def fix_header(nb_path: Path, nb) -> None:
         nb.cells.insert(1, nbformat.v4.new_code_cell(colab_install_source()))
 
 
+def installed_kernelspec(name: str = "python3") -> dict:
+    """The kernelspec of the installed kernel, as Jupyter writes it into a notebook's metadata.
+
+    A notebook saved with another display name ("Python 3" vs "Python 3 (ipykernel)") is marked modified by
+    JupyterLab as soon as it opens.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(name)
+    return {"display_name": spec.display_name, "language": spec.language, "name": name}
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def last_frames(text: str) -> str:
+    """What a terminal shows of ``text``: of each line's carriage-return frames (a tqdm bar), only the last."""
+    if "\r" not in text:
+        return text
+    lines = []
+    for line in text.split("\n"):
+        frames = [f for f in line.split("\r") if f]
+        lines.append(frames[-1] if frames else "")
+    return "\n".join(lines)
+
+
+def widget_bar_text(model_id: str, state: dict) -> str | None:
+    """The text of a tqdm.notebook bar, read from the widget state saved in the notebook (its final state).
+
+    tqdm.notebook displays an HBox of [HTML label, progress bar, HTML counts]; the saved output's text/plain
+    fallback was captured when the bar appeared, at 0%. None when ``model_id`` is not such a bar.
+    """
+    box = state.get(model_id, {})
+    children = box.get("state", {}).get("children", [])
+    if box.get("model_name") != "HBoxModel" or len(children) != 3:
+        return None
+    left, bar, right = (state.get(c.removeprefix("IPY_MODEL_"), {}) for c in children)
+    if "Progress" not in bar.get("model_name", "") or left.get("model_name") != "HTMLModel":
+        return None
+    value, total = bar["state"].get("value", 0), bar["state"].get("max", 0)
+    filled = int(10 * value / total) if total else 10
+    left_text, right_text = (unescape(m.get("state", {}).get("value", "")).replace("\u2007", " ")
+                             for m in (left, right))
+    return f"{left_text}|{'█' * filled}{' ' * (10 - filled)}|{right_text}"
+
+
+def tidy_outputs(nb, kernelspec: dict | None = None):
+    """Make an executed notebook look as a learner would see it; return ``nb`` (changed in place).
+
+    - metadata.kernelspec: the installed kernel's (``installed_kernelspec()`` unless given);
+    - stream outputs: of each tqdm text bar's carriage-return frames, only the last (the finished bar);
+    - tqdm widget outputs: the text/plain fallback (captured at 0%) rewritten from the saved widget state.
+    """
+    nb.metadata["kernelspec"] = kernelspec or installed_kernelspec()
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                out["text"] = last_frames(out["text"])
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if view and "text/plain" in out["data"]:
+                final = widget_bar_text(view.get("model_id", ""), state)
+                if final is not None:
+                    out["data"]["text/plain"] = final
+    return nb
+
+
 # Run in the executed notebook's kernel after its last cell: every ClaimsTable it built, as Markdown.
 CLAIMS_CELL = """
 from course_utils.claims import ClaimsTable as _CT
@@ -121,6 +190,7 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
         markdown = "".join(o.get("text", "") for o in nb.cells[-1].outputs) if collect_claims else ""
     finally:
         del nb.cells[n_cells:]
+        tidy_outputs(nb)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_path)
     return (seconds, markdown) if collect_claims else seconds

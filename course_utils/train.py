@@ -12,16 +12,18 @@
 - Gradient accumulation (``loss / grad_accum`` so the summed gradient equals the big batch's mean),
   gradient clipping (the norm is recorded every step), warmup + cosine LR schedule,
   autocast mixed precision (bf16; fp16 with a GradScaler on CUDA), a tqdm progress bar with
-  ``loss | lr | norm | tok/s``, checkpoints with exact resume.
+  a short postfix (``loss 3.214 lr 3e-4 norm 0.82 1.23k tok/s``; norm: the gradient norm before clipping),
+  checkpoints with exact resume that load with ``weights_only=True``.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import torch
 
@@ -158,6 +160,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **extra)
 
 
+def progress_postfix(loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> str:
+    """The progress bar's short postfix, e.g. ``loss 3.214 lr 3e-4 norm 0.82 1.23k tok/s``.
+
+    A browser may break a line after "|" or "-", which split "lr 1e-" from "6" in a narrow notebook widget: so
+    no "|", and the exponent's minus is a non-breaking hyphen (U+2011), which looks the same.
+    """
+    mantissa, exponent = f"{lr:.0e}".split("e")
+    from tqdm import tqdm
+
+    rate = tqdm.format_sizeof(tokens_per_s).strip()
+    norm = f"{grad_norm:.2f}" if grad_norm < 10 else f"{grad_norm:.0f}"
+    exponent = str(int(exponent)).replace("-", "\u2011")
+    return f"loss {loss:.3f} lr {mantissa}e{exponent} norm {norm} {rate} tok/s"
+
+
 def _to_device(batch, device: torch.device):
     """Move a batch to the device; return (model kwargs or input, targets, number of input tokens)."""
     if isinstance(batch, dict):
@@ -205,9 +222,35 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def model_description(model: torch.nn.Module) -> dict:
+    """The model's class and configuration as plain values: saved in a checkpoint, compared on resume."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    config = getattr(model, "config", None)
+    if is_dataclass(config):
+        values = asdict(config)
+    elif hasattr(config, "to_dict"):  # Hugging Face models
+        values = config.to_dict()
+    else:
+        values = {}
+    plain = {k: v for k, v in values.items()  # not the path it was loaded from, nor the library's version
+             if (isinstance(v, (bool, int, float, str)) or v is None)
+             and not k.startswith("_") and k not in ("transformers_version", "name_or_path")}
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"class": type(model).__name__, "config": plain, "trainable_parameters": n_trainable}
+
+
+def _describe(desc: dict) -> str:
+    items = ", ".join(f"{k}={v!r}" for k, v in sorted(desc["config"].items()))
+    return f"{desc['class']}({items}; {desc['trainable_parameters']:,} trainable parameters)"
+
+
 def save_checkpoint(path, model, optimizer, scheduler, scaler, step, batch_gen, history, cfg, device) -> None:
-    """Everything an exact resume needs: weights, optimizer moments, schedule, RNG states, step."""
+    """Everything an exact resume needs: weights, optimizer moments, schedule, RNG states, step.
+
+    Only tensors and plain Python values, so ``load_checkpoint`` reads it with ``weights_only=True``.
+    """
     state = {
+        "model_description": model_description(model),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -222,6 +265,57 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, step, batch_gen, 
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "batch_rng", "rng", "history", "config")
+
+
+def load_checkpoint(path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``: tensors and plain values only, never arbitrary code.
+
+    A file that holds anything else (a pickled object: altered, or not written by this course), a truncated
+    or corrupt file, and a file missing a key raise an error that names the file and what to do.
+    """
+    fresh = f"delete {path} (or set TrainConfig.checkpoint_path to a new file) to start the run afresh"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"checkpoint {path} holds more than tensors and plain values, so it was not written by "
+            f"course_utils.train or was altered; it was not loaded, since unpickling it could run any code. "
+            f"Use a checkpoint you made yourself, or {fresh}.{_unsupported(e)}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise RuntimeError(
+            f"checkpoint {path} could not be read: it is truncated or corrupt (a copy or a save cut short?). "
+            f"Restore a complete copy, or {fresh}. ({str(e).splitlines()[0]})"
+        ) from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a course_utils.train checkpoint (no {', '.join(missing)}); {fresh}")
+    return state
+
+
+def _unsupported(e: Exception) -> str:
+    """The line of torch's weights_only error that names the object found, if there is one."""
+    found = [line.strip() for line in str(e).splitlines() if "Unsupported" in line]
+    return f" ({found[0]})" if found else ""
+
+
+def _check_same_model(path, state: dict, model: torch.nn.Module) -> None:
+    saved, here = state.get("model_description"), model_description(model)
+    if saved is not None and saved != here:
+        diff = sorted(k for k in saved["config"].keys() | here["config"].keys()
+                      if saved["config"].get(k) != here["config"].get(k))
+        what = f"they differ in {', '.join(diff)}" if diff else "their classes or trainable parameters differ"
+        raise ValueError(
+            f"checkpoint {path} was saved from another model configuration ({what}).\n"
+            f"  checkpoint: {_describe(saved)}\n  this model: {_describe(here)}\n"
+            f"Resume with the model the checkpoint was made with, or delete {path} "
+            f"(or set TrainConfig.checkpoint_path to a new file) to train this model from the start."
+        )
 
 
 def train(
@@ -253,7 +347,8 @@ def train(
     history, start = History(), 0
 
     if resume and cfg.checkpoint_path and os.path.exists(cfg.checkpoint_path):
-        state = torch.load(cfg.checkpoint_path, map_location=device, weights_only=False)  # our own file
+        state = load_checkpoint(cfg.checkpoint_path, device)
+        _check_same_model(cfg.checkpoint_path, state, model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -279,7 +374,10 @@ def train(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.desc, disable=not cfg.progress, leave=True)
+    # dynamic_ncols: a text bar fits the terminal's width; a notebook widget spans the cell, and in a narrow
+    # one its counts and postfix move to the next line whole. No it/s: the postfix has tokens/s.
+    bar = tqdm(total=cfg.steps, initial=start, desc=cfg.desc, disable=not cfg.progress, leave=True,
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
     model.train()
     tokens_seen = history.tokens_seen[-1] if history.tokens_seen else 0
     for step in range(start, end):
@@ -317,8 +415,8 @@ def train(
         history.step_time.append(dt)
         history.tokens_per_s.append(n_tokens / dt)
         history.tokens_seen.append(tokens_seen)
+        bar.set_postfix_str(progress_postfix(loss_sum, lr, grad_norm, n_tokens / dt), refresh=False)
         bar.update(1)
-        bar.set_postfix_str(f"loss {loss_sum:.3f} | lr {lr:.1e} | norm {grad_norm:.2f} | {n_tokens / dt:,.0f} tok/s")
         if cfg.checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(
                 cfg.checkpoint_path, model, optimizer, scheduler, scaler, step + 1, batch_gen, history, cfg, device
