@@ -32,3 +32,10 @@ def test_float_ids_are_refused(model):
 def test_valid_ids_still_work(model):
     assert model(torch.tensor([[0, 36, 5]])).shape == (1, 3, 37)
     assert model(torch.tensor([[0, 36, 5]], dtype=torch.int32)).shape == (1, 3, 37)
+
+
+def test_the_check_does_not_break_torch_compile(model):
+    # the check is skipped while dynamo traces (torch.compiler.is_compiling()); fullgraph=True fails on a graph break
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.tensor([[0, 36, 5]])
+    assert torch.equal(compiled(x), model(x))
