@@ -157,7 +157,7 @@ LESSON_PACKAGES = (
 )
 
 
-def check_packages(packages=LESSON_PACKAGES):
+def package_report(packages=LESSON_PACKAGES):
     """One row per package a lesson imports: its version, or MISSING with the install command and the lessons
     that need it. Returns a ``course_utils.tables.Table`` (finding a package does not import it)."""
     import importlib.metadata

@@ -96,12 +96,12 @@ def test_report_env_prints_the_facts(capsys):
         assert key in facts and key in out
 
 
-def test_check_packages_names_the_lessons_that_need_a_missing_package(monkeypatch):
+def test_package_report_names_the_lessons_that_need_a_missing_package(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
-    table = env.check_packages()
+    table = env.package_report()
     rows = {r["package"]: r for r in table.rows}
     assert rows["trl"]["status"] == "MISSING: pip install trl" and rows["trl"]["lessons"] == "5"
     assert rows["peft"]["status"][0].isdigit()  # a version
