@@ -22,6 +22,17 @@ def all_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
+def fused_all_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``all_token_loss``, marked so that ``course_utils.train`` hands the targets to the model instead:
+    ``model(x, targets=y)`` (Model 5's fused output layer + loss, see ``linear_cross_entropy``) rather than
+    ``loss_fn(model(x), y)``. Same value; the B x T x V logits are never made. Called on logits, it is
+    ``all_token_loss`` (for models that do not take ``targets``)."""
+    return all_token_loss(logits, targets)
+
+
+fused_all_token_loss.model_computes_loss = True
+
+
 def final_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Lesson 2: the loss on the final position only, L = -log P(x_T | x_<T): B targets per batch.
 
@@ -153,9 +164,9 @@ def _amp_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
-def _lce_chunk(h, w, t, n_valid, vocab_size, ignore_index, grad_h, grad_w, needs_grad):
-    """One chunk of rows: logits -> summed loss; writes d(mean loss)/dh into ``grad_h`` and adds
-    d(mean loss)/dW into ``grad_w``. ``h`` (c, d), ``w`` (Vp, d) in the matmul dtype, ``t`` (c,)."""
+def _lce_chunk(h, w, t, n_valid, vocab_size, ignore_index, grad_w, needs_grad):
+    """One chunk of rows: logits -> (summed loss, d(mean loss)/dh or None); adds d(mean loss)/dW into
+    ``grad_w``. ``h`` (c, d), ``w`` (Vp, d) in the matmul dtype, ``t`` (c,)."""
     logits = (h @ w.t()).float()  # c x Vp, fp32 for the softmax (a copy only when the matmul ran in bf16/fp16)
     if vocab_size < w.size(0):
         logits[:, vocab_size:] = float("-inf")  # padding rows of the embedding are no token: probability 0
@@ -167,17 +178,18 @@ def _lce_chunk(h, w, t, n_valid, vocab_size, ignore_index, grad_h, grad_w, needs
     row_sum = e.sum(dim=1, keepdim=True)
     lse = (row_max + row_sum.log()).squeeze(1)
     loss_sum = ((lse - target_logit) * valid).sum()
+    grad_h = None
     if needs_grad:  # d loss / d logits = (softmax - one_hot) / n_valid for counted rows, 0 for ignored ones
         scale = valid.unsqueeze(1) / n_valid
         g = e.mul_(scale / row_sum)
         g.scatter_add_(1, t_safe, -scale)
         g = g.to(h.dtype)
-        torch.mm(g, w, out=grad_h)
+        grad_h = g @ w
         if grad_w.dtype == g.dtype:
             grad_w.addmm_(g.t(), h)
         else:  # bf16/fp16 matmuls: the weight gradient still sums over the chunks in fp32
             grad_w += g.t() @ h
-    return loss_sum
+    return loss_sum, grad_h
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -196,14 +208,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             h_all = hidden.to(mm_dtype)
             w = weight.to(mm_dtype)
             n_valid = (targets != ignore_index).sum().clamp(min=1).float()
-            grad_h = torch.empty_like(h_all) if needs_grad else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            N = h_all.size(0)
-            for s in range(0, N, chunk_rows):
-                e = min(N, s + chunk_rows)
-                total = total + _lce_chunk(h_all[s:e], w, targets[s:e], n_valid, vocab_size, ignore_index,
-                                           grad_h[s:e] if needs_grad else None, grad_w, needs_grad)
+            total, grad_h = torch.zeros((), dtype=torch.float32, device=hidden.device), []
+            for s in range(0, h_all.size(0), chunk_rows):
+                loss_sum, gh = _lce_chunk(h_all[s:s + chunk_rows], w, targets[s:s + chunk_rows], n_valid,
+                                          vocab_size, ignore_index, grad_w, needs_grad)
+                total = total + loss_sum
+                grad_h.append(gh)
+            grad_h = torch.cat(grad_h) if needs_grad else None
         ctx.save_for_backward(grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype)
         return total / n_valid

@@ -119,3 +119,26 @@ def test_from_hf_gpt2_with_padded_vocab_keeps_logits():
     x = torch.randint(0, V, (2, 32))
     with torch.no_grad():
         assert (ours(x) - hf(x).logits).abs().max().item() < 1e-4
+
+
+def test_train_with_fused_all_token_loss_matches_all_token_loss():
+    from course_utils.losses import fused_all_token_loss
+    from course_utils.train import TrainConfig, train
+
+    def batches(gen):
+        x = torch.randint(0, V, (4, 16), generator=gen)
+        return x, torch.roll(x, -1, dims=1)
+
+    runs = {}
+    for fn in (all_token_loss, fused_all_token_loss):
+        m = model()
+        cfg = TrainConfig(steps=4, lr=1e-3, eval_every=2, progress=False)
+        h = train(m, batches, cfg, loss_fn=fn, test_batches=batches, device="cpu")
+        runs[fn.__name__] = (h, m)
+    (h1, m1), (h2, m2) = runs["all_token_loss"], runs["fused_all_token_loss"]
+    losses1, losses2 = h1.train_loss + h1.test_loss, h2.train_loss + h2.test_loss
+    assert all(abs(a - b) < 1e-5 for a, b in zip(losses1, losses2, strict=True))
+    for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters(), strict=True):
+        assert torch.allclose(p1, p2, atol=1e-5), n
+    x, y = batches(torch.Generator().manual_seed(0))
+    assert abs(fused_all_token_loss(m1(x), y).item() - all_token_loss(m1(x), y).item()) < 1e-6
