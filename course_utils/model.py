@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .losses import linear_cross_entropy
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
@@ -157,11 +159,19 @@ class GPT(nn.Module):
                 f"as an input id; tokenize with the model's tokenizer, or build GPTConfig(vocab_size=...) to match."
             )
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids ``idx`` (B x T) -> logits (B x T x vocab_size)."""
+    # Rows of the fused output layer + loss per chunk (see forward); None = a default for the device.
+    loss_chunk_rows: int | None = None
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids ``idx`` (B x T) -> logits (B x T x vocab_size).
+
+        With ``targets`` (B x T token ids, -100 = not counted) it returns the mean next-token
+        cross-entropy instead, a scalar equal to ``all_token_loss(model(idx), targets)``, computed by
+        ``course_utils.losses.linear_cross_entropy``: the output layer and the loss run together in chunks
+        of rows, so the B x T x V logits (the largest tensor of a small model's step) never exist.
+        """
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
-        self._check_token_ids(idx)
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(
@@ -174,10 +184,15 @@ class GPT(nn.Module):
                 f"{idx.device} but the model is on {self.wte.weight.device}. "
                 f"Move the batch with `x = x.to({str(self.wte.weight.device)!r})` (or pass device= to get_batch)."
             )
+        self._check_token_ids(idx)  # after the device check: a batch on another device fails there first
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
             x = block(x)
+        if targets is not None:
+            chunk = self.loss_chunk_rows or (256 if idx.device.type == "cpu" else 8192)
+            return linear_cross_entropy(self.ln_f(x), self.lm_head.weight, targets,
+                                        vocab_size=self.config.vocab_size, chunk_rows=chunk)
         logits = self.lm_head(self.ln_f(x))
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padding rows are never real tokens
@@ -219,11 +234,12 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
-    def from_hf_gpt2(cls, hf_model, dropout: float | None = None) -> GPT:
+    def from_hf_gpt2(cls, hf_model, dropout: float | None = None, pad_vocab_multiple: int = 1) -> GPT:
         """Build Model 5 from a ``transformers`` ``GPT2LMHeadModel`` (any size) with identical logits.
 
-        GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out); ``nn.Linear``
-        wants (out, in), so those are transposed.
+        ``pad_vocab_multiple`` (e.g. 64) pads the embedding's rows; the padded rows keep their random init
+        and never show in the logits. GPT-2 stores its linear layers as ``Conv1D`` with weights of shape
+        (in, out); ``nn.Linear`` wants (out, in), so those are transposed.
         """
         hc = hf_model.config
         if getattr(hc, "model_type", None) != "gpt2":
@@ -238,6 +254,7 @@ class GPT(nn.Module):
             n_embd=hc.n_embd,
             dropout=hc.resid_pdrop if dropout is None else dropout,
             layer_norm_eps=hc.layer_norm_epsilon,
+            pad_vocab_multiple=pad_vocab_multiple,
         )
         model = cls(cfg)
         sd = hf_model.state_dict()
@@ -248,7 +265,10 @@ class GPT(nn.Module):
                 if name == "lm_head.weight":  # tied to wte; already copied
                     continue
                 src = sd[key]
-                p.copy_(src.t() if name.endswith(transposed) else src)
+                if name == "wte.weight":
+                    p[: src.size(0)].copy_(src)  # all rows unless the vocabulary is padded
+                else:
+                    p.copy_(src.t() if name.endswith(transposed) else src)
         return model.to(next(hf_model.parameters()).device)
 
     def config_dict(self) -> dict:

@@ -191,6 +191,8 @@ def forward_loss(model, batch, loss_fn, device, amp_dtype=None):
     """Forward one batch and return (loss, input tokens). Works for Model 5 and HF models."""
     inputs, targets, n_tokens = _to_device(batch, device)
     with autocast_context(amp_dtype, device):
+        if getattr(loss_fn, "model_computes_loss", False) and isinstance(inputs, torch.Tensor):
+            return model(inputs, targets=targets), n_tokens  # e.g. Model 5's fused output layer + loss
         out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
         logits = out.logits if hasattr(out, "logits") else out
         loss = loss_fn(logits, targets)
