@@ -40,7 +40,7 @@ import sys
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -458,7 +458,7 @@ def run_data_parallel(settings, data, rank, world, device, inject="none", sharde
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(model.parameters(), settings)
     b = settings.batch // world
-    losses = []
+    losses, local = [], []
     for x, y in global_batches(settings, data):
         x, y = x[rank * b:(rank + 1) * b].to(device), y[rank * b:(rank + 1) * b].to(device)
         loss = lm_loss(net(x), y)
@@ -468,7 +468,8 @@ def run_data_parallel(settings, data, rank, world, device, inject="none", sharde
         total = loss.detach().clone()
         dist.all_reduce(total)  # equal slices: the mean of the ranks' means is the global batch's mean
         losses.append(total.item() / world)
-    return {"loss": losses, "bytes": state_bytes(model, opt)}
+        local.append(loss.item())
+    return {"loss": losses, "local_loss": local, "bytes": state_bytes(model, opt)}
 
 
 def run_mode(mode: str, settings: ParallelSettings, data: torch.Tensor, rank: int, world: int,
@@ -507,7 +508,7 @@ def combine(mode: str, records: list[dict], settings: ParallelSettings) -> dict:
         out["bytes_per_rank"] = done[0]["bytes_per_rank"] if done else []
         return out
     out["loss"] = records[0]["loss"]
-    out["rank_loss"] = [r["loss"] for r in records]
+    out["rank_loss"] = [r.get("local_loss", r["loss"]) for r in records]  # each rank's own loss
     if name == "tp":
         for k in ("output_max_diff", "split_layers", "collectives_forward", "collectives_backward",
                   "split_bytes_full"):
@@ -585,7 +586,7 @@ def parallel_table(runs: dict, ref: dict, speed_note: str | None = None) -> Tabl
     rows = [{"mode": "one process", "memory per rank": format_bytes(full), "vs one process": "1.00x",
              "max loss diff": "-", "collectives per step": "none", "speed": "-"}]
     names = {"tp": "tensor (TP)", "pp": "pipeline (PP)", "fsdp": "sharded data (FSDP2)", "ddp": "data (DDP)"}
-    for mode, run in runs.items():
+    for run in runs.values():
         kind = run["kind"]
         per_rank = [b["total"] for b in run["bytes_per_rank"]]
         if kind == "tp":
