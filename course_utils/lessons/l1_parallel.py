@@ -62,10 +62,10 @@ SCHEDULES = ("gpipe", "1f1b")
 CPU_SPEED_NOTE = "speed: not measurable here on CPU (2 gloo processes share 2 cores)"
 
 __all__ = [
-    "CPU_SPEED_NOTE", "INJECTIONS", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction", "launch",
-    "launch_plan", "load_tokens", "max_loss_difference", "parallel_table", "reference_run", "run_mode",
-    "validate", "column_parallel_linear", "row_parallel_linear", "pipeline_forward", "pipeline_schedule",
-    "plot_bubble",
+    "CPU_SPEED_NOTE", "INJECTIONS", "LOSS_TOL", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction",
+    "bubble_table", "bubble_verdict", "claim_rows", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
+    "max_loss_difference", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
+    "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "validate",
 ]
 
 
@@ -648,6 +648,82 @@ def plot_bubble(run: dict, ax=None):
     ax.set_ylabel("idle fraction")
     ax.legend(fontsize=8)
     return ax
+
+
+# ---- Claims: one stated procedure per row ---------------------------------------------------------
+#: Largest loss difference from one process that still counts as "the same training" (nats per step):
+#: float32 rounding from a different order of sums gives ~1e-6 here; the injected mistakes give 1e-3 or more.
+LOSS_TOL = 1e-4
+
+
+def bubble_verdict(run: dict, m_low: int = 1, m_high: int = 4, schedule: str = "gpipe") -> tuple[str, str, str]:
+    """Does the measured idle fraction fall from ``m_low`` to ``m_high`` micro-batches, as (p-1)/(m+p-1) says?
+
+    Per stage, the idle fractions of the measured steps (the first, warm-up step left out) at the two m are
+    compared: holds when on every stage every step at ``m_low`` idles more than every step at ``m_high``;
+    does not hold when on every stage every step at ``m_high`` idles more; otherwise inconclusive (the
+    ranges overlap: the step-to-step spread of this machine hides the difference).
+    Returns (verdict, measured text, why)."""
+    from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+
+    def steps(m):
+        for r in run["runs"]:
+            if r["schedule"] == schedule and r["m"] == m and "idle_steps_per_stage" in r:
+                return [s[1:] or s for s in r["idle_steps_per_stage"]]
+        raise ValueError(f"the pipeline run has no {schedule} run with m={m}; launch it with micro_batches "
+                         f"that include {m_low} and {m_high}")
+
+    lo, hi = steps(m_low), steps(m_high)
+    p = run["world_size"]
+    measured = "; ".join(f"stage {i}: {median(a):.2f} at m={m_low}, {median(b):.2f} at m={m_high}"
+                         for i, (a, b) in enumerate(zip(lo, hi)))
+    measured += f" (formula {bubble_fraction(p, m_low):.2f} -> {bubble_fraction(p, m_high):.2f})"
+    if all(min(a) > max(b) for a, b in zip(lo, hi)):
+        return HOLDS, measured, "every measured step at the smaller m idled more, on every stage"
+    if all(max(a) < min(b) for a, b in zip(lo, hi)):
+        return DOES_NOT_HOLD, measured, "every measured step at the larger m idled more, on every stage"
+    return INCONCLUSIVE, measured, ("the per-step idle fractions at the two m overlap: within the step-to-step "
+                                    "spread of this machine (CPU processes share the cores with other work)")
+
+
+def claim_rows(runs: dict, ref: dict, tol: float = LOSS_TOL, m_high: int = 4) -> list[dict]:
+    """The lecture's row "multi-GPU: speed very high / quality none / complexity high", measured: keyword
+    arguments for ``ClaimsTable.add`` (quality: equality with one process; memory: FSDP vs DDP; the bubble;
+    speed: not measurable on a CPU)."""
+    from ..claims import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE
+
+    need = {"tp", "pp", "fsdp", "ddp"} - {r["kind"] for r in runs.values() if r["inject"] == "none"}
+    if need:
+        raise ValueError(f"claim_rows needs a run of every mode; missing: {sorted(need)}")
+    clean = {r["kind"]: r for r in runs.values() if r["inject"] == "none"}
+    diffs = {k: (pp_max_loss_difference(r, ref) if k == "pp" else max_loss_difference(r, ref))
+             for k, r in clean.items()}
+    worst = max(diffs.values())
+    caught = [f"{r['mode']} {max_loss_difference(r, ref):.0e}" for r in runs.values() if r["inject"] != "none"]
+    rows = [dict(claim="splitting the work over devices does not change the training (TP, PP, FSDP, DDP)",
+                 lecture="quality impact: none",
+                 measured=", ".join(f"{k} {v:.0e}" for k, v in diffs.items()) + " max |loss diff| vs one process",
+                 verdict=HOLDS if worst < tol else DOES_NOT_HOLD,
+                 why=f"holds when every mode stays under {tol:g} nats at every step"
+                     + (f"; injected mistakes give {', '.join(caught)}" if caught else ""))]
+    fsdp = max(b["total"] for b in clean["fsdp"]["bytes_per_rank"])
+    ddp = max(b["total"] for b in clean["ddp"]["bytes_per_rank"])
+    p = clean["fsdp"]["world_size"]
+    ratio = fsdp / ddp
+    rows.append(dict(claim=f"sharding (FSDP2) keeps about 1/{p} of DDP's training state per device",
+                     lecture="model too big for one device: shard it",
+                     measured=f"{format_bytes(fsdp)} vs {format_bytes(ddp)} per rank ({ratio:.2f}x)",
+                     verdict=HOLDS if abs(ratio - 1 / p) <= 0.1 / p else DOES_NOT_HOLD,
+                     why=f"weights + gradients + AdamW state from each rank's local shards; holds within 10% of 1/{p}"))
+    v, measured, why = bubble_verdict(clean["pp"], 1, m_high)
+    rows.append(dict(claim="more micro-batches shrink the pipeline bubble", lecture="(p-1)/(m+p-1)",
+                     measured=measured, verdict=v, why=why))
+    device = clean["ddp"].get("device", "cpu")
+    if device == "cpu":
+        rows.append(dict(claim="several devices train faster", lecture="speed gain: very high",
+                         measured="n/a", verdict=NOT_MEASURABLE,
+                         why="2 gloo processes share this CPU's cores: there is no second device to add"))
+    return rows
 
 
 # ---- One-process demos: the arithmetic of a split --------------------------------------------------

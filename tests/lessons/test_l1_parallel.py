@@ -170,3 +170,41 @@ def test_bubble_formula():
     assert par.bubble_fraction(2, 1) == 0.5 and par.bubble_fraction(2, 8) == pytest.approx(1 / 9)
     with pytest.raises(ValueError, match=">= 1"):
         par.bubble_fraction(0, 4)
+
+
+def _pp_run(low_steps, high_steps):
+    runs = [{"schedule": "gpipe", "m": m, "idle_steps_per_stage": steps}
+            for m, steps in ((1, low_steps), (4, high_steps))]
+    return {"world_size": 2, "runs": runs}
+
+
+def test_bubble_verdict_follows_its_procedure():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+
+    # the first (warm-up) step of each stage is left out, whatever it measured
+    low, high = [[0.0, 0.5, 0.55], [0.9, 0.45, 0.5]], [[0.9, 0.2, 0.3], [0.0, 0.25, 0.3]]
+    v, measured, _ = par.bubble_verdict(_pp_run(low, high))
+    assert v == HOLDS and "formula 0.50 -> 0.20" in measured
+    assert par.bubble_verdict(_pp_run([[0, 0.2, 0.3]] * 2, [[0, 0.5, 0.6]] * 2))[0] == DOES_NOT_HOLD
+    # one stage overlapping is enough for "inconclusive"
+    v, _, why = par.bubble_verdict(_pp_run([[0, 0.5, 0.55], [0, 0.3, 0.5]], [[0, 0.2, 0.3], [0, 0.25, 0.4]]))
+    assert v == INCONCLUSIVE and "overlap" in why
+    with pytest.raises(ValueError, match="no gpipe run with m=8"):
+        par.bubble_verdict(_pp_run([[0, 0.5]] * 2, [[0, 0.2]] * 2), m_high=8)
+
+
+def test_claim_rows_from_the_runs(runs, ref):
+    from course_utils.claims import HOLDS, NOT_MEASURABLE, ClaimsTable
+
+    rows = par.claim_rows(runs, ref, m_high=2)
+    claims = ClaimsTable("test")
+    for row in rows:
+        claims.add(**row)
+    verdicts = [c.verdict for c in claims.claims]
+    assert verdicts[0] == HOLDS and "tp:wrong-split" in claims.claims[0].why  # equality, mistakes shown
+    assert verdicts[1] == HOLDS  # FSDP: half of DDP's state per rank
+    assert verdicts[3] == NOT_MEASURABLE
+    # the tolerance decides: a tolerance below the float32 rounding turns equality into "does not hold"
+    assert par.claim_rows(runs, ref, tol=1e-12, m_high=2)[0]["verdict"] != HOLDS
+    with pytest.raises(ValueError, match="missing"):
+        par.claim_rows({"tp": runs["tp"]}, ref)
