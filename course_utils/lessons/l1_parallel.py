@@ -64,9 +64,20 @@ CPU_SPEED_NOTE = "speed: not measurable here on CPU (2 gloo processes share 2 co
 __all__ = [
     "CPU_SPEED_NOTE", "INJECTIONS", "LOSS_TOL", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction",
     "bubble_table", "bubble_verdict", "claim_rows", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
-    "max_loss_difference", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
-    "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "validate",
+    "max_loss_difference", "parallel_plan", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
+    "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "tp_weights_table", "validate",
 ]
+
+
+def parallel_plan() -> LaunchPlan:
+    """Where the parallel runs go: one process per GPU with NCCL on 2+ GPUs; otherwise 2 CPU processes with
+    gloo (also on a 1-GPU machine: tensor and pipeline parallelism send CUDA tensors point to point, which gloo
+    does not do, and two processes on one GPU would show nothing that two CPU processes do not)."""
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpu >= 2:
+        return launch_plan()
+    return LaunchPlan(2, "gloo", "cpu", f"{n_gpu or 'no'} GPU{'s' if n_gpu != 1 else ''}: two CPU processes "
+                      "(gloo) share the CPU cores")
 
 
 # ---- Settings and checks -------------------------------------------------------------------------
@@ -531,7 +542,7 @@ def launch(modes: str | Sequence[str], settings: ParallelSettings, out: str | os
     """Run ``scripts/parallel_train.py`` under torchrun for one mode (returns its result) or several (returns
     ``{mode: result}``), after checking the settings with ``validate``. All modes of one call share one
     launch, so the processes start once."""
-    plan = plan or launch_plan(2)
+    plan = plan or parallel_plan()
     single = isinstance(modes, str)
     modes = validate(modes, settings, plan.nproc)
     if plan.backend not in ("gloo", "nccl"):
@@ -611,6 +622,18 @@ def parallel_table(runs: dict, ref: dict, speed_note: str | None = None) -> Tabl
                      "collectives per step": comm, "speed": speed})
     return Table(rows, title="Parallelism on torch.distributed, 2 processes",
                  note="memory: parameters + gradients + AdamW state, measured from each rank's local tensors")
+
+
+def tp_weights_table(run: dict) -> Table:
+    """Block 0's four split layers: the full weight, and the shard each rank holds (shape, bytes with bias)."""
+    rows = []
+    for rank, weights in enumerate(run["weights_per_rank"]):
+        rows += [{"rank": rank, "layer": w["layer"], "split": "columns (output)" if "c_attn" in w["layer"]
+                  or "c_fc" in w["layer"] else "rows (input)", "full shape": "x".join(map(str, w["full shape"])),
+                  "shard shape": "x".join(map(str, w["local shape"])), "shard bytes": format_bytes(w["local bytes"]),
+                  "of full": f"{w['local bytes'] / w['full bytes']:.2f}"} for w in weights]
+    return Table(rows, title="Tensor parallelism: what each rank holds (block 0)",
+                 note="a row-split layer keeps its whole bias on every rank (added once, after the all-reduce)")
 
 
 def bubble_table(run: dict) -> Table:

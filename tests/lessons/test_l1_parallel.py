@@ -79,6 +79,8 @@ def test_tensor_parallel_ranks_hold_half_of_each_split_layer(runs, ref):
     assert tp["collectives_forward"] == {"all_reduce": 2 * SETTINGS.n_layer}
     assert tp["collectives_backward"] == {"all_reduce": 2 * SETTINGS.n_layer}
     assert max(b["total"] for b in tp["bytes_per_rank"]) < ref["bytes_per_rank"]["total"]
+    shown = par.tp_weights_table(tp)
+    assert shown.column("shard shape")[:2] == [f"{3 * C // 2}x{C}", f"{C}x{C // 2}"] and len(shown.rows) == 8
 
 
 def test_fsdp_holds_about_half_of_ddp(runs, ref):
