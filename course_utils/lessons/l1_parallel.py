@@ -669,6 +669,7 @@ def plot_bubble(run: dict, ax=None):
     ax.set_xticks(ms, [str(m) for m in ms])
     ax.set_xlabel("micro-batches m")
     ax.set_ylabel("idle fraction")
+    ax.set_title(f"Pipeline bubble, {p} stages: measured vs formula")
     ax.legend(fontsize=8)
     return ax
 
