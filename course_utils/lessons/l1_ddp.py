@@ -38,8 +38,24 @@ SCRIPT = REPO_ROOT / "scripts" / "ddp_train.py"
 BACKENDS = ("auto", "gloo", "nccl")
 
 
+class ArgvSettings:
+    """A settings dataclass that travels to ``torchrun``'s processes as command-line flags and back."""
+
+    def to_argv(self) -> list[str]:
+        return [a for f in fields(self) for a in (f"--{f.name.replace('_', '-')}", str(getattr(self, f.name)))]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace):
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+
 @dataclass
-class DDPSettings:
+class DDPSettings(ArgvSettings):
     """One data-parallel training run: the model, the global batch and the optimizer settings."""
 
     steps: int = 8
@@ -64,17 +80,6 @@ class DDPSettings:
         return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=0.0)
 
-    def to_argv(self) -> list[str]:
-        return [a for f in fields(self) for a in (f"--{f.name.replace('_', '-')}", str(getattr(self, f.name)))]
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for f in fields(cls):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-
-    @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> DDPSettings:
-        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -205,6 +210,30 @@ def torchrun_command(
             "--device", plan.device, *settings.to_argv()]
 
 
+def run_torchrun(cmd: list[str], plan: LaunchPlan, out: Path, timeout: float,
+                 threads_per_process: int | None = None) -> tuple[dict, float, int]:
+    """Run a torchrun command that writes its result as JSON to ``out``: (result, wall seconds, CPU threads per
+    process). A hang or a failure raises ``RuntimeError`` with the command and the end of its output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.unlink()  # never read a previous run's result
+    env = dict(os.environ)
+    threads = threads_per_process or max(1, (os.cpu_count() or 1) // plan.nproc)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"torchrun did not finish within {timeout} s; run it by hand to see where it hangs:\n"
+                           f"  {shlex.join(cmd)}") from err
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise RuntimeError(f"torchrun failed (exit code {proc.returncode}). Command:\n  {shlex.join(cmd)}\n"
+                           f"Last lines of its output:\n{tail}")
+    return json.loads(out.read_text()), time.perf_counter() - t0, threads
+
+
 def launch(settings: DDPSettings, plan: LaunchPlan, out: str | os.PathLike, tokens: str | os.PathLike,
            timeout: float = 300, threads_per_process: int | None = None) -> dict:
     """Run the script under torchrun, wait for it, and return its JSON result (plus the launch's wall time).
@@ -217,26 +246,8 @@ def launch(settings: DDPSettings, plan: LaunchPlan, out: str | os.PathLike, toke
     if plan.nproc < 1:
         raise ValueError(f"need at least one process, got nproc={plan.nproc}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.unlink()  # never read a previous run's result
     cmd = torchrun_command(settings, plan, out, tokens)
-    env = dict(os.environ)
-    threads = threads_per_process or max(1, (os.cpu_count() or 1) // plan.nproc)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
-    except subprocess.TimeoutExpired as err:
-        raise RuntimeError(f"torchrun did not finish within {timeout} s; run it by hand to see where it hangs:\n"
-                           f"  {shlex.join(cmd)}") from err
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise RuntimeError(f"torchrun failed (exit code {proc.returncode}). Command:\n  {shlex.join(cmd)}\n"
-                           f"Last lines of its output:\n{tail}")
-    result = json.loads(out.read_text())
+    result, wall, threads = run_torchrun(cmd, plan, out, timeout, threads_per_process)
     result["launch_wall_s"] = wall
     result["threads_per_process"] = threads if plan.device == "cpu" else None
     result["command"] = shlex.join(["torchrun"] + cmd[3:])

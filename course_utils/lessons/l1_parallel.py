@@ -31,16 +31,12 @@ The one-process demos below (``column_parallel_linear``, ``row_parallel_linear``
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +49,7 @@ from ..memory import format_bytes
 from ..model import GPT, GPTConfig
 from ..paths import REPO_ROOT
 from ..tables import Table
-from .l1_ddp import LaunchPlan, launch_plan, load_token_stream
+from .l1_ddp import ArgvSettings, LaunchPlan, launch_plan, load_token_stream, max_loss_difference, run_torchrun
 
 SCRIPT = REPO_ROOT / "scripts" / "parallel_train.py"
 MODES = ("tp", "pp", "fsdp", "ddp")
@@ -82,7 +78,7 @@ def parallel_plan() -> LaunchPlan:
 
 # ---- Settings and checks -------------------------------------------------------------------------
 @dataclass
-class ParallelSettings:
+class ParallelSettings(ArgvSettings):
     """One small training run, shared by every mode and by the one-process reference."""
 
     steps: int = 3
@@ -128,17 +124,6 @@ class ParallelSettings:
         return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, tie_weights=False)
 
-    def to_argv(self) -> list[str]:
-        return [a for f in fields(self) for a in (f"--{f.name.replace('_', '-')}", str(getattr(self, f.name)))]
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for f in fields(cls):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-
-    @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> ParallelSettings:
-        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
 def parse_mode(mode: str) -> tuple[str, str]:
@@ -548,38 +533,14 @@ def launch(modes: str | Sequence[str], settings: ParallelSettings, out: str | os
     if plan.backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {plan.backend!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.unlink()  # never read a previous run's result
     cmd = torchrun_command(modes, settings, plan, out, tokens)
-    env = dict(os.environ)
-    threads = threads_per_process or max(1, (os.cpu_count() or 1) // plan.nproc)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
-    except subprocess.TimeoutExpired as err:
-        raise RuntimeError(f"torchrun did not finish within {timeout} s; run it by hand to see where it hangs:\n"
-                           f"  {shlex.join(cmd)}") from err
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise RuntimeError(f"torchrun failed (exit code {proc.returncode}). Command:\n  {shlex.join(cmd)}\n"
-                           f"Last lines of its output:\n{tail}")
-    result = json.loads(out.read_text())
+    result, wall, _ = run_torchrun(cmd, plan, out, timeout, threads_per_process)
     for r in result["modes"].values():
-        r.update(backend=result["backend"], device=result["device"], launch_wall_s=time.perf_counter() - t0)
+        r.update(backend=result["backend"], device=result["device"], launch_wall_s=wall)
     return result["modes"][modes[0]] if single else result["modes"]
 
 
 # ---- Reading the results -------------------------------------------------------------------------
-def max_loss_difference(run: dict, ref: dict) -> float:
-    """Largest per-step difference between a run's training losses and the reference's."""
-    if len(run["loss"]) != len(ref["loss"]):
-        raise ValueError(f"the runs have different lengths: {len(run['loss'])} and {len(ref['loss'])} steps")
-    return max(abs(a - b) for a, b in zip(run["loss"], ref["loss"]))
-
-
 def pp_max_loss_difference(run: dict, ref: dict) -> float:
     """Largest loss difference over every schedule and micro-batch count of a pipeline run."""
     return max(max_loss_difference(r, ref) for r in run["runs"] if "loss" in r)
