@@ -94,3 +94,63 @@ def measure_training(
                                         model, optimizer, device=device)
         del model, optimizer
     return StepMeasurement(label, timing, tokens, peak, method, history)
+
+
+@dataclass
+class TrainingCase:
+    """One configuration for ``time_training_interleaved``: a fresh model, its batches, ``TrainConfig`` options."""
+
+    make_model: Callable[[], nn.Module]
+    batches: Callable[[torch.Generator], object]
+    train_kwargs: dict | None = None
+
+
+def time_training_interleaved(cases: dict, rounds: int = 15, warmup: int = 1, per_token: bool = True,
+                              device=None) -> dict:
+    """Time real training steps of several configurations in ONE ``time_interleaved`` call.
+
+    ``cases`` maps a label to a ``TrainingCase`` (or a ``(make_model, batches[, train_kwargs])`` tuple). Each
+    configuration gets a fresh model and its own optimizer (``make_optimizer``); then round after round each
+    takes one optimizer update (all its micro-batches) through ``course_utils.train.train``, in alternation, so a
+    change in background load hits all of them alike. Returns ``{label: Timing}`` ready for
+    ``course_utils.measure.speed_verdict``: seconds per token when ``per_token`` (each round's seconds divided by
+    that configuration's tokens per update, so batch sizes compare fairly), else seconds per update.
+    """
+    from .measure import time_interleaved
+
+    if not cases:
+        raise ValueError("give at least one configuration, e.g. {'batch 64': TrainingCase(make_model, batches)}")
+    device = resolve_device(device, "auto")
+    steps, tokens = {}, {}
+    for label, case in cases.items():
+        if isinstance(case, tuple):
+            case = TrainingCase(*case)
+        if not isinstance(case, TrainingCase):
+            raise TypeError(f"configuration {label!r}: give a TrainingCase or a (make_model, batches, kwargs) tuple, "
+                            f"got {type(case).__name__}")
+        cfg = TrainConfig(steps=1, progress=False, **(case.train_kwargs or {}))
+        model = case.make_model().to(device)
+        optimizer = make_optimizer(model, cfg, device)
+        hist = train(model, case.batches, cfg, optimizer=optimizer, device=device)  # creates the optimizer state
+        tokens[label] = hist.tokens_seen[-1]
+        steps[label] = (lambda m=model, c=case, o=optimizer, cfg=cfg:
+                        train(m, c.batches, cfg, optimizer=o, device=device))
+    timings = time_interleaved(steps, warmup=warmup, repeats=rounds, device=device)
+    if not per_token:
+        return timings
+    return {label: Timing([s / tokens[label] for s in t.times]) for label, t in timings.items()}
+
+
+def training_step_peak(make_model: Callable[[], nn.Module], batches: Callable[[torch.Generator], object],
+                       device=None, **train_kwargs) -> tuple[int, str]:
+    """The memory procedure alone: the exact peak (bytes, method) of one training step of a fresh model taken
+    after its optimizer state exists (``course_utils.memory.step_peak_memory``), without timing anything.
+    ``train_kwargs`` go to ``TrainConfig`` (``amp``, ``grad_accum``, ...)."""
+    device = resolve_device(device, "auto")
+    model: nn.Module = make_model().to(device)
+    one = TrainConfig(steps=1, progress=False, **train_kwargs)
+    optimizer = make_optimizer(model, one, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return step_peak_memory(lambda: train(model, batches, one, optimizer=optimizer, device=device),
+                            model, optimizer, device=device)

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from ..claims import CheckResult
 from ..env import resolve_device
 from ..losses import all_token_loss
-from ..measure import Timing, time_fn
+from ..measure import Timing, time_interleaved
 from ..memory import ADAMW_FP32_BYTES_PER_PARAM, BYTES_PER_PARAM, format_bytes, tensor_bytes, tensor_peak_memory
 from ..model import GPT, CausalSelfAttention, GPTConfig
-from ..runs import StepMeasurement
 from ..tables import Table
 
 SECONDS_PER_DAY = 86_400
@@ -41,48 +40,6 @@ def cumulative_savings(seconds_per_step: float, iterations: float) -> dict:
         raise ValueError(f"seconds_per_step and iterations must be >= 0, got {seconds_per_step} and {iterations}")
     seconds = seconds_per_step * iterations
     return {"seconds": seconds, "days": seconds / SECONDS_PER_DAY, "years": seconds / SECONDS_PER_DAY / 365.25}
-
-
-# ---- Memory and timing of real training steps ----------------------------------------------------
-def compare_speed(baseline, candidate) -> dict:
-    """Speed-up of ``candidate`` over ``baseline`` (> 1: faster) and whether it is larger than the noise.
-
-    Takes two ``StepMeasurement`` (compared per token, so different batch sizes compare fairly) or
-    two ``Timing``. Noise = the larger relative spread (IQR / median) of the two; a speed-up inside
-    it is not a clear difference.
-    """
-    def per_unit(m):
-        if isinstance(m, StepMeasurement):
-            return m.seconds_per_token, m.timing.iqr / m.timing.median
-        if isinstance(m, Timing):
-            return m.median, m.iqr / m.median
-        raise TypeError(f"compare_speed takes StepMeasurement or Timing objects, got {type(m).__name__}")
-
-    b, nb = per_unit(baseline)
-    c, nc = per_unit(candidate)
-    s = b / c
-    noise = max(nb, nc)
-    return {"speed-up": s, "noise": noise, "clear": abs(s - 1) > noise}
-
-
-def speed_verdict(cmp: dict, min_speedup: float = 1.0) -> tuple[str, str]:
-    """(verdict, note) for a claim "the candidate is faster", from ``compare_speed``'s result.
-
-    Holds when the speed-up is beyond the timing noise and at least ``min_speedup`` (e.g. 1.05: a gain
-    under 5% counts as none)."""
-    from ..claims import DOES_NOT_HOLD, HOLDS
-
-    if min_speedup < 1:
-        raise ValueError(f"min_speedup must be >= 1, got {min_speedup}")
-    s, noise = cmp["speed-up"], cmp["noise"]
-    bar = f"; a gain under {min_speedup - 1:.0%} counts as none" if min_speedup > 1 else ""
-    if not cmp["clear"]:
-        return DOES_NOT_HOLD, f"{s:.2f}x is within the timing noise (+/-{noise:.0%}): no clear difference here"
-    if s < 1:
-        return DOES_NOT_HOLD, f"{s:.2f}x: slower here, beyond the timing noise (+/-{noise:.0%})"
-    if s < min_speedup:
-        return DOES_NOT_HOLD, f"{s:.2f}x: faster beyond the noise (+/-{noise:.0%}), but too little to matter{bar}"
-    return HOLDS, f"{s:.2f}x, beyond the timing noise (+/-{noise:.0%}){bar}"
 
 
 # ---- Data types ----------------------------------------------------------------------------------
@@ -107,25 +64,30 @@ def exact_integer_limit(dtype: torch.dtype) -> int:
     return torch.iinfo(dtype).max
 
 
-def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup: int = 1, repeats: int = 3,
-                     seed: int = 0) -> Table:
-    """Time an ``n x n @ n x n`` product per dtype: median ms, GFLOP/s, memory of the two operands."""
+def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup: int = 1, repeats: int = 15,
+                     seed: int = 0) -> tuple[Table, dict]:
+    """An ``n x n @ n x n`` product per dtype, timed in ONE ``time_interleaved`` call (``repeats`` rounds).
+
+    Returns the table (median ms, GFLOP/s, speed-up of the medians, memory of the two operands, error against
+    float64) and ``{dtype name: Timing}`` for ``speed_verdict``."""
     device = resolve_device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     a32 = torch.randn(n, n, generator=gen)
     b32 = torch.randn(n, n, generator=gen)
     ref = (a32.double() @ b32.double())
-    rows, base = [], None
-    for dt in dtypes:
-        a, b = a32.to(device=device, dtype=dt), b32.to(device=device, dtype=dt)
-        timing = time_fn(lambda a=a, b=b: a @ b, warmup=warmup, repeats=repeats, device=device)
+    names = [str(dt).replace("torch.", "") for dt in dtypes]
+    ops = {name: (a32.to(device=device, dtype=dt), b32.to(device=device, dtype=dt)) for name, dt in zip(names, dtypes)}
+    timings = time_interleaved({name: (lambda a=a, b=b: a @ b) for name, (a, b) in ops.items()},
+                               warmup=warmup, repeats=repeats, device=device)
+    rows, base = [], timings[names[0]]
+    for name, (a, b) in ops.items():
+        timing = timings[name]
         err = ((a @ b).double().cpu() - ref).norm() / ref.norm()
-        base = base or timing
-        rows.append({"dtype": str(dt).replace("torch.", ""), "ms (median)": timing.median * 1e3,
+        rows.append({"dtype": name, "ms (median)": timing.median * 1e3,
                      "spread ms": timing.iqr * 1e3, "GFLOP/s": 2 * n**3 / timing.median / 1e9,
                      "speed-up": base.median / timing.median, "operands": format_bytes(2 * tensor_bytes(a)),
                      "rel. error": float(err)})
-    return Table(rows, f"{n} x {n} matrix product on {device}")
+    return Table(rows, f"{n} x {n} matrix product on {device}, {repeats} interleaved rounds"), timings
 
 
 # ---- Gradient accumulation -----------------------------------------------------------------------
@@ -176,48 +138,44 @@ def no_dropout(model: nn.Module) -> nn.Module:
 
 
 # ---- Memory layout -------------------------------------------------------------------------------
-def contiguity_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 5, seed: int = 0) -> Table:
+def contiguity_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 15,
+                         seed: int = 0) -> tuple[Table, dict]:
     """Softmax over rows (attention's hot op) on a contiguous matrix vs the same numbers read through a
-    transposed, strided view, and vs making the view contiguous first."""
+    transposed, strided view, and vs making the view contiguous first; ONE ``time_interleaved`` call.
+    Returns the table and ``{layout: Timing}``."""
     device = resolve_device(device)
     base = torch.randn(n, n, generator=torch.Generator().manual_seed(seed)).to(device)
     contiguous = base.t().contiguous()  # the same matrix as base.t(), laid out row by row
     strided = base.t()  # a view: rows are n elements apart in memory
-    cases = [
-        ("contiguous", lambda: torch.softmax(contiguous, dim=-1)),
-        ("strided view (.t())", lambda: torch.softmax(strided, dim=-1)),
-        (".contiguous() then softmax", lambda: torch.softmax(strided.contiguous(), dim=-1)),
-    ]
-    rows, first = [], None
-    for name, fn in cases:
-        t = time_fn(fn, warmup=warmup, repeats=repeats, device=device)
-        first = first or t
-        rows.append({"layout": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
-                     "slow-down": t.median / first.median})
-    return Table(rows, f"softmax over the rows of a {n} x {n} matrix on {device}")
+    cases = {
+        "contiguous": lambda: torch.softmax(contiguous, dim=-1),
+        "strided view (.t())": lambda: torch.softmax(strided, dim=-1),
+        ".contiguous() then softmax": lambda: torch.softmax(strided.contiguous(), dim=-1),
+    }
+    timings = time_interleaved(cases, warmup=warmup, repeats=repeats, device=device)
+    first = timings["contiguous"]
+    rows = [{"layout": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
+             "slow-down": t.median / first.median} for name, t in timings.items()]
+    title = f"softmax over the rows of a {n} x {n} matrix on {device}, {repeats} interleaved rounds"
+    return Table(rows, title), timings
 
 
-def pinned_copy_benchmark(n_bytes: int, device=None, warmup: int = 2, repeats: int = 10) -> Table | None:
-    """Host-to-GPU copy from pageable vs pinned (page-locked) host memory. ``None`` without CUDA:
-    on a CPU there is no host-to-device copy for pinning to speed up."""
+def pinned_copy_benchmark(n_bytes: int, device=None, warmup: int = 2, repeats: int = 15) -> tuple[Table, dict] | None:
+    """Host-to-GPU copy from pageable vs pinned (page-locked) host memory, ONE ``time_interleaved`` call:
+    the table and ``{host memory: Timing}``. ``None`` without CUDA: on a CPU there is no host-to-device copy
+    for pinning to speed up."""
     device = resolve_device(device)
     if device.type != "cuda":
         return None
     n = n_bytes // 4
     pageable = torch.randn(n)
     pinned = torch.empty(n, pin_memory=True).copy_(pageable)
-    rows = []
-    for name, src, nb in [
-        ("pageable", pageable, False),
-        ("pinned", pinned, False),
-        ("pinned, non_blocking", pinned, True),
-    ]:
-        t = time_fn(
-            lambda src=src, nb=nb: src.to(device, non_blocking=nb), warmup=warmup, repeats=repeats, device=device
-        )
-        rows.append({"host memory": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
-                     "GB/s": n_bytes / t.median / 1e9})
-    return Table(rows, f"copying {format_bytes(n_bytes)} from host to {device}")
+    cases = {"pageable": (pageable, False), "pinned": (pinned, False), "pinned, non_blocking": (pinned, True)}
+    timings = time_interleaved({name: (lambda src=src, nb=nb: src.to(device, non_blocking=nb))
+                                for name, (src, nb) in cases.items()}, warmup=warmup, repeats=repeats, device=device)
+    rows = [{"host memory": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
+             "GB/s": n_bytes / t.median / 1e9} for name, t in timings.items()]
+    return Table(rows, f"copying {format_bytes(n_bytes)} from host to {device}"), timings
 
 
 # ---- Attention by hand vs the fused kernel -------------------------------------------------------
@@ -254,16 +212,26 @@ def use_manual_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+def _forward_backward(fn: Callable, inputs: tuple) -> Callable[[], None]:
+    def run():
+        fn().sum().backward()
+        for t in inputs:
+            t.grad = None
+    return run
+
+
 def attention_benchmark(seq_lens: Sequence[int], batch: int, n_head: int, head_dim: int, device=None,
-                        dtype: torch.dtype = torch.float32, warmup: int = 1, repeats: int = 3, seed: int = 0) -> Table:
+                        dtype: torch.dtype = torch.float32, warmup: int = 1, repeats: int = 15,
+                        seed: int = 0) -> tuple[Table, dict]:
     """Forward + backward of causal attention, by hand vs ``F.scaled_dot_product_attention``, per length.
 
-    Reports median time, peak memory (see ``tensor_peak_memory``) and the largest difference
-    between the two outputs.
+    At each length the two run in ONE ``time_interleaved`` call (``repeats`` rounds). Reports median time, peak
+    memory (see ``tensor_peak_memory``) and the largest difference between the two outputs; returns the table
+    and ``{T: {"manual": Timing, "sdpa": Timing}}`` for ``speed_verdict``.
     """
     device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
-    rows = []
+    rows, timings = [], {}
     for T in seq_lens:
         q, k, v = (
             torch.randn(batch, n_head, T, head_dim, generator=gen).to(device=device, dtype=dtype).requires_grad_()
@@ -275,24 +243,19 @@ def attention_benchmark(seq_lens: Sequence[int], batch: int, n_head: int, head_d
         }
         with torch.no_grad():
             diff = (impls["manual"]().float() - impls["sdpa"]().float()).abs().max().item()
+        steps = {name: _forward_backward(fn, (q, k, v)) for name, fn in impls.items()}
+        timings[T] = time_interleaved(steps, warmup=warmup, repeats=repeats, device=device)
         row = {"T": T}
-        for name, fn in impls.items():
-            def step(fn=fn, inputs=(q, k, v)):
-                fn().sum().backward()
-                for t in inputs:
-                    t.grad = None
-
-            t = time_fn(step, warmup=warmup, repeats=repeats, device=device)
-            mem, _ = tensor_peak_memory(step, q, k, v, device=device)
-            row[f"{name} ms"] = t.median * 1e3
-            row[f"{name} spread ms"] = t.iqr * 1e3
-            row[f"{name} peak bytes"] = mem
+        for name, run in steps.items():
+            row[f"{name} ms"] = timings[T][name].median * 1e3
+            row[f"{name} spread ms"] = timings[T][name].iqr * 1e3
+            row[f"{name} peak bytes"], _ = tensor_peak_memory(run, q, k, v, device=device)
         row["speed-up"] = row["manual ms"] / row["sdpa ms"]
         row["memory ratio"] = row["manual peak bytes"] / max(1, row["sdpa peak bytes"])
         row["max |diff|"] = diff
         rows.append(row)
     return Table(rows, f"causal attention, batch {batch}, {n_head} heads of {head_dim}, "
-                       f"{str(dtype).replace('torch.', '')}, on {device}")
+                       f"{str(dtype).replace('torch.', '')}, on {device}, {repeats} interleaved rounds"), timings
 
 
 # ---- Weight tying --------------------------------------------------------------------------------
@@ -347,3 +310,183 @@ def check_accumulation(
     else:
         hint = "compare with accumulated_gradients() in course_utils.lessons.l1_levers"
     return CheckResult(False, f"your gradient is {ratio:.2f}x the big batch's; {hint}")
+
+
+# ---- Alignment: a pure matrix product --------------------------------------------------------------
+def pow2_divisor(n: int) -> int:
+    """The largest power of two that divides ``n`` (``n & -n``): 64 for 64 * 9, 2 for 62 * 9."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return n & -n
+
+
+def alignment_matmul_benchmark(rows: Sequence[int], k: int, n: int, rounds: int = 15, device=None,
+                               seed: int = 0) -> tuple[Table, dict]:
+    """``(M x k) @ (k x n)`` for each M in ``rows``, timed in ONE ``time_interleaved`` call.
+
+    Returns the table (M, largest power-of-two divisor, median microseconds per row) and ``{M: Timing}`` in
+    seconds per row of the output, ready for ``speed_verdict`` (a larger M does more work: compare per row)."""
+    if len(rows) < 2 or min(rows) < 1 or k < 1 or n < 1:
+        raise ValueError(f"give at least two row counts >= 1 and k, n >= 1; got rows={rows}, k={k}, n={n}")
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(k, n, generator=gen).to(device)
+    xs = {m: torch.randn(m, k, generator=gen).to(device) for m in rows}
+    raw = time_interleaved({m: (lambda x=xs[m]: x @ w) for m in rows}, warmup=2, repeats=rounds, device=device)
+    per_row = {m: Timing([s / m for s in t.times]) for m, t in raw.items()}
+    table = Table([{"M (rows)": m, "divisible by": pow2_divisor(m), "us per row (median)": t.median * 1e6,
+                    "spread us": t.iqr * 1e6} for m, t in per_row.items()],
+                  f"(M x {k}) @ ({k} x {n}) on {device}, {rounds} interleaved rounds")
+    return table, per_row
+
+
+# ---- Decisions over seeds ----------------------------------------------------------------------------
+def seed_verdict(baseline: Sequence[float], candidate: Sequence[float], min_gain: float = 0.0,
+                 budget_short: str | None = None, unit: str = "nats") -> tuple[str, str]:
+    """(verdict, note) for "the candidate ends at a lower loss than the baseline", from paired seeds.
+
+    Seed i of both runs shares the initial weights and the batches, so each seed gives one gain
+    (baseline - candidate). Holds when EVERY seed gains more than ``min_gain``; does not hold when every seed
+    gains less than ``min_gain`` (the whole range of the gains is below the bar); otherwise inconclusive (the
+    seeds disagree: the difference is within the seed-to-seed noise). With ``budget_short`` (e.g. "12 of the
+    lecture's thousands of steps"), a "does not hold" becomes inconclusive: a short run cannot refute a claim
+    about long ones.
+    """
+    from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+
+    if len(baseline) != len(candidate):
+        raise ValueError(f"{len(baseline)} baseline and {len(candidate)} candidate runs: pair them seed by seed")
+    if len(baseline) < 3:
+        raise ValueError(f"{len(baseline)} seeds are too few to see the seed-to-seed noise: use at least 3")
+    gains = [b - c for b, c in zip(baseline, candidate)]
+    mean = sum(gains) / len(gains)
+    desc = (f"gain {mean:+.3f} {unit} (mean of {len(gains)} seeds; per seed "
+            + ", ".join(f"{g:+.3f}" for g in gains) + f"); bar {min_gain:g} {unit}")
+    if min(gains) > min_gain:
+        return HOLDS, f"{desc}: every seed above the bar"
+    if max(gains) < min_gain:
+        if budget_short:
+            return INCONCLUSIVE, f"{desc}: every seed below the bar, but only {budget_short}"
+        return DOES_NOT_HOLD, f"{desc}: every seed below the bar"
+    return INCONCLUSIVE, f"{desc}: the seeds disagree, within the seed-to-seed noise"
+
+
+# ---- Gradient clipping as normalization ------------------------------------------------------------
+def clipping_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_norm: float = 1.0,
+                    loss_fn=all_token_loss) -> dict:
+    """One backward pass, then ``clip_grad_norm_``: the norm before and after and the cosine between the
+    gradient before and after (1.0: clipping rescales the vector, its direction is kept)."""
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    before = torch.cat([p.grad.flatten() for p in params]).clone()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    after = torch.cat([p.grad.flatten() for p in params])
+    return {"norm before": before.norm().item(), "norm after": after.norm().item(),
+            "cosine(before, after)": F.cosine_similarity(before.double(), after.double(), dim=0).item(),
+            "scale factor": (after.norm() / before.norm()).item()}
+
+
+# ---- Weight decay: which parameters decay --------------------------------------------------------
+def decay_groups(model: nn.Module) -> dict:
+    """nanoGPT's rule, as ``course_utils.train.make_optimizer`` applies it: every parameter with 2 or more
+    dimensions (matmul weights and the embeddings) decays; biases and LayerNorm gains (1-D) do not."""
+    out = {"decayed": [], "not decayed": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out["decayed" if p.dim() >= 2 else "not decayed"].append((name, p.numel()))
+    return out
+
+
+# ---- fp16 loss scaling -----------------------------------------------------------------------------
+def loss_scaling_demo(grad_size: float = 1e-8, scale: float = 2.0**16) -> dict:
+    """A gradient of ``grad_size`` computed in float16, without and with ``torch.amp.GradScaler`` (CPU).
+
+    The weight is a float32 master copy; the forward runs in float16 (``w.half() * a``), so its gradient is
+    first a float16 number. 1e-8 is below float16's smallest subnormal (6e-8) and rounds to zero; the scaler
+    multiplies the loss by ``scale`` first, the float16 gradient is then representable, and ``unscale_``
+    divides it back in float32. Then an overflow: a gradient of inf makes ``scaler.step`` skip the update and
+    ``update()`` halve the scale."""
+    a = torch.tensor([1e-4], dtype=torch.float16)
+    coef = grad_size / 1e-4  # d loss / d w = coef * a = grad_size
+
+    def loss_of(w):
+        return (w.half() * a).float().sum() * coef
+
+    w = torch.nn.Parameter(torch.ones(1))
+    loss_of(w).backward()
+    plain = w.grad.item()
+
+    w = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([w], lr=1e6)  # large enough that a 1e-8 gradient visibly moves w
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaler.scale(loss_of(w)).backward()
+    scaled_fp16 = w.grad.item()
+    scaler.unscale_(opt)
+    recovered = w.grad.item()
+    scaler.step(opt)
+    scaler.update()
+    stepped = w.item() != 1.0
+
+    opt.zero_grad()
+    scale_before = scaler.get_scale()
+    (scaler.scale(w.half().float().sum()) * float("inf")).backward()  # an overflowing gradient
+    w_before = w.item()
+    scaler.step(opt)
+    scaler.update()
+    return {"true gradient": grad_size, "fp16 gradient, no scaling": plain, "scaled gradient (fp16)": scaled_fp16,
+            "after unscale_ (fp32)": recovered, "update applied": stepped,
+            "overflow: step skipped": w.item() == w_before, "overflow: scale before": scale_before,
+            "overflow: scale after": scaler.get_scale()}
+
+
+# ---- AdamW implementations -------------------------------------------------------------------------
+ADAMW_IMPLS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def adamw_step_timings(make_model: Callable[[], nn.Module], rounds: int = 15, device=None,
+                       lr: float = 1e-3) -> tuple[dict, float]:
+    """``optimizer.step()`` of AdamW as a for-loop over tensors, ``foreach`` (one multi-tensor op per stage)
+    and ``fused`` (one kernel), timed in ONE ``time_interleaved`` call on identical models and gradients.
+
+    Returns ``({impl: Timing}, max |weight difference| after one step between the implementations)``."""
+    device = resolve_device(device)
+    models, opts, first = {}, {}, None
+    for name, kw in ADAMW_IMPLS.items():
+        m = make_model().to(device)
+        if first is None:
+            first = m
+        else:
+            m.load_state_dict(first.state_dict())  # identical weights, whatever make_model's seeding
+        gen = torch.Generator().manual_seed(0)
+        for p in m.parameters():
+            p.grad = torch.randn(p.shape, generator=gen).to(device) * 1e-2
+        models[name], opts[name] = m, torch.optim.AdamW(m.parameters(), lr=lr, **kw)
+    for o in opts.values():
+        o.step()
+    ref = list(models["for-loop"].parameters())
+    diff = max((a - b).abs().max().item() for name in ("foreach", "fused")
+               for a, b in zip(ref, models[name].parameters()))
+    return time_interleaved({n: o.step for n, o in opts.items()}, warmup=1, repeats=rounds, device=device), diff
+
+
+# ---- Integer ids: an embedding gather vs a one-hot matrix product ------------------------------------
+def embedding_vs_onehot(vocab: int, dim: int, n_tokens: int, rounds: int = 15, device=None,
+                        seed: int = 0) -> dict:
+    """Look up ``n_tokens`` ids in a ``vocab x dim`` table: ``F.embedding`` (a gather: reads n rows) against
+    ``one_hot(ids).float() @ W`` (builds an n x vocab matrix and multiplies). Both timed in ONE
+    ``time_interleaved`` call; peak memory per ``tensor_peak_memory``; the results must agree exactly."""
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(vocab, dim, generator=gen).to(device)
+    ids = torch.randint(0, vocab, (n_tokens,), generator=gen).to(device)
+    fns = {"gather (F.embedding)": lambda: F.embedding(ids, w),
+           "one-hot @ W": lambda: F.one_hot(ids, vocab).to(w.dtype) @ w}
+    diff = (fns["gather (F.embedding)"]() - fns["one-hot @ W"]()).abs().max().item()
+    timings = time_interleaved(fns, warmup=1, repeats=rounds, device=device)
+    peaks = {name: tensor_peak_memory(fn, w, ids, device=device)[0] for name, fn in fns.items()}
+    return {"timings": timings, "peak bytes": peaks, "max |diff|": diff,
+            "one-hot bytes": n_tokens * vocab * w.element_size()}
+

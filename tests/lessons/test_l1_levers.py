@@ -9,20 +9,21 @@ from course_utils import memory, runs, tables
 from course_utils.data import get_batch
 from course_utils.lessons import l1_levers as levers
 from course_utils.lessons import l1_parallel
-from course_utils.measure import Timing
+from course_utils.measure import Timing, speed_verdict
+from course_utils.memory import ADAMW_FP32_BYTES_PER_PARAM
 from course_utils.model import GPT, GPTConfig
-
-DATA = torch.arange(3000) % 41
-
-
-def tiny(**kw):
-    torch.manual_seed(0)
-    base = dict(vocab_size=41, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-    return GPT(GPTConfig(**{**base, **kw}))
+from course_utils.train import TrainConfig, make_optimizer
 
 
-def batches(b, t=16):
-    return lambda gen: get_batch(DATA, b, t, generator=gen)
+@pytest.fixture
+def tiny(tiny_gpt):
+    """Model 5 at vocabulary 41 (the token stream's), seeded: ``tiny(**overrides)``."""
+    return lambda **kw: tiny_gpt(**{"vocab_size": 41, **kw})
+
+
+@pytest.fixture
+def batches(token_stream):
+    return lambda b, t=16: (lambda gen: get_batch(token_stream, b, t, generator=gen))
 
 
 def test_cumulative_savings_is_the_lectures_arithmetic():
@@ -33,7 +34,7 @@ def test_cumulative_savings_is_the_lectures_arithmetic():
         levers.cumulative_savings(-1, 10)
 
 
-def test_manual_attention_equals_sdpa_and_in_the_model():
+def test_manual_attention_equals_sdpa_and_in_the_model(tiny, batches):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=g) for _ in range(3))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -50,7 +51,7 @@ def test_manual_attention_equals_sdpa_and_in_the_model():
         levers.use_manual_attention(torch.nn.Linear(2, 2))
 
 
-def test_accumulated_gradients_equal_the_big_batch_and_unscaled_are_k_times():
+def test_accumulated_gradients_equal_the_big_batch_and_unscaled_are_k_times(tiny, batches):
     model = tiny()
     x, y = batches(8)(torch.Generator().manual_seed(0))
     big = levers.big_batch_gradients(model, x, y)
@@ -107,12 +108,13 @@ def test_dtype_tables_are_exact():
     assert levers.exact_integer_limit(torch.bfloat16) == 256
     assert levers.exact_integer_limit(torch.float32) == 2**24
     assert int(torch.tensor(2049.0).half()) != 2049  # beyond the limit ids get corrupted
-    mm = levers.matmul_benchmark(32, [torch.float32, torch.bfloat16], repeats=1)
-    assert mm.column("dtype") == ["float32", "bfloat16"]
+    mm, mm_t = levers.matmul_benchmark(32, [torch.float32, torch.bfloat16], repeats=5)
+    assert mm.column("dtype") == ["float32", "bfloat16"] and list(mm_t) == ["float32", "bfloat16"]
+    assert all(len(t.times) == 5 for t in mm_t.values())
     assert mm.column("rel. error")[0] < 1e-5 < mm.column("rel. error")[1] < 1e-2
 
 
-def test_tensor_parallel_and_pipeline_reproduce_the_model():
+def test_tensor_parallel_and_pipeline_reproduce_the_model(tiny, batches):
     model = tiny().eval()
     mlp = model.h[0].mlp
     h = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
@@ -131,7 +133,7 @@ def test_tensor_parallel_and_pipeline_reproduce_the_model():
         l1_parallel.column_parallel_linear(mlp.c_fc, h, 5)
 
 
-def test_measure_training_and_memory_counts():
+def test_measure_training_and_memory_counts(tiny, batches):
     m = runs.measure_training(tiny, batches(4), "tiny", warmup=1, repeats=2, device="cpu")
     assert len(m.timing.times) == 2 and m.tokens_per_step == 4 * 16
     assert m.tokens_per_s > 0 and len(m.losses) == 3
@@ -142,27 +144,13 @@ def test_measure_training_and_memory_counts():
     assert accum.tokens_per_step == m.tokens_per_step
 
 
-def test_compare_speed_and_verdicts_respect_the_noise():
-    fast, slow, noisy = Timing([1.0] * 4), Timing([2.0] * 4), Timing([1.0, 1.0, 3.0, 3.0])
-    c = levers.compare_speed(slow, fast)
-    assert c["speed-up"] == 2.0 and c["clear"] and levers.speed_verdict(c)[0] == "holds"
-    c2 = levers.compare_speed(noisy, Timing([1.5] * 4))
-    assert not c2["clear"] and "noise" in levers.speed_verdict(c2)[1]
-    small_gain = levers.compare_speed(Timing([1.03] * 4), fast)
-    assert small_gain["clear"] and levers.speed_verdict(small_gain)[0] == "holds"
-    assert levers.speed_verdict(small_gain, min_speedup=1.05)[0] == "does not hold"
-    assert "slower" in levers.speed_verdict(levers.compare_speed(fast, slow))[1]
-    with pytest.raises(TypeError):
-        levers.compare_speed(1.0, 2.0)
-    with pytest.raises(ValueError):
-        levers.speed_verdict(c, min_speedup=0.5)
-
-
 def test_layout_and_attention_benchmarks_run_and_pinned_is_cuda_only():
-    lay = levers.contiguity_benchmark(64, repeats=2)
+    lay, lay_t = levers.contiguity_benchmark(64, repeats=5)
     assert lay.column("layout")[0] == "contiguous" and lay.column("slow-down")[0] == 1.0
-    att = levers.attention_benchmark([32, 64], batch=1, n_head=2, head_dim=8, repeats=1)
+    assert speed_verdict(lay_t["strided view (.t())"], lay_t["contiguous"]).rounds == 5
+    att, att_t = levers.attention_benchmark([32, 64], batch=1, n_head=2, head_dim=8, repeats=5)
     assert att.column("T") == [32, 64] and all(d < 1e-5 for d in att.column("max |diff|"))
+    assert set(att_t) == {32, 64} and set(att_t[64]) == {"manual", "sdpa"} and len(att_t[64]["sdpa"].times) == 5
     assert att.column("manual peak bytes")[1] > att.column("sdpa peak bytes")[1]  # the T x T scores
     assert levers.pinned_copy_benchmark(1024, device="cpu") is None
 
@@ -171,3 +159,114 @@ def test_table_renders():
     t = tables.Table([{"a": 1, "b": 2.5}, {"a": 1234567, "b": "x"}], "t")
     assert "1,234,567" in str(t) and "<table>" in t._repr_html_() and t.column("a") == [1, 1234567]
     assert math.isclose(t.rows[0]["b"], 2.5)
+
+
+# ---- time_training_interleaved and training_step_peak (course_utils.runs) --------------------------
+def test_time_training_interleaved_pairs_rounds_and_divides_by_tokens(tiny, batches):
+    def wide():
+        return tiny(n_embd=64)
+
+    cases = {"plain": runs.TrainingCase(wide, batches(8)),
+             "8 micro-batches": (wide, batches(8), {"grad_accum": 8})}
+    per_step = runs.time_training_interleaved(cases, rounds=9, per_token=False, device="cpu")
+    assert list(per_step) == ["plain", "8 micro-batches"] and all(len(t.times) == 9 for t in per_step.values())
+    # 8 forward/backward passes per update against 1: slower per update (9 rounds tolerate one outlier round)
+    assert speed_verdict(per_step["8 micro-batches"], per_step["plain"]).verdict == "holds"
+    with pytest.raises(ValueError, match="at least one"):
+        runs.time_training_interleaved({})
+    with pytest.raises(TypeError, match="TrainingCase"):
+        runs.time_training_interleaved({"x": tiny})
+
+
+def test_time_training_interleaved_divides_each_configuration_by_its_own_tokens(tiny, batches, monkeypatch):
+    import course_utils.measure
+
+    # fixed clock: every step "takes" 1.0 s, so per token = 1 / tokens per update, exactly
+    monkeypatch.setattr(course_utils.measure, "time_interleaved",
+                        lambda fns, warmup, repeats, device: {k: Timing([1.0] * repeats) for k in fns})
+    per_token = runs.time_training_interleaved({"plain": (tiny, batches(8)),
+                                                "4 micro-batches": (tiny, batches(8), {"grad_accum": 4})},
+                                               rounds=5, device="cpu")
+    assert per_token["plain"].times == [1 / (8 * 16)] * 5
+    assert per_token["4 micro-batches"].times == [1 / (4 * 8 * 16)] * 5
+
+
+def test_training_step_peak_holds_adamw_state_and_tying_saves_sixteen_bytes(tiny, batches):
+    model = tiny()
+    peak, method = runs.training_step_peak(tiny, batches(2), device="cpu")
+    n = model.num_parameters()
+    assert peak >= n * ADAMW_FP32_BYTES_PER_PARAM  # weights + gradients + the two AdamW moments
+    untied, _ = runs.training_step_peak(lambda: tiny(tie_weights=False), batches(2), device="cpu")
+    saved = tiny(tie_weights=False).num_parameters() - n
+    # the untied head adds its weight, gradient and two moments (16 B/parameter); at the peak the tied model holds
+    # one V x d temporary more (its two gradient contributions are summed), so the peak drops by 12 B/parameter
+    assert saved == 41 * 32 and untied - peak >= saved * (ADAMW_FP32_BYTES_PER_PARAM - 4)
+
+
+# ---- Lesson 1's new levers -------------------------------------------------------------------------
+def test_pow2_divisor_and_alignment_benchmark():
+    assert [levers.pow2_divisor(n) for n in (62 * 5, 64 * 5, 62 * 1024, 1023)] == [2, 64, 2048, 1]
+    with pytest.raises(ValueError):
+        levers.pow2_divisor(0)
+    table, per_row = levers.alignment_matmul_benchmark([31, 32], 16, 16, rounds=5)
+    assert table.column("divisible by") == [1, 32] and set(per_row) == {31, 32}
+    assert speed_verdict(per_row[31], per_row[32]).rounds == 5
+    with pytest.raises(ValueError, match="at least two"):
+        levers.alignment_matmul_benchmark([32], 16, 16)
+
+
+def test_seed_verdict_decides_only_beyond_the_seed_noise():
+    assert levers.seed_verdict([5.0, 5.1, 5.2], [4.9, 5.0, 5.1], min_gain=0.01)[0] == "holds"
+    v, note = levers.seed_verdict([5.0, 5.1, 5.2], [5.1, 5.2, 5.3], min_gain=0.01)
+    assert v == "does not hold" and "every seed below" in note
+    assert levers.seed_verdict([5.0, 5.1, 5.2], [5.1, 5.2, 5.3], 0.01, budget_short="12 steps")[0] == "inconclusive"
+    v, note = levers.seed_verdict([5.0, 5.0, 5.0], [4.9, 5.1, 4.95], min_gain=0.01)
+    assert v == "inconclusive" and "disagree" in note
+    with pytest.raises(ValueError, match="at least 3"):
+        levers.seed_verdict([1.0, 2.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="pair"):
+        levers.seed_verdict([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_clipping_rescales_and_keeps_the_direction(tiny, batches):
+    x, y = batches(4)(torch.Generator().manual_seed(0))
+    r = levers.clipping_report(tiny(), x, y, max_norm=0.1)
+    assert r["norm before"] > 0.1 and r["norm after"] == pytest.approx(0.1, rel=1e-4)
+    assert r["cosine(before, after)"] == pytest.approx(1.0, abs=1e-6)
+    loose = levers.clipping_report(tiny(), x, y, max_norm=1e6)  # below the bound: nothing changes
+    assert loose["scale factor"] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        levers.clipping_report(tiny(), x, y, max_norm=0)
+
+
+def test_decay_groups_follow_nanogpt_and_match_make_optimizer(tiny):
+    model = tiny()
+    groups = levers.decay_groups(model)
+    decayed = dict(groups["decayed"])
+    assert "transformer.wte.weight" in decayed or any("wte" in n for n in decayed)  # embeddings decay
+    assert all("bias" in n or "ln" in n for n, _ in groups["not decayed"])
+    opt = make_optimizer(model, TrainConfig(steps=1, weight_decay=0.1), torch.device("cpu"))
+    by_wd = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in opt.param_groups}
+    assert by_wd == {0.1: sum(decayed.values()), 0.0: sum(n for _, n in groups["not decayed"])}
+
+
+def test_loss_scaling_recovers_an_underflowing_gradient_and_skips_on_overflow():
+    r = levers.loss_scaling_demo(grad_size=1e-8)
+    assert r["fp16 gradient, no scaling"] == 0.0 and r["update applied"]
+    assert r["after unscale_ (fp32)"] == pytest.approx(1e-8, rel=0.01)
+    assert r["overflow: step skipped"] and r["overflow: scale after"] == r["overflow: scale before"] / 2
+    big = levers.loss_scaling_demo(grad_size=1e-3)  # representable in fp16: no scaling needed
+    assert big["fp16 gradient, no scaling"] == pytest.approx(1e-3, rel=0.01)
+
+
+def test_adamw_implementations_agree_and_are_timed_together(tiny):
+    timings, diff = levers.adamw_step_timings(tiny, rounds=5)
+    assert list(timings) == ["for-loop", "foreach", "fused"] and all(len(t.times) == 5 for t in timings.values())
+    assert diff < 1e-6
+
+
+def test_embedding_gather_equals_one_hot_and_needs_less_memory():
+    r = levers.embedding_vs_onehot(vocab=500, dim=16, n_tokens=64, rounds=5)
+    assert r["max |diff|"] == 0.0 and r["one-hot bytes"] == 64 * 500 * 4
+    assert r["peak bytes"]["one-hot @ W"] >= r["one-hot bytes"] > r["peak bytes"]["gather (F.embedding)"]
+    assert set(r["timings"]) == {"gather (F.embedding)", "one-hot @ W"}
