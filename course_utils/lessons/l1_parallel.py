@@ -673,9 +673,9 @@ def bubble_verdict(run: dict, m_low: int = 1, m_high: int = 4, schedule: str = "
 
 def claim_rows(runs: dict, ref: dict, tol: float = LOSS_TOL, m_high: int = 4) -> list[dict]:
     """The lecture's row "multi-GPU: speed very high / quality none / complexity high", measured: keyword
-    arguments for ``ClaimsTable.add`` (quality: equality with one process; memory: FSDP vs DDP; the bubble;
-    speed: not measurable on a CPU)."""
-    from ..claims import DOES_NOT_HOLD, HOLDS, NOT_MEASURABLE
+    arguments for ``ClaimsTable.add`` (quality: equality with one process; memory: FSDP vs DDP; the bubble).
+    Speed is the data-parallel run's row."""
+    from ..claims import DOES_NOT_HOLD, HOLDS
 
     need = {"tp", "pp", "fsdp", "ddp"} - {r["kind"] for r in runs.values() if r["inject"] == "none"}
     if need:
@@ -703,12 +703,7 @@ def claim_rows(runs: dict, ref: dict, tol: float = LOSS_TOL, m_high: int = 4) ->
     v, measured, why = bubble_verdict(clean["pp"], 1, m_high)
     rows.append(dict(claim="more micro-batches shrink the pipeline bubble", lecture="(p-1)/(m+p-1)",
                      measured=measured, verdict=v, why=why))
-    device = clean["ddp"].get("device", "cpu")
-    if device == "cpu":
-        rows.append(dict(claim="several devices train faster", lecture="speed gain: very high",
-                         measured="n/a", verdict=NOT_MEASURABLE,
-                         why="2 gloo processes share this CPU's cores: there is no second device to add"))
-    return rows
+    return rows  # speed: the DDP run's row (several GPUs train faster), in the lesson's claims table
 
 
 # ---- One-process demos: the arithmetic of a split --------------------------------------------------

@@ -196,7 +196,7 @@ def test_bubble_verdict_follows_its_procedure():
 
 
 def test_claim_rows_from_the_runs(runs, ref):
-    from course_utils.claims import HOLDS, NOT_MEASURABLE, ClaimsTable
+    from course_utils.claims import HOLDS, ClaimsTable
 
     rows = par.claim_rows(runs, ref, m_high=2)
     claims = ClaimsTable("test")
@@ -205,7 +205,7 @@ def test_claim_rows_from_the_runs(runs, ref):
     verdicts = [c.verdict for c in claims.claims]
     assert verdicts[0] == HOLDS and "tp:wrong-split" in claims.claims[0].why  # equality, mistakes shown
     assert verdicts[1] == HOLDS  # FSDP: half of DDP's state per rank
-    assert verdicts[3] == NOT_MEASURABLE
+    assert len(verdicts) == 3  # equality, memory, bubble; speed is the DDP run's row
     # the tolerance decides: a tolerance below the float32 rounding turns equality into "does not hold"
     assert par.claim_rows(runs, ref, tol=1e-12, m_high=2)[0]["verdict"] != HOLDS
     with pytest.raises(ValueError, match="missing"):
