@@ -157,6 +157,9 @@ def tidy_outputs(nb, kernelspec: dict | None = None):
 CLAIMS_CELL = """
 from course_utils.claims import ClaimsTable as _CT
 _tables = [v for k, v in list(globals().items()) if isinstance(v, _CT) and not k.startswith("_")]
+import torch as _torch
+if _torch.cuda.is_available():  # the lesson's peak GPU memory, for the results header
+    print(f"PEAK_GPU_BYTES={_torch.cuda.max_memory_allocated()}")
 print("\\n\\n".join(t.to_markdown() for t in _tables))
 """
 
@@ -196,8 +199,15 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
     return (seconds, markdown) if collect_claims else seconds
 
 
-def results_header(nb_name: str, seconds: float) -> str:
-    """Where a claims table was measured: date, profile, device, versions."""
+def split_peak(markdown: str) -> tuple[int | None, str]:
+    """The claims cell's output without its ``PEAK_GPU_BYTES=`` line, and that number (None without a GPU)."""
+    lines = markdown.splitlines(keepends=True)
+    peak = [int(ln.split("=", 1)[1]) for ln in lines if ln.startswith("PEAK_GPU_BYTES=")]
+    return (peak[0] if peak else None), "".join(ln for ln in lines if not ln.startswith("PEAK_GPU_BYTES="))
+
+
+def results_header(nb_name: str, seconds: float, peak_gpu_bytes: int | None = None) -> str:
+    """Where a claims table was measured: date, profile, device, versions, wall time, peak GPU memory."""
     from datetime import date
 
     from .env import _version, env_facts, get_profile
@@ -207,7 +217,8 @@ def results_header(nb_name: str, seconds: float) -> str:
     keys = ("gpu", "device", "torch", "transformers", "peft", "bitsandbytes", "python", "hub")
     facts = " | ".join(f"{k} {f[k]}" for k in keys if k in f)
     return (f"# {nb_name}: claims measured in the {get_profile()} profile\n\n"
-            f"{date.today().isoformat()} | {facts} | executed in {seconds:.0f} s\n\n"
+            f"{date.today().isoformat()} | {facts} | executed in {seconds:.0f} s"
+            + (f" | peak GPU memory {peak_gpu_bytes / 2**30:.2f} GiB" if peak_gpu_bytes is not None else "") + "\n\n"
             f"Made with `COURSE_PROFILE={get_profile()} python -m course_utils.nbtools results`; the executed "
             f"notebook is next to this file. The model each lesson actually used is in its table's first line.\n\n")
 
@@ -225,9 +236,19 @@ def main(argv=None) -> int:
     p_res.add_argument("notebooks", nargs="*")
     p_res.add_argument("--out", required=True, help="folder, e.g. results/nvidia-h100-80gb")
     p_res.add_argument("--cell-timeout", type=int, default=1800, help="seconds per cell (default 1800)")
+    p_tidy = sub.add_parser("tidy", help="without executing: installed kernelspec and finished progress bars")
+    p_tidy.add_argument("notebooks", nargs="*")
     p_head = sub.add_parser("header", help="check (or --fix) every notebook's Colab badge and install cell")
     p_head.add_argument("--fix", action="store_true")
     args = parser.parse_args(argv)
+
+    if args.cmd == "tidy":
+        import nbformat
+
+        for path in notebook_paths(args.notebooks):
+            nbformat.write(tidy_outputs(nbformat.read(path, as_version=4)), path)
+            print(f"tidied {path.name}")
+        return 0
 
     if args.cmd == "header":
         import nbformat
@@ -253,7 +274,8 @@ def main(argv=None) -> int:
             if not markdown.strip():
                 raise SystemExit(f"{path.name} built no ClaimsTable: nothing to write")
             md = out_dir / (path.stem + ".md")
-            md.write_text(results_header(path.name, seconds) + markdown)
+            peak, markdown = split_peak(markdown)
+            md.write_text(results_header(path.name, seconds, peak) + markdown)
             print(f"  {seconds:6.1f} s -> {md}", flush=True)
         return 0
 

@@ -53,3 +53,13 @@ def test_notebooks_are_committed_with_outputs_and_no_errors():
 
 def test_executed_copies_are_ignored_by_git():
     assert "runs/" in (ROOT / ".gitignore").read_text()
+
+
+def test_results_header_reports_the_peak_gpu_memory_the_claims_cell_printed():
+    from course_utils.nbtools import results_header, split_peak
+
+    peak, md = split_peak("PEAK_GPU_BYTES=2147483648\n### Lesson X\n| claim |\n")
+    assert peak == 2**31 and md == "### Lesson X\n| claim |\n"
+    assert split_peak("### Lesson X\n") == (None, "### Lesson X\n")
+    assert "peak GPU memory 2.00 GiB" in results_header("01_x.ipynb", 12.0, peak)
+    assert "peak GPU memory" not in results_header("01_x.ipynb", 12.0, None)
