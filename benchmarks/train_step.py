@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from course_utils.env import get_device, seed_everything  # noqa: E402
 from course_utils.losses import all_token_loss, linear_cross_entropy  # noqa: E402
-from course_utils.measure import time_interleaved  # noqa: E402
+from course_utils.measure import compare_paired, time_interleaved  # noqa: E402
 from course_utils.model import GPT  # noqa: E402
 from course_utils.train import TrainConfig, autocast_context, make_optimizer, resolve_amp  # noqa: E402
 
@@ -257,8 +257,16 @@ def bench_one(name: str, T: int, amp: str, compiled: bool, device: torch.device,
     if compile_s:
         res["compile_s"] = compile_s
     res["ratio_course_over_hf"] = res["course_tokens_per_s"] / res["hf_tokens_per_s"]
-    # > 1: Model 5 (fused loss, compiled in compiled rows) is that much faster than the candidate
+    # > 1: Model 5 (fused loss, compiled in compiled rows) is that much faster than the candidate: the ratio of
+    # medians, and the median of the per-round ratios (rounds ran back to back, so load drift cancels), with the
+    # rounds in which Model 5 was slower and a one-sided sign test
     res["course_speedup_vs"] = {k: res[f"{k}_step_s"] / res["course_step_s"] for k in steps if k != "course"}
+    res["course_speedup_vs_paired"] = {}
+    for k in steps:
+        if k != "course":
+            c = compare_paired(times[k], times["course"])  # course as the candidate: ratio < 1 = course faster
+            res["course_speedup_vs_paired"][k] = {"median_round_ratio": 1 / c.ratio, "course_slower_rounds": c.slower,
+                                                  "rounds": c.rounds, "sign_test_p": c.p_value}
     peak, source = peak_flops(device, amp)
     if peak:
         m = models["course"]
@@ -330,16 +338,18 @@ def main(argv=None) -> int:
                     mfu = f" | MFU course {r['course_mfu']:.1%} HF {r['hf_mfu']:.1%}" if "course_mfu" in r else ""
                     print(f"\n{name} T={T} B={r['batch']} amp={amp} compile={'yes' if comp else 'no'}: "
                           f"course/HF = {r['ratio_course_over_hf']:.2f}{mfu} ({r['wall_s']:.0f} s)")
-                    print(f"  {'candidate':<18} {'tok/s':>9} {'vs course':>9} {'peak MiB':>9}")
+                    print(f"  {'candidate':<18} {'tok/s':>9} {'vs course':>9} {'paired':>7} {'peak MiB':>9}")
                     for k in [k[:-len("_step_s")] for k in r if k.endswith("_step_s")]:
                         vs = r["course_step_s"] / r[f"{k}_step_s"]
                         peak = mib(r.get(f"{k}_peak_bytes"))
-                        print(f"  {k:<18} {r[f'{k}_tokens_per_s']:>9,.0f} {vs:>9.2f} {peak:>9}")
+                        pr = r["course_speedup_vs_paired"].get(k, {}).get("median_round_ratio", 1.0)
+                        print(f"  {k:<18} {r[f'{k}_tokens_per_s']:>9,.0f} {vs:>9.2f} {1 / pr:>7.2f} {peak:>9}")
                     if "compile_s" in r:
                         print("  compile time (first step): "
                               + ", ".join(f"{k} {v:.0f} s" for k, v in r["compile_s"].items()))
                     print(f"  memory: {r['memory_method']}", flush=True)
-    print(f"\n(vs course: the candidate's tokens/s over Model 5's; < 1 means slower than Model 5; "
+    print(f"\n(vs course: the candidate's tokens/s over Model 5's, from medians; paired: the median over rounds of "
+          f"Model 5's step time over the candidate's; < 1 means slower than Model 5; "
           f"{time.time() - t_start:.0f} s in all)")
     meta["wall_s"] = time.time() - t_start
     safe = dev_name.replace(" ", "_").replace("(", "").replace(")", "")
