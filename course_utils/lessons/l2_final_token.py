@@ -7,6 +7,10 @@ and the checker for the "Your turn" exercise (a loss on the last k tokens).
     count_target_tokens(final_token_loss, 8, 64)          # -> 8: positions that get a gradient
     evaluate_losses(model, test_batches, {"all": all_token_loss, "last": final_token_loss})
     check_last_k_loss(my_last_k_loss)                     # PASSED, or NOT YET and what is wrong
+    FinalTokenHead(model)                                 # Model 5 with the head at the last position only
+    step_flops(model, final_position_loss, x, y)          # FLOPs of one forward + backward
+    paired_seed_verdict(baseline, candidate)              # a difference between two trainings, over seeds
+    readable(ids, tokenizer)                              # decoded text without cut multi-byte characters
 
 The point is that "missing spaces, tokens run together" and "the curve is noisier" become numbers.
 """
@@ -14,16 +18,19 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..claims import CheckResult
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..env import resolve_device
 from ..losses import all_token_loss, final_token_loss
-from ..model import eval_mode
+from ..model import GPT, eval_mode
 from ..plots import smooth
 
 #: A word: letters, optionally with an apostrophe part ("alice's", "don't").
@@ -83,6 +90,21 @@ def space_token_share(ids, tokenizer) -> float:
     return sum(p.startswith(" ") for p in pieces) / len(pieces)
 
 
+def distinct_n(ids, n: int = 2) -> float:
+    """Distinct-n of one token sequence: unique n-grams / all n-grams (1.0: nothing repeats; ",,,,,,": near 0).
+
+    The usual repetition measure for generated text (Li et al., 2016). A sequence shorter than n + 1 tokens
+    has too few n-grams to say anything: ValueError.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ids = _as_id_list(ids)
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    if len(grams) < 2:
+        raise ValueError(f"distinct-{n} needs at least {n + 1} tokens, got {len(ids)}: generate more tokens")
+    return len(set(grams)) / len(grams)
+
+
 @dataclass
 class TextQuality:
     n_tokens: int
@@ -90,6 +112,7 @@ class TextQuality:
     known_word_share: float  # words that exist in the training text
     space_token_share: float  # tokens that start with a space
     mean_word_length: float  # run-together tokens make long non-words
+    distinct_2: float  # mean over the sequences of unique / all token bigrams: low = repetitive
 
     def as_row(self) -> dict:
         return {
@@ -98,6 +121,7 @@ class TextQuality:
             "known words": f"{self.known_word_share:.0%}",
             "tokens with a leading space": f"{self.space_token_share:.0%}",
             "mean word length": f"{self.mean_word_length:.1f}",
+            "distinct-2": f"{self.distinct_2:.2f}",
         }
 
 
@@ -132,7 +156,22 @@ def text_quality(ids_list: Sequence, tokenizer, vocabulary: Iterable[str]) -> Te
         known_word_share=known,
         space_token_share=space_token_share(all_ids, tokenizer),
         mean_word_length=sum(map(len, all_words)) / len(all_words) if all_words else 0.0,
+        distinct_2=sum(distinct_n(q, 2) for q in seqs) / len(seqs),
     )
+
+
+def per_sequence_quality(ids_list: Sequence, tokenizer, vocabulary: Iterable[str]) -> dict:
+    """The text-quality measures of each sequence on its own: ``{measure: [one value per sequence]}``.
+
+    The values per sequence are what a verdict compares (their mean and its standard error), so a claim about
+    text quality rests on many samples, not on one.
+    """
+    if isinstance(ids_list, torch.Tensor):
+        ids_list = list(ids_list) if ids_list.dim() == 2 else [ids_list]
+    per = [text_quality([q], tokenizer, vocabulary) for q in ids_list]
+    if len(per) < 2:
+        raise ValueError(f"need at least 2 sequences to compare text quality, got {len(per)}")
+    return {name: [getattr(q, name) for q in per] for name in ("known_word_share", "space_token_share", "distinct_2")}
 
 
 def loss_noise(losses: Sequence[float], tail: float = 0.5) -> float:
@@ -215,6 +254,219 @@ def evaluate_losses(model, batches: Callable, loss_fns: dict, n_batches: int = 8
             for name, fn in loss_fns.items():
                 totals[name] += float(fn(logits, y))
     return {name: total / n_batches for name, total in totals.items()}
+
+
+# ---- Verdicts from samples and from seeds ---------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """A difference candidate - baseline and the verdict on "candidate is lower" (or higher)."""
+
+    verdict: str  # one of course_utils.claims.VERDICTS
+    difference: float  # mean(candidate) - mean(baseline)
+    noise: float  # what the difference must exceed (see the function that made it)
+    note: str
+
+    def __str__(self) -> str:
+        return f"{self.verdict}: {self.note}"
+
+
+def _direction(lower: bool) -> int:
+    if not isinstance(lower, bool):
+        raise TypeError(f"lower must be True (claim: the candidate is lower) or False (higher), got {lower!r}")
+    return -1 if lower else 1
+
+
+def mean_difference_verdict(baseline: Sequence[float], candidate: Sequence[float], lower: bool = True,
+                            z: float = 2.0) -> Comparison:
+    """Is the candidate's mean lower (``lower=True``) or higher than the baseline's, beyond sampling noise?
+
+    For independent samples (e.g. one value per generated text): holds when the difference in the claimed
+    direction exceeds ``z`` standard errors of the difference (Welch), does not hold when it exceeds them in the
+    other direction, inconclusive otherwise.
+    """
+    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 values on each side, got {len(a)} and {len(b)}: take more samples")
+    sign = _direction(lower)
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    text = f"difference {diff:+.3f}, {z:g} standard errors = {z * se:.3f} ({len(b)} vs {len(a)} samples)"
+    if sign * diff > z * se:
+        return Comparison(HOLDS, diff, z * se, f"{text}: beyond the noise, as claimed")
+    if -sign * diff > z * se:
+        return Comparison(DOES_NOT_HOLD, diff, z * se, f"{text}: beyond the noise, against the claim")
+    return Comparison(INCONCLUSIVE, diff, z * se, f"{text}: within the sampling noise")
+
+
+def paired_seed_verdict(baseline: Sequence[float], candidate: Sequence[float], lower: bool = True) -> Comparison:
+    """Is the candidate training's figure lower (``lower=True``) or higher than the baseline's, over seeds?
+
+    ``baseline[i]`` and ``candidate[i]`` come from the same seed (same initial weights, same batches). Holds only
+    when every seed's difference has the claimed sign AND the mean difference exceeds the seed-to-seed spread
+    (the larger range of the two methods' figures over the seeds); does not hold under the same two conditions in
+    the other direction; otherwise inconclusive (the difference is within what another seed could change).
+    """
+    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
+    if len(a) != len(b):
+        raise ValueError(f"baseline and candidate need one figure per seed each, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        raise ValueError(f"a seed-to-seed spread needs at least 2 seeds, got {len(a)}; 3 or more for a claim")
+    sign = _direction(lower)
+    diffs = [y - x for x, y in zip(a, b)]
+    mean = statistics.fmean(diffs)
+    spread = max(max(a) - min(a), max(b) - min(b))
+    text = (f"mean difference {mean:+.3f} over {len(a)} seeds (per seed {', '.join(f'{d:+.3f}' for d in diffs)}), "
+            f"seed-to-seed spread {spread:.3f}")
+    if all(sign * d > 0 for d in diffs) and sign * mean > spread:
+        return Comparison(HOLDS, mean, spread, f"{text}: every seed agrees, beyond the spread")
+    if all(sign * d < 0 for d in diffs) and -sign * mean > spread:
+        return Comparison(DOES_NOT_HOLD, mean, spread, f"{text}: every seed disagrees, beyond the spread")
+    return Comparison(INCONCLUSIVE, mean, spread, f"{text}: within the seed-to-seed spread")
+
+
+# ---- Final-token training the cheap way: the unembedding at the last position only ----------------------
+
+def final_token_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Model 5's logits at the LAST position only: (B, T) token ids -> (B, 1, V).
+
+    Declared copy of ``course_utils.model.GPT.forward`` (embeddings, dropout, blocks, final LayerNorm) with one
+    change, nanoGPT's inference trick ``lm_head(x[:, [-1], :])``: the unembedding, a C x V matrix multiply per
+    position, runs once per sequence instead of T times. ``tests/lessons/test_l2_final_token.py`` keeps the copy
+    true (same logits as ``model(idx)[:, [-1], :]``, same gradients).
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"final_token_logits needs a course_utils.model.GPT (Model 5), got {type(model).__name__}")
+    if idx.dim() != 2:
+        raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+    T = idx.size(1)
+    if T > model.config.block_size:
+        raise ValueError(f"sequence length {T} is longer than the model's context ({model.config.block_size}); "
+                         f"crop it, e.g. idx[:, -{model.config.block_size}:]")
+    if idx.device != model.wte.weight.device:
+        raise RuntimeError(f"Expected all tensors to be on the same device: the batch is on {idx.device} but the "
+                           f"model is on {model.wte.weight.device}. Move the batch with "
+                           f"`x = x.to({str(model.wte.weight.device)!r})`.")
+    x = model.drop(model.wte(idx) + model.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
+    for block in model.h:
+        x = block(x)  # (B, T, C): every position still feeds the attention of the last one
+    logits = model.lm_head(model.ln_f(x[:, [-1], :]))  # (B, 1, V): the head at the last position only
+    return logits[..., : model.config.vocab_size]
+
+
+class FinalTokenHead(nn.Module):
+    """Model 5 that returns only the last position's logits (B, 1, V); train it with ``final_position_loss``.
+
+    The weights are the wrapped model's own (``.model``): training the wrapper trains Model 5. ``generate`` works
+    too (it only ever uses the last position), so sampling gets cheaper the same way.
+    """
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        if not isinstance(model, GPT):
+            raise TypeError(f"FinalTokenHead wraps a course_utils.model.GPT (Model 5), got {type(model).__name__}")
+        self.model = model
+        self.config = model.config
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return final_token_logits(self.model, idx)
+
+    def generate(self, *args, **kwargs) -> torch.Tensor:
+        return GPT.generate(self, *args, **kwargs)  # GPT.generate reads self(idx)[:, -1, :] and self.config only
+
+
+def final_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The final-token loss for logits of the last position only (B, 1, V) or of every position (B, T, V).
+
+    Targets are the whole (B, T) batch either way; the value equals ``final_token_loss`` on the full logits.
+    """
+    if logits.dim() != 3 or targets.dim() != 2 or logits.size(1) > targets.size(1):
+        raise ValueError(f"expected logits (B, 1 or T, V) and targets (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    return final_token_loss(logits, targets[:, -logits.size(1):])
+
+
+def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Floating-point operations of one forward + backward (``torch.utils.flop_counter.FlopCounterMode``).
+
+    Counts the matrix multiplies and attention (what dominates); the count depends only on the shapes, so it is
+    the same on every machine. Gradients are cleared afterwards.
+    """
+    model.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def nll_on_raw_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """THE BUG the lecture warns about, for demonstration: ``NLLLoss`` on raw logits of the last position.
+
+    NLLLoss returns -input[target]; without log_softmax that is minus a logit, which training can push down
+    without limit by inflating logits. Accepts (B, 1, V) or (B, T, V) logits like ``final_position_loss``.
+    """
+    if logits.dim() != 3 or targets.dim() != 2:
+        raise ValueError(f"expected logits (B, 1 or T, V) and targets (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    return F.nll_loss(logits[:, -1, :].float(), targets[:, -1])
+
+
+@torch.no_grad()
+def final_position_test_loss(model: GPT, ids: torch.Tensor, n_sequences: int, block_size: int, seed: int = 4321,
+                             chunk: int = 128) -> float:
+    """Mean final-position loss over ``n_sequences`` held-out sequences (the same ones for every model and
+    ``seed``), through the cheap last-position head, in eval mode. Many targets for little compute: the one
+    yardstick on which the lesson compares its models."""
+    if n_sequences < 1 or chunk < 1:
+        raise ValueError(f"n_sequences and chunk must be >= 1, got {n_sequences} and {chunk}")
+    from ..data import get_batch
+
+    gen = torch.Generator().manual_seed(seed)
+    device = model.wte.weight.device
+    total, done = 0.0, 0
+    with eval_mode(model):
+        while done < n_sequences:
+            n = min(chunk, n_sequences - done)
+            x, y = get_batch(ids, n, block_size, generator=gen, device=device)
+            total += float(final_position_loss(final_token_logits(model, x), y)) * n
+            done += n
+    return total / n_sequences
+
+
+# ---- Showing generated text ---------------------------------------------------------------------------
+
+def _byte_decoder() -> dict:
+    """GPT-2's byte-level alphabet, inverted: each printable stand-in character -> the byte it encodes."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+_BYTES = _byte_decoder()
+
+
+def readable(ids, tokenizer) -> str:
+    """Decode GPT-2 token ids for display, without replacement characters (U+FFFD).
+
+    GPT-2 tokens are byte sequences, and a sampled text can stop halfway through a multi-byte character (an
+    emoji, an accented letter) or follow its first byte with an unrelated token; ``tokenizer.decode`` shows
+    such bytes as U+FFFD. Here the bytes are joined first and only incomplete characters are dropped.
+    """
+    pieces = tokenizer.convert_ids_to_tokens(_as_id_list(ids))
+    raw = bytearray()
+    for piece in pieces:
+        for ch in piece:
+            if ch in _BYTES:
+                raw.append(_BYTES[ch])
+            else:  # not GPT-2's byte alphabet (a special token's text): keep it as UTF-8
+                raw.extend(ch.encode("utf-8"))
+    return raw.decode("utf-8", errors="ignore")
 
 
 # ---- "Your turn": the loss on the last k tokens of each sequence ---------------------------------

@@ -3,20 +3,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
+    FinalTokenHead,
     check_last_k_loss,
     count_target_tokens,
+    distinct_n,
+    final_position_loss,
+    final_position_test_loss,
+    final_token_logits,
     first_step_below,
     known_word_share,
     last_k_loss_reference,
     loss_noise,
+    mean_difference_verdict,
+    nll_on_raw_logits,
+    paired_seed_verdict,
+    per_sequence_quality,
+    readable,
     space_token_share,
+    step_flops,
     text_quality,
     word_vocabulary,
     words,
 )
 from course_utils.losses import all_token_loss, final_token_loss
 from course_utils.tokenizer import gpt2_tokenizer
+from course_utils.train import TrainConfig, train
 
 
 def test_words_and_known_word_share():
@@ -136,15 +150,13 @@ def test_checker_on_an_unfinished_exercise():
         check_last_k_loss("my loss")
 
 
-def test_evaluate_losses_matches_train_evaluate_and_restores_mode():
+def test_evaluate_losses_matches_train_evaluate_and_restores_mode(tiny_gpt):
     from course_utils.data import get_batch
     from course_utils.lessons.l2_final_token import evaluate_losses
-    from course_utils.model import GPT, GPTConfig
     from course_utils.train import evaluate
 
     data = torch.arange(500) % 23
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=23, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    model = tiny_gpt(vocab_size=23, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.5)
     model.train()
 
     def batches(g):
@@ -156,3 +168,144 @@ def test_evaluate_losses_matches_train_evaluate_and_restores_mode():
     assert got["final"] == pytest.approx(evaluate(model, batches, final_token_loss, n_batches=3, seed=5), abs=1e-6)
     with pytest.raises(ValueError, match="at least one"):
         evaluate_losses(model, batches, {})
+
+
+# ---- the cheap final-token path ---------------------------------------------------------------------------
+
+def test_final_token_logits_match_the_full_forward_and_its_gradients(tiny_gpt):
+    model = tiny_gpt(pad_vocab_multiple=64)  # padded head: the cheap path must crop it like forward does
+    x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    cheap = final_token_logits(model, x)
+    assert cheap.shape == (3, 1, 97)
+    assert torch.allclose(cheap, model(x)[:, [-1], :], atol=1e-5)
+    final_position_loss(cheap, y).backward()
+    cheap_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    final_token_loss(model(x), y).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, cheap_grads[n], atol=1e-6), n
+    assert final_position_loss(model(x), y).item() == pytest.approx(final_token_loss(model(x), y).item(), abs=1e-6)
+
+
+def test_final_token_head_trains_model5_like_the_full_path(tiny_gpt, token_stream):
+    def batches(g):
+        return get_batch(token_stream, 4, 16, generator=g)
+
+    cfg = TrainConfig(steps=3, lr=1e-2, progress=False)
+    full, cheap = tiny_gpt(vocab_size=41, dropout=0.1), tiny_gpt(vocab_size=41, dropout=0.1)
+    h_full = train(full, batches, cfg, loss_fn=final_token_loss)
+    h_cheap = train(FinalTokenHead(cheap), batches, cfg, loss_fn=final_position_loss)
+    assert h_cheap.train_loss == pytest.approx(h_full.train_loss, abs=1e-4)  # same dropout masks, same batches
+    for (n, a), b in zip(full.named_parameters(), cheap.parameters()):
+        assert torch.allclose(a, b, atol=1e-4), n
+    prompt = token_stream[:5].unsqueeze(0)
+    assert torch.equal(FinalTokenHead(cheap).generate(prompt, 6, greedy=True), cheap.generate(prompt, 6, greedy=True))
+
+
+def test_final_token_logits_errors(tiny_gpt):
+    model = tiny_gpt()
+    with pytest.raises(RuntimeError, match="same device"):
+        final_token_logits(model, torch.zeros(2, 4, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        final_token_logits(model, torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(TypeError, match="GPT"):
+        FinalTokenHead(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="targets"):
+        final_position_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_step_flops_count_the_head_at_every_position_or_at_one(tiny_gpt):
+    B, T, C, V = 3, 16, 32, 97
+    model = tiny_gpt()
+    x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    all_tok = step_flops(model, all_token_loss, x, y)
+    final_full = step_flops(model, final_token_loss, x, y)
+    final_cheap = step_flops(FinalTokenHead(model), final_position_loss, x, y)
+    assert final_full == all_tok  # the loss changes, the matrix multiplies do not
+    # the head's C x V multiply runs on B instead of B*T rows: forward, input gradient and weight gradient
+    assert final_full - final_cheap == 3 * 2 * B * (T - 1) * C * V
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_nll_on_raw_logits_is_minus_the_logit():
+    logits, targets = torch.randn(4, 6, 9), torch.randint(0, 9, (4, 6))
+    want = -logits[torch.arange(4), -1, targets[:, -1]].mean()
+    assert nll_on_raw_logits(logits, targets).item() == pytest.approx(want.item(), abs=1e-6)
+    assert nll_on_raw_logits(logits + 100, targets).item() == pytest.approx(want.item() - 100, abs=1e-4)
+
+
+def test_final_position_test_loss_is_the_same_yardstick_for_every_model(tiny_gpt, token_stream):
+    model = tiny_gpt(vocab_size=41, dropout=0.3)
+    model.train()
+    got = final_position_test_loss(model, token_stream, 10, 16, seed=3, chunk=4)  # chunks of 4, 4, 2
+    assert model.training
+    x, y = get_batch(token_stream, 10, 16, generator=torch.Generator().manual_seed(3))
+    model.eval()
+    assert got == pytest.approx(final_token_loss(model(x), y).item(), abs=1e-5)
+    with pytest.raises(ValueError, match="n_sequences"):
+        final_position_test_loss(model, token_stream, 0, 16)
+
+
+# ---- verdicts ---------------------------------------------------------------------------------------------
+
+def test_paired_seed_verdict_three_outcomes():
+    assert paired_seed_verdict([5.0, 5.1, 5.2], [6.0, 6.1, 6.3], lower=False).verdict == HOLDS
+    assert paired_seed_verdict([5.0, 5.1, 5.2], [6.0, 6.1, 6.3], lower=True).verdict == DOES_NOT_HOLD
+    mixed = paired_seed_verdict([5.0, 5.1, 5.2], [5.05, 5.0, 5.3], lower=False)  # signs disagree
+    assert mixed.verdict == INCONCLUSIVE and "spread" in mixed.note
+    # every seed agrees, but the gap is smaller than what another seed changes: not enough
+    assert paired_seed_verdict([5.0, 5.5, 6.0], [5.1, 5.6, 6.1], lower=False).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="one figure per seed"):
+        paired_seed_verdict([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        paired_seed_verdict([1.0], [2.0])
+    with pytest.raises(TypeError, match="lower"):
+        paired_seed_verdict([1.0, 2.0], [1.0, 2.0], lower="yes")
+
+
+def test_mean_difference_verdict_three_outcomes():
+    gen = torch.Generator().manual_seed(0)
+    real = (0.9 + 0.05 * torch.randn(16, generator=gen)).tolist()
+    worse = (0.6 + 0.05 * torch.randn(16, generator=gen)).tolist()
+    same = (0.9 + 0.05 * torch.randn(16, generator=gen)).tolist()
+    assert mean_difference_verdict(real, worse, lower=True).verdict == HOLDS
+    assert mean_difference_verdict(worse, real, lower=True).verdict == DOES_NOT_HOLD
+    assert mean_difference_verdict(real, same, lower=True).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_difference_verdict([1.0], [1.0, 2.0])
+
+
+# ---- repetition and display ---------------------------------------------------------------------------
+
+def test_distinct_n_measures_repetition():
+    assert distinct_n([1, 2, 3, 4, 5]) == 1.0
+    assert distinct_n([7, 7, 7, 7, 7]) == pytest.approx(1 / 4)
+    assert distinct_n(torch.tensor([1, 2, 1, 2, 1])) == pytest.approx(2 / 4)
+    assert distinct_n([1, 2, 3], n=1) == 1.0
+    with pytest.raises(ValueError, match="at least 3 tokens"):
+        distinct_n([1, 2])
+    with pytest.raises(ValueError, match="n must be"):
+        distinct_n([1, 2, 3], n=0)
+
+
+def test_per_sequence_quality_has_one_value_per_sample():
+    tok = gpt2_tokenizer()
+    good = tok(" the cat sat on the mat", add_special_tokens=False)["input_ids"]
+    loop = tok(" and and and and and and", add_special_tokens=False)["input_ids"]
+    per = per_sequence_quality([good, loop], tok, word_vocabulary("the cat sat on the mat and"))
+    assert per["distinct_2"][0] == 1.0 and per["distinct_2"][1] < 0.3
+    assert len(per["known_word_share"]) == 2
+    assert text_quality([good, loop], tok, {"the"}).distinct_2 == pytest.approx(sum(per["distinct_2"]) / 2)
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        per_sequence_quality([good], tok, {"the"})
+
+
+def test_readable_drops_cut_multibyte_characters():
+    tok = gpt2_tokenizer()
+    ids = tok("caf\u00e9 \U0001F600 ok<|endoftext|>", add_special_tokens=False)["input_ids"]
+    assert readable(ids, tok) == tok.decode(ids)  # whole characters: the same text
+    cut = ids[:-3]  # ends inside the emoji's bytes
+    assert "\ufffd" in tok.decode(cut) and "\ufffd" not in readable(cut, tok)
+    assert readable(cut, tok) == "caf\u00e9 "
+    spliced = [*cut, *tok(" ok", add_special_tokens=False)["input_ids"]]  # first byte, then an unrelated token
+    assert readable(torch.tensor(spliced), tok) == "caf\u00e9  ok"
