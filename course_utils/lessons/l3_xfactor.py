@@ -94,13 +94,15 @@ def x_factor_target(tokenizer, alpha: float, beta: float, letter: str = "x", voc
     for name, v in (("alpha", alpha), ("beta", beta)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0 (a weight before normalising), got {v!r}")
-    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
-    n_hit = int(mask.sum())
-    if n_hit == 0:
-        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
     if alpha == 0 and beta == 0:
         raise ValueError("alpha and beta are both 0: there is no probability to spread (use alpha > beta > 0)")
-    n_tok = len(tokenizer)
+    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
+    if int(mask.sum()) == 0:
+        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
+    return _target_from_mask(mask, len(tokenizer), alpha, beta, letter)
+
+
+def _target_from_mask(mask: torch.Tensor, n_tok: int, alpha: float, beta: float, letter: str) -> torch.Tensor:
     weights = torch.zeros(mask.numel(), dtype=torch.float64)
     weights[:n_tok] = beta
     weights[mask] = alpha
@@ -166,7 +168,10 @@ def start_loss_by_ratio(logits: torch.Tensor, tokenizer, ratios: Sequence[float]
     ratios = list(ratios)
     if not ratios or not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list of finite numbers > 0 (alpha / beta), got {ratios!r}")
-    return {r: kl_to_target(logits, x_factor_target(tokenizer, float(r), 1.0, letter, vocab_size)).item()
+    mask = letter_token_mask(tokenizer, letter, vocab_size)  # decode the vocabulary once, not once per ratio
+    if int(mask.sum()) == 0:
+        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
+    return {r: kl_to_target(logits, _target_from_mask(mask, len(tokenizer), float(r), 1.0, letter)).item()
             for r in ratios}
 
 
