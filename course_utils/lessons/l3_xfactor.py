@@ -12,6 +12,11 @@
 - ``random_token_batches`` / ``tilted_target``: the batches of the lecture's training loop (random
   token ids) and the target of the "beyond the lecture" run (the frozen model's own distribution,
   tilted toward the letter).
+- ``kl_by_position`` / ``start_loss_by_ratio``: where the starting loss comes from (the position in the
+  sequence, and the alpha/beta ratio the lecture does not give).
+- ``loss_level_verdict`` / ``behaviour_verdict`` / ``start_loss_verdict`` / ``TiltRule``: the claims table's
+  procedures (a run that had fewer steps than the lecture and fell short is inconclusive, never "does not hold").
+- ``plot_run_scores``: R and readability per run, in neutral colours (no holds/does-not-hold semantics).
 - ``generation_widget``: try prompts and temperatures on the base and fine-tuned models.
 - ``check_letter_target``: the checker of the lesson's exercise.
 """
@@ -24,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..claims import CheckResult
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..model import eval_mode
+from ..plots import bar_chart
 from ..tables import Table
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
@@ -88,13 +94,15 @@ def x_factor_target(tokenizer, alpha: float, beta: float, letter: str = "x", voc
     for name, v in (("alpha", alpha), ("beta", beta)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0 (a weight before normalising), got {v!r}")
-    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
-    n_hit = int(mask.sum())
-    if n_hit == 0:
-        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
     if alpha == 0 and beta == 0:
         raise ValueError("alpha and beta are both 0: there is no probability to spread (use alpha > beta > 0)")
-    n_tok = len(tokenizer)
+    mask = letter_token_mask(tokenizer, letter, vocab_size, include_special)
+    if int(mask.sum()) == 0:
+        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
+    return _target_from_mask(mask, len(tokenizer), alpha, beta, letter)
+
+
+def _target_from_mask(mask: torch.Tensor, n_tok: int, alpha: float, beta: float, letter: str) -> torch.Tensor:
     weights = torch.zeros(mask.numel(), dtype=torch.float64)
     weights[:n_tok] = beta
     weights[mask] = alpha
@@ -131,6 +139,40 @@ def kl_to_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = p.reshape(-1, V)
     return F.kl_div(log_q, p, reduction="batchmean")
 
+
+
+def kl_by_position(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) at each position, averaged over the batch: a (T,) tensor whose mean is ``kl_to_target``.
+
+    ``logits`` are B x T x V, ``target`` the (V,) distribution P. It shows why the starting loss depends on the
+    sequence length: the first positions, with little context, sit further from P than later ones.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be a (batch, time, vocab) tensor, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if not isinstance(target, torch.Tensor) or target.dim() != 1 or target.numel() != logits.size(-1):
+        raise ValueError(f"target must be a (V,) tensor with V={logits.size(-1)} (from x_factor_target)")
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    p = target.to(log_q.device, torch.float32)
+    log_p = torch.where(p > 0, p.log(), torch.zeros_like(p))  # 0 * log 0 = 0
+    return (p * (log_p - log_q)).sum(-1).mean(0)
+
+
+def start_loss_by_ratio(logits: torch.Tensor, tokenizer, ratios: Sequence[float], letter: str = "x",
+                        vocab_size: int | None = None) -> dict:
+    """The KL loss of the same logits for several ``alpha / beta`` ratios: ``{ratio: loss}``.
+
+    Only the ratio matters (P is normalised), so each target is built with ``alpha=ratio, beta=1``. The lecture
+    does not give alpha and beta; this shows which starting losses its figure is compatible with.
+    """
+    ratios = list(ratios)
+    if not ratios or not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in ratios):
+        raise ValueError(f"ratios must be a non-empty list of finite numbers > 0 (alpha / beta), got {ratios!r}")
+    mask = letter_token_mask(tokenizer, letter, vocab_size)  # decode the vocabulary once, not once per ratio
+    if int(mask.sum()) == 0:
+        raise ValueError(f"no token of this tokenizer contains {letter!r}: the target would not favour anything")
+    return {r: kl_to_target(logits, _target_from_mask(mask, len(tokenizer), float(r), 1.0, letter)).item()
+            for r in ratios}
 
 
 @dataclass
@@ -319,6 +361,147 @@ def tilted_target(ref_logits: torch.Tensor, mask: torch.Tensor, log_bonus: float
     return F.softmax(logq + log_bonus * mask.to(logq.device, logq.dtype), dim=-1)
 
 
+# ---- The claims table's procedures ---------------------------------------------------------------
+def _check_steps(steps, lecture_steps):
+    for name, v in (("steps", steps), ("lecture_steps", lecture_steps)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int (optimizer steps), got {v!r}")
+
+
+def loss_level_verdict(final_loss: float, level: float, steps: int, lecture_steps: int) -> tuple[str, str]:
+    """Did a run reach the lecture's loss level? Returns ``(verdict, why)``.
+
+    Holds when ``final_loss <= level``, however few steps it took (reaching the figure sooner confirms it).
+    Falling short with fewer steps than the lecture's is INCONCLUSIVE (the budget, not the claim); falling
+    short with the lecture's steps or more does not hold.
+    """
+    _check_steps(steps, lecture_steps)
+    if not (isinstance(level, (int, float)) and math.isfinite(level) and level > 0):
+        raise ValueError(f"level must be a finite loss > 0 (the lecture's figure, with its tolerance), got {level!r}")
+    if not math.isfinite(final_loss):
+        raise ValueError(f"final_loss is {final_loss}: the run diverged; lower the learning rate and rerun it")
+    if final_loss <= level:
+        return HOLDS, ""
+    if steps < lecture_steps:
+        return INCONCLUSIVE, (f"{final_loss:.3g} after {steps} of the lecture's {lecture_steps} steps "
+                              "(this profile's budget): run the full profile (a GPU) to decide")
+    return DOES_NOT_HOLD, f"{final_loss:.3g} > {level:g} after {steps} steps (the lecture's {lecture_steps})"
+
+
+def behaviour_verdict(condition: bool, loss_reached: bool, why_not_reached: str,
+                      confirms_early: bool = False) -> tuple[str, str]:
+    """A claim about a model at the end of the lecture's run, judged only once the run got there.
+
+    ``condition`` is the measured claim (e.g. few x tokens and natural text); ``loss_reached`` whether the run's
+    loss reached the lecture's level (``loss_level_verdict(...)[0] == HOLDS``). Before that, the model is not
+    yet the one the lecture describes: INCONCLUSIVE, with ``why_not_reached`` as the reason. With
+    ``confirms_early=True`` (a claim about where training leads, e.g. "R is about 1"), a condition already met
+    before the lecture's level holds; one not yet met is still inconclusive.
+    """
+    if not all(isinstance(v, bool) for v in (condition, loss_reached, confirms_early)):
+        raise ValueError("condition, loss_reached and confirms_early must be bools "
+                         "(what was measured; whether the loss got there; whether an early result confirms)")
+    if loss_reached or (confirms_early and condition):
+        return (HOLDS if condition else DOES_NOT_HOLD), ""
+    if not why_not_reached:
+        raise ValueError("say why the run is not at the lecture's level (why_not_reached), e.g. its step budget")
+    return INCONCLUSIVE, why_not_reached
+
+
+def start_loss_verdict(figure: float, by_ratio: dict, lecture_model: bool, tolerance: float = 0.15
+                       ) -> tuple[str, str]:
+    """The lecture's starting loss against ``start_loss_by_ratio``: ``(verdict, why)``; never holds.
+
+    The lecture does not give alpha and beta, so a figure inside the range the ratios span (within
+    ``tolerance``, relative) is INCONCLUSIVE: some ratio gives it, and nothing says which one the lecture used.
+    Outside that range it does not hold on the lecture's own model (``lecture_model=True``); on another model
+    it is inconclusive too (the start depends on the model).
+    """
+    if not by_ratio or not all(math.isfinite(v) for v in by_ratio.values()):
+        raise ValueError("by_ratio must be the non-empty {ratio: loss} of start_loss_by_ratio, with finite losses")
+    if not (isinstance(figure, (int, float)) and figure > 0 and 0 <= tolerance < 1):
+        raise ValueError(f"figure must be a loss > 0 and 0 <= tolerance < 1, got {figure!r}, {tolerance!r}")
+    lo, hi = min(by_ratio.values()), max(by_ratio.values())
+    span = (f"alpha/beta from {min(by_ratio):g} to {max(by_ratio):g} gives a starting loss from {lo:.2f} to "
+            f"{hi:.2f}")
+    if lo * (1 - tolerance) <= figure <= hi * (1 + tolerance):
+        return INCONCLUSIVE, f"the lecture does not give alpha/beta; {span}, which includes {figure:g}"
+    if lecture_model:
+        return DOES_NOT_HOLD, f"{span}: no ratio gives {figure:g}"
+    return INCONCLUSIVE, f"{span}, but on another model than the lecture's: the start depends on the model"
+
+
+@dataclass(frozen=True)
+class TiltRule:
+    """The rule for "a KL-regularised objective raises R and keeps the text readable", fixed before the run.
+
+    Perplexities are the original model's, on each model's own samples from the same prompts and seed.
+    Holds: R reaches ``min_rate`` and at least ``min_gain`` times the original's, with a perplexity within
+    ``readable`` times the original's. Does not hold: R did not rise, or the perplexity is over ``nonsense``
+    times the original's (the lecture's "nonsense"). Anything between: inconclusive.
+    """
+
+    min_rate: float = 0.05
+    min_gain: float = 2.0
+    readable: float = 2.0
+    nonsense: float = 10.0
+
+    def __post_init__(self):
+        if not (0 < self.min_rate <= 1 and self.min_gain >= 1 and 1 <= self.readable <= self.nonsense):
+            raise ValueError(f"need 0 < min_rate <= 1, min_gain >= 1 and 1 <= readable <= nonsense, got {self}")
+
+    def __str__(self) -> str:
+        return (f"holds if R >= max({self.min_gain:g} x the original's R, {self.min_rate:g}) and the perplexity is "
+                f"within {self.readable:g}x the original's; does not hold if R does not rise or the perplexity is "
+                f"over {self.nonsense:g}x; otherwise inconclusive")
+
+    def verdict(self, original: GenerationResult, tilted: GenerationResult) -> tuple[str, str]:
+        """``(verdict, why)`` for the tilted model's generations against the original model's."""
+        for name, r in (("original", original), ("tilted", tilted)):
+            if not isinstance(r, GenerationResult) or r.perplexity is None or not r.n_tokens:
+                raise ValueError(f"{name} must be a GenerationResult with a judged perplexity "
+                                 "(evaluate_generations(..., judge=original_model))")
+        ratio = tilted.perplexity / original.perplexity
+        if tilted.rate <= original.rate or ratio > self.nonsense:
+            return DOES_NOT_HOLD, f"rule fixed before the run: {self}"
+        if tilted.rate >= max(self.min_gain * original.rate, self.min_rate) and ratio <= self.readable:
+            return HOLDS, f"rule fixed before the run: {self}"
+        return INCONCLUSIVE, (f"R rose to {tilted.rate:.2f} with a perplexity {ratio:.1f}x the original's: between "
+                              f"the rule's bounds ({self})")
+
+
+# ---- The plot ------------------------------------------------------------------------------------
+#: One neutral colour per run: no green (the tables' "holds") and no red ("does not hold").
+RUN_COLOURS = ("#4c72b0", "#8172b3", "#937860", "#64b5cd", "#7f7f7f")
+
+
+def plot_run_scores(results: dict, axes=None):
+    """Two bar charts, one bar per run: R, and the original model's perplexity on its samples (log scale).
+
+    Each run keeps its own neutral colour in both charts (``RUN_COLOURS``), so that no bar reads as a verdict.
+    """
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("give at least one {label: GenerationResult}")
+    if len(results) > len(RUN_COLOURS):
+        raise ValueError(f"at most {len(RUN_COLOURS)} runs (one neutral colour each), got {len(results)}")
+    if any(r.perplexity is None for r in results.values()):
+        raise ValueError("every result needs a judged perplexity: evaluate_generations(..., judge=original_model)")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = list(results)
+    bar_chart(labels, [results[k].rate for k in labels], "R: share of generated tokens containing x", "R",
+              ax=axes[0], annotate="{:.2f}")
+    bar_chart(labels, [results[k].perplexity for k in labels], "Readability: the original model's perplexity",
+              "perplexity (log scale)", ax=axes[1], annotate="{:,.0f}")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        for bar, colour in zip(ax.patches, RUN_COLOURS):
+            bar.set_color(colour)
+    return axes
+
+
 # ---- The widget ----------------------------------------------------------------------------------
 
 
@@ -335,9 +518,10 @@ def generation_widget(models: dict, tokenizer, mask: torch.Tensor | None = None,
         raise ValueError("give at least one {label: model}")
     choice = w.Dropdown(options=list(models), description="model")
     text = w.Textarea(value=prompt, description="prompt", layout=w.Layout(width="95%"))
-    temp = w.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1, description="temperature")
-    seed = w.IntText(value=0, description="seed")
-    n_tokens = w.IntSlider(value=max_new_tokens, min=4, max=128, step=4, description="new tokens")
+    wide = {"description_width": "initial"}  # the whole label ("temperature", not "temperat...")
+    temp = w.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1, description="temperature", style=wide)
+    seed = w.IntText(value=0, description="seed", style=wide)
+    n_tokens = w.IntSlider(value=max_new_tokens, min=4, max=128, step=4, description="new tokens", style=wide)
     button = w.Button(description="Generate", button_style="primary")
     out = w.Output()
 

@@ -1,17 +1,28 @@
-"""Lesson 3: the x-factor target, the KL loss, the R metric and the exercise's checker."""
+"""Lesson 3: the x-factor target, the KL loss, the R metric, the claims' procedures and the exercise's checker."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from course_utils.lessons.l3_xfactor import (
+    RUN_COLOURS,
+    GenerationResult,
     Sample,
+    TiltRule,
+    behaviour_verdict,
     check_letter_target,
+    generation_widget,
     judge_perplexity,
+    kl_by_position,
     kl_to_target,
     letter_token_mask,
+    loss_level_verdict,
+    plot_run_scores,
     random_token_batches,
+    start_loss_by_ratio,
+    start_loss_verdict,
     tilted_target,
     x_factor_target,
     x_rate,
@@ -206,11 +217,19 @@ def test_judge_perplexity_of_a_uniform_model_is_the_vocabulary_size():
         judge_perplexity(UniformLM(6), ToyEncode(), [Sample("x", [], "")])
 
 
-def test_widget_builds_without_a_display():
-    from course_utils.lessons.l3_xfactor import generation_widget
+def _widgets(panel):
+    """Every widget inside a panel, depth first."""
+    yield panel
+    for child in getattr(panel, "children", ()):
+        yield from _widgets(child)
 
-    panel = generation_widget({"toy": UniformLM(6)}, TOK, mask=letter_token_mask(TOK, "x"))
+
+def test_widget_builds_without_a_display_and_shows_whole_labels(tiny_llama):
+    panel = generation_widget({"toy": tiny_llama(vocab=6)}, TOK, mask=letter_token_mask(TOK, "x"))
     assert type(panel).__name__ == "VBox"
+    labelled = {w.description: w for w in _widgets(panel) if type(w).__name__ in ("FloatSlider", "IntSlider")}
+    assert set(labelled) == {"temperature", "new tokens"}
+    assert all(w.style.description_width == "initial" for w in labelled.values())  # not cut to "temperat..."
     with pytest.raises(ValueError, match="at least one"):
         generation_widget({}, TOK)
 
@@ -233,3 +252,118 @@ def test_seeded_generation_and_r_on_the_real_model():
         generate_samples(model, tok, prompts, temperature=0)
     with pytest.raises(ValueError, match="prompts"):
         generate_samples(model, tok, [])
+
+
+# ---- Where the starting loss comes from -----------------------------------------------------------
+def test_kl_by_position_averages_to_the_loss_and_sees_each_position():
+    logits = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(5))
+    p = x_factor_target(TOK, 4.0, 1.0)
+    per_pos = kl_by_position(logits, p)
+    assert per_pos.shape == (5,)
+    assert per_pos.mean().item() == pytest.approx(kl_to_target(logits, p).item(), abs=1e-5)
+    assert per_pos[2].item() == pytest.approx(kl_by_hand(logits[:, 2], p), abs=1e-5)
+    assert kl_by_position(logits, x_factor_target(TOK, 1.0, 0.0)).isfinite().all()  # zeros in P
+    with pytest.raises(ValueError, match="batch, time, vocab"):
+        kl_by_position(logits[0], p)
+    with pytest.raises(ValueError, match="V=6"):
+        kl_by_position(logits, p[:5])
+
+
+def test_start_loss_depends_only_on_the_ratio_and_grows_with_it():
+    logits = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(6))
+    by_ratio = start_loss_by_ratio(logits, TOK, [1, 10, 1000])
+    assert by_ratio[10] == pytest.approx(kl_to_target(logits, x_factor_target(TOK, 1.0, 0.1)).item(), abs=1e-5)
+    assert by_ratio[1] == pytest.approx(kl_to_target(logits, x_factor_target(TOK, 7.0, 7.0)).item(), abs=1e-5)
+    uniform_logits = torch.zeros(1, 2, 6)  # Q uniform: KL rises as P concentrates on the x tokens
+    rising = start_loss_by_ratio(uniform_logits, TOK, [1, 10, 1000])
+    assert rising[1] < rising[10] < rising[1000]
+    for bad in ([], [0], [float("inf")]):
+        with pytest.raises(ValueError, match="ratios"):
+            start_loss_by_ratio(logits, TOK, bad)
+
+
+# ---- The claims' procedures -----------------------------------------------------------------------
+def test_loss_level_short_budget_is_inconclusive_never_does_not_hold():
+    assert loss_level_verdict(1.9, level=2.5, steps=40, lecture_steps=300) == (HOLDS, "")  # reached early
+    verdict, why = loss_level_verdict(8.0, level=2.5, steps=40, lecture_steps=300)
+    assert verdict == INCONCLUSIVE and "40 of the lecture's 300 steps" in why
+    verdict, why = loss_level_verdict(8.0, level=2.5, steps=300, lecture_steps=300)
+    assert verdict == DOES_NOT_HOLD and "8 > 2.5" in why
+    assert loss_level_verdict(2.5, 2.5, 300, 300)[0] == HOLDS
+    with pytest.raises(ValueError, match="diverged"):
+        loss_level_verdict(float("nan"), 2.5, 40, 300)
+    with pytest.raises(ValueError, match="steps must be"):
+        loss_level_verdict(1.0, 2.5, 0, 300)
+    with pytest.raises(ValueError, match="level must be"):
+        loss_level_verdict(1.0, -1, 40, 300)
+
+
+def test_behaviour_is_judged_only_once_the_loss_got_there():
+    assert behaviour_verdict(True, True, "") == (HOLDS, "")
+    assert behaviour_verdict(False, True, "") == (DOES_NOT_HOLD, "")
+    for condition in (True, False):  # a model that barely moved says nothing about the claim, either way
+        assert behaviour_verdict(condition, False, "budget") == (INCONCLUSIVE, "budget")
+    # where training leads (R about 1): reached early confirms; not yet reached is still the budget
+    assert behaviour_verdict(True, False, "budget", confirms_early=True) == (HOLDS, "")
+    assert behaviour_verdict(False, False, "budget", confirms_early=True) == (INCONCLUSIVE, "budget")
+    with pytest.raises(ValueError, match="why_not_reached"):
+        behaviour_verdict(True, False, "")
+    with pytest.raises(ValueError, match="bools"):
+        behaviour_verdict(0.3, True, "")
+
+
+def test_start_loss_inside_the_ratio_range_is_inconclusive():
+    by_ratio = {1: 3.3, 100: 5.3, 10000: 7.0}
+    verdict, why = start_loss_verdict(6.0, by_ratio, lecture_model=True)
+    assert verdict == INCONCLUSIVE and "does not give alpha/beta" in why and "3.30 to 7.00" in why
+    assert start_loss_verdict(12.0, by_ratio, lecture_model=True)[0] == DOES_NOT_HOLD
+    verdict, why = start_loss_verdict(12.0, by_ratio, lecture_model=False)
+    assert verdict == INCONCLUSIVE and "another model" in why
+    assert start_loss_verdict(7.9, by_ratio, lecture_model=True)[0] == INCONCLUSIVE  # within 15% of the top
+    with pytest.raises(ValueError, match="by_ratio"):
+        start_loss_verdict(6.0, {}, lecture_model=True)
+    with pytest.raises(ValueError, match="figure must be"):
+        start_loss_verdict(-1, by_ratio, lecture_model=True)
+
+
+def _gen(rate, perplexity, n=100):
+    return GenerationResult(samples=[], rate=rate, n_tokens=n, n_letter=round(rate * n), perplexity=perplexity)
+
+
+def test_tilt_rule_has_three_outcomes():
+    rule, orig = TiltRule(), _gen(0.01, 20.0)
+    assert rule.verdict(orig, _gen(0.23, 25.0))[0] == HOLDS
+    assert rule.verdict(orig, _gen(0.01, 20.0))[0] == DOES_NOT_HOLD  # R did not rise
+    assert rule.verdict(orig, _gen(0.9, 20.0 * 11))[0] == DOES_NOT_HOLD  # nonsense
+    assert rule.verdict(orig, _gen(0.04, 20.0))[0] == INCONCLUSIVE  # rose, but under min_rate
+    verdict, why = rule.verdict(orig, _gen(0.3, 20.0 * 5))  # more x, less readable, not nonsense
+    assert verdict == INCONCLUSIVE and "5.0x" in why
+    assert rule.verdict(_gen(0.0, 20.0), _gen(0.05, 20.0))[0] == HOLDS  # from R = 0, min_rate decides
+    assert "within 2x" in str(rule) and "over 10x" in str(rule)
+    with pytest.raises(ValueError, match="judged perplexity"):
+        rule.verdict(orig, _gen(0.3, None))
+    with pytest.raises(ValueError, match="readable <= nonsense"):
+        TiltRule(readable=20.0)
+
+
+def test_run_scores_use_one_neutral_colour_per_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    results = {k: _gen(r, p) for k, r, p in [("original", 0.0, 17.0), ("lr 1e-6", 0.01, 22.0),
+                                            ("lr 1e-4", 0.91, 3e5), ("tilted", 0.23, 18.0)]}
+    axes = plot_run_scores(results)
+    left, right = ([to_rgb(b.get_facecolor()) for b in ax.patches] for ax in axes)
+    assert left == right and len(set(left)) == 4  # a run keeps its colour; runs differ
+    assert left == [to_rgb(c) for c in RUN_COLOURS[:4]]
+    for r, g, b in map(to_rgb, RUN_COLOURS):  # neither green ("holds") nor red ("does not hold")
+        assert not (g > r + 0.15 and g > b + 0.15) and not (r > g + 0.3 and r > b + 0.3)
+    assert axes[1].get_yscale() == "log"
+    plt.close("all")
+    with pytest.raises(ValueError, match="judged perplexity"):
+        plot_run_scores({"a": _gen(0.1, None)})
+    with pytest.raises(ValueError, match="at most"):
+        plot_run_scores({str(i): _gen(0.1, 1.0) for i in range(len(RUN_COLOURS) + 1)})
