@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from ..env import resolve_device
 from ..model import eval_mode
 
@@ -448,18 +449,44 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens:
 
 def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int = 12, batch_size: int = 32,
                 system: str | None = None) -> dict:
-    """Greedy answers scored per task: ``accuracy`` (exact match after ``normalize_answer``),
-    ``terse`` (the share of answers that are as short as the reference: no more words than it, i.e.
-    the requested format, right or wrong) and the raw ``answers``."""
+    """Greedy answers scored per task: ``accuracy`` (exact match after ``normalize_answer``), ``nocase`` (the
+    same, ignoring case), ``terse`` (the share of answers that are as short as the reference: no more words than
+    it, i.e. the requested format, right or wrong) and the raw ``answers``."""
     if not examples:
         raise ValueError("no examples to evaluate")
     answers = generate_responses(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens, batch_size,
                                  system=system)
     hits: dict = {}
+    nocase: dict = {}
     terse: dict = {}
     for e, a in zip(examples, answers):
         got = normalize_answer(a)
         hits.setdefault(e["task"], []).append(got == e["answer"])
+        nocase.setdefault(e["task"], []).append(got.lower() == e["answer"].lower())
         terse.setdefault(e["task"], []).append(0 < len(got.split()) <= len(e["answer"].split()))
     mean = lambda d: {t: sum(v) / len(v) for t, v in d.items()}
-    return {"accuracy": mean(hits), "terse": mean(terse), "answers": answers}
+    return {"accuracy": mean(hits), "nocase": mean(nocase), "terse": mean(terse), "answers": answers}
+
+
+def generalization_verdict(trained_after: float, held_before: int, held_after: int, n_held: int,
+                           learned: float = 0.5, min_gain: int = 2) -> tuple[str, str]:
+    """Verdict on "instruction tuning generalizes zero-shot to a new task", and why.
+
+    The held-out task can only show transfer once the trained tasks are learned: below ``learned`` exact match on
+    them, the run is too short to tell (inconclusive). Then it holds if at least ``min_gain`` more of the
+    ``n_held`` held-out answers are right than before, and does not hold if none more are; in between it is
+    inconclusive.
+    """
+    if not 0 <= held_before <= n_held or not 0 <= held_after <= n_held:
+        raise ValueError(f"held-out counts must be between 0 and n_held={n_held}, got {held_before}, {held_after}")
+    if not 0 <= trained_after <= 1:
+        raise ValueError(f"trained_after is a share between 0 and 1, got {trained_after}")
+    gained = held_after - held_before
+    if trained_after < learned:
+        return INCONCLUSIVE, (f"the trained tasks reached only {trained_after:.0%} exact match (needs "
+                              f"{learned:.0%} before transfer can be judged): train longer")
+    if gained >= min_gain:
+        return HOLDS, f"{gained:+d} of {n_held} held-out answers right, with the trained tasks learned"
+    if gained <= 0:
+        return DOES_NOT_HOLD, f"{gained:+d} of {n_held} held-out answers right, although the trained tasks are learned"
+    return INCONCLUSIVE, f"{gained:+d} of {n_held} held-out answers: fewer than {min_gain}, within the noise"

@@ -166,7 +166,7 @@ def test_optimizer_state_is_measured(llama):
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_nf4_on_cpu(tmp_path, llama):
     from course_utils.lessons.l5_lora import nf4_error
-    from course_utils.memory import model_bytes
+    from course_utils.memory import model_bytes, paper_constant_bits, quant_constant_bits
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     err = nf4_error(w)
@@ -176,10 +176,66 @@ def test_nf4_on_cpu(tmp_path, llama):
 
     model = llama(hidden=512)  # big enough that the weights, not the codebooks, dominate
     model.save_pretrained(tmp_path)
-    sizes = {}
+    sizes, bits = {}, {}
     for dq in (False, True):
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=dq,
                                  bnb_4bit_compute_dtype=torch.float32)
         q = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg, device_map="cpu")
         sizes[dq] = model_bytes(q)
+        bits[dq] = quant_constant_bits(q)
     assert sizes[True] < sizes[False] < model_bytes(model)
+    # the block constants in the paper's unit; the per-layer codebooks come on top
+    assert bits[False]["blocks"] == pytest.approx(paper_constant_bits(False), abs=1e-6)
+    assert paper_constant_bits(True) <= bits[True]["blocks"] < paper_constant_bits(True) + 0.01
+    assert bits[True]["codebooks"] > bits[False]["codebooks"] > 0
+    assert bits[True]["weights"] == bits[False]["weights"] == sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n)
+
+
+def test_lora_at_gpt3_scale_is_about_ten_thousand_times_fewer():
+    from course_utils.lessons.l5_lora import dense_gpt_params, lora_count_from_shapes
+
+    n = dense_gpt_params(96, 12288)
+    assert 174e9 < n < 176e9  # GPT-3 175B
+    lora = lora_count_from_shapes([(12288, 12288)] * 2, 96, 4)  # W_q and W_v, r = 4: the LoRA paper's setting
+    assert lora == 18_874_368
+    assert 9_000 < n / lora < 10_000
+    with pytest.raises(ValueError, match="positive int"):
+        lora_count_from_shapes([(8, 8)], 2, 0)
+
+
+def test_improvement_recovered():
+    from course_utils.lessons.l5_lora import improvement_recovered
+
+    assert improvement_recovered(2.0, 1.5, 1.0) == pytest.approx(0.5)
+    assert improvement_recovered(2.0, 0.9, 1.0) == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="did not improve"):
+        improvement_recovered(2.0, 1.5, 2.1)
+
+
+def test_forgetting_comparison_decides_only_beyond_noise_and_at_comparable_gain():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_lora import forgetting_comparison
+
+    g = torch.Generator().manual_seed(0)
+    base = (3 + torch.rand(16, generator=g)).tolist()
+    noise = (0.01 * torch.randn(16, generator=g)).tolist()
+    lora = [b + 0.01 for b in base]
+    full = [b + 0.2 + e for b, e in zip(base, noise)]
+    assert forgetting_comparison(base, lora, full, 0.1, 0.1)["verdict"] == HOLDS
+    assert forgetting_comparison(base, full, lora, 0.1, 0.1)["verdict"] == DOES_NOT_HOLD
+    same = [b + 0.1 + e for b, e in zip(base, noise)]
+    assert forgetting_comparison(base, same, [b + 0.1 for b in base], 0.1, 0.1)["verdict"] == INCONCLUSIVE
+    # LoRA learned a tenth as much: less forgetting may be less learning
+    out = forgetting_comparison(base, lora, full, 0.01, 0.1)
+    assert out["verdict"] == INCONCLUSIVE and "learn comparably" in out["why"]
+    with pytest.raises(ValueError, match="same number"):
+        forgetting_comparison(base, lora[:3], full, 0.1, 0.1)
+
+
+def test_paper_unit_of_double_quantization():
+    from course_utils.memory import paper_constant_bits
+
+    assert paper_constant_bits(False) == 0.5
+    assert paper_constant_bits(True) == pytest.approx(0.127, abs=5e-4)
+    assert paper_constant_bits(False) - paper_constant_bits(True) == pytest.approx(0.373, abs=5e-4)

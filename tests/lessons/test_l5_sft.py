@@ -185,3 +185,34 @@ def test_instruction_sets_reach_the_full_profile_sizes():
         prompts = [e["prompt"] for e in ev + tr]
         assert len(set(prompts)) == 450, task
     assert sft.word_pool()[: len(sft.WORDS)] == sft.WORDS
+
+
+def test_generalization_needs_the_trained_tasks_learned_first():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_sft import generalization_verdict
+
+    # a short run that learned nothing cannot show that transfer fails
+    assert generalization_verdict(0.08, 0, 0, 8)[0] == INCONCLUSIVE
+    assert "8%" in generalization_verdict(0.08, 0, 0, 8)[1]
+    assert generalization_verdict(0.9, 1, 3, 8)[0] == HOLDS
+    assert generalization_verdict(0.9, 3, 3, 8)[0] == DOES_NOT_HOLD
+    assert generalization_verdict(0.9, 3, 4, 8)[0] == INCONCLUSIVE  # one more: within the noise
+    with pytest.raises(ValueError, match="between 0 and n_held"):
+        generalization_verdict(0.9, 0, 9, 8)
+
+
+def test_exact_match_scores_case_and_format_separately(smol):
+    from course_utils.lessons import l5_sft
+
+    examples = [{"task": "uppercase", "prompt": "p1", "answer": "CAT"}, {"task": "uppercase", "prompt": "p2",
+                                                                          "answer": "DOG"}]
+    fake = ["cat.", "The word is DOG"]
+    orig = l5_sft.generate_responses
+    l5_sft.generate_responses = lambda *a, **k: fake
+    try:
+        out = l5_sft.exact_match(None, smol, examples)
+    finally:
+        l5_sft.generate_responses = orig
+    assert out["accuracy"]["uppercase"] == 0  # case counts
+    assert out["nocase"]["uppercase"] == 0.5  # "cat" is right ignoring case
+    assert out["terse"]["uppercase"] == 0.5  # "The word is DOG" is not in the requested format
