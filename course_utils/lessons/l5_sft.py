@@ -22,6 +22,7 @@ import torch
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from ..env import resolve_device
+from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
 
 IGNORE_INDEX = -100
@@ -241,6 +242,37 @@ def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable
         return collator([examples[i] for i in idx])
 
     return batches
+
+
+
+def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:
+    """``course_utils.train.train`` for ``cfg.steps`` (>= 2) steps, with the exact peak memory of the last one.
+
+    The first ``cfg.steps - 1`` steps are ``step_peak_memory``'s warm-up (they create the AdamW moments); the last
+    step (its batch drawn with seed ``cfg.seed + 1``) is measured: weights, gradients, optimizer state and
+    activations, on a CPU as on a GPU. Returns ``history`` (all steps), ``optimizer_bytes`` (measured after
+    training), ``peak`` (bytes) and ``how`` (the counting method).
+    """
+    from dataclasses import fields, replace
+
+    from ..train import History, make_optimizer, train
+
+    if cfg.steps < 2:
+        raise ValueError(f"train_measured needs cfg.steps >= 2 (warm-up, then the measured step), got {cfg.steps}")
+    device = resolve_device(device, model)
+    optimizer = make_optimizer(model, cfg, device)
+    parts = iter([replace(cfg, steps=cfg.steps - 1), replace(cfg, steps=1, seed=cfg.seed + 1)])
+    histories = []
+
+    def step():
+        histories.append(train(model, batches, next(parts), loss_fn=loss_fn, optimizer=optimizer, device=device))
+
+    peak, how = step_peak_memory(step, model, optimizer, device=device)
+    first, last = histories
+    merged = History(**{f.name: getattr(first, f.name) + getattr(last, f.name) for f in fields(History)
+                        if isinstance(getattr(first, f.name), list)})
+    merged.step = list(range(1, cfg.steps + 1))
+    return {"history": merged, "optimizer_bytes": optimizer_state_bytes(optimizer), "peak": peak, "how": how}
 
 
 @torch.no_grad()

@@ -216,3 +216,27 @@ def test_exact_match_scores_case_and_format_separately(smol):
     assert out["accuracy"]["uppercase"] == 0  # case counts
     assert out["nocase"]["uppercase"] == 0.5  # "cat" is right ignoring case
     assert out["terse"]["uppercase"] == 0.5  # "The word is DOG" is not in the requested format
+
+
+def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
+    from course_utils.lessons.l5_sft import SFTCollator, random_batches, train_measured
+    from course_utils.train import TrainConfig
+
+    model = tiny_llama(hidden=64, layers=2)
+    n = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(8):
+        ids = torch.randint(0, 100, (12,), generator=g)
+        labels = ids.clone()
+        labels[:4] = IGNORE_INDEX
+        examples.append({"input_ids": ids, "attention_mask": torch.ones(12, dtype=torch.long), "labels": labels})
+    cfg = TrainConfig(steps=3, lr=1e-3, progress=False)
+    out = train_measured(model, random_batches(examples, 2, SFTCollator(0)), cfg, causal_lm_loss, device="cpu")
+    assert len(out["history"].train_loss) == 3 and out["history"].step == [1, 2, 3]
+    assert out["optimizer_bytes"] >= 8 * n
+    # the measured step holds the fp32 weights, their gradients and both Adam moments at once
+    assert out["how"] == "tensor memory (MemTracker)"
+    assert out["peak"] >= 16 * n
+    with pytest.raises(ValueError, match="steps >= 2"):
+        train_measured(model, random_batches(examples, 2, SFTCollator(0)), TrainConfig(steps=1), causal_lm_loss)
