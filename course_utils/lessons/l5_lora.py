@@ -200,15 +200,18 @@ def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int =
 
 
 def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Sequence[float],
-                          lora_gain: float, full_gain: float, max_gain_ratio: float = 2.0, z: float = 2.0) -> dict:
+                          lora_gain: float, full_gain: float, n_seeds: int = 1, max_gain_ratio: float = 2.0,
+                          z: float = 2.0, min_seeds: int = 2) -> dict:
     """Does LoRA forget less than full fine-tuning? Paired by batch on general text.
 
     ``base``, ``lora``, ``full``: per-batch losses of the same batches (``batch_losses``); ``*_gain``: each run's
     held-out improvement on the fine-tuning task. The difference ``(full - base) - (lora - base)`` per batch has a
     mean and a standard error; beyond ``z`` standard errors it decides, else the verdict is inconclusive. A
     decision also needs both runs to have learned comparably (gains within ``max_gain_ratio`` of each other):
-    otherwise less forgetting may only be less learning. Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``,
-    ``why``.
+    otherwise less forgetting may only be less learning. Two trainings are compared, so a decision also needs
+    ``min_seeds`` training seeds (pass per-batch losses averaged over ``n_seeds`` seeds): with fewer, the
+    evaluation noise is known but the training noise is not, and the verdict stays inconclusive.
+    Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``, ``why``.
     """
     n = len(base)
     if n < 2 or len(lora) != n or len(full) != n:
@@ -225,10 +228,14 @@ def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Se
     elif abs(mean) <= z * se:
         out.update(verdict=INCONCLUSIVE, why=f"the difference is within the noise ({mean:+.4f} +- {z:g} x {se:.4f} "
                                              "nats/token over the batches)")
+    elif n_seeds < min_seeds:
+        why = (f"{mean:+.4f} nats/token more loss after full FT than after LoRA is beyond the evaluation noise "
+               f"({z:g} x {se:.4f}), but from {n_seeds} training seed(s): the training noise needs {min_seeds}")
+        out.update(verdict=INCONCLUSIVE, why=why)
     else:
         out.update(verdict=HOLDS if mean > 0 else DOES_NOT_HOLD,
                    why=f"{mean:+.4f} nats/token more loss after full FT than after LoRA, beyond {z:g} standard errors "
-                       f"({se:.4f}); comparable held-out gains ({ratio:.2f}x)")
+                       f"({se:.4f}) over {n_seeds} seeds; comparable held-out gains ({ratio:.2f}x)")
     return out
 
 
