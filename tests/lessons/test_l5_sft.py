@@ -240,3 +240,14 @@ def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
     assert out["peak"] >= 16 * n
     with pytest.raises(ValueError, match="steps >= 2"):
         train_measured(model, random_batches(examples, 2, SFTCollator(0)), TrainConfig(steps=1), causal_lm_loss)
+    # LoRA: frozen base weights (no gradients, no Adam state), measured the same way
+    from course_utils.lessons.l5_lora import add_lora
+
+    lora = tiny_llama(hidden=64, layers=2)
+    add_lora(lora, ["q_proj", "v_proj"], r=4, alpha=8)
+    n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    out_lora = train_measured(lora, random_batches(examples, 2, SFTCollator(0)), cfg, causal_lm_loss, device="cpu")
+    assert out_lora["how"] == "tensor memory (MemTracker)"
+    assert 4 * n <= out_lora["peak"] < out["peak"]  # the weights, but not full FT's gradients and moments
+    assert out_lora["optimizer_bytes"] < 9 * n_lora
+    assert all(p.register_hook.__self__ is p for p in lora.parameters())  # the hooks are restored
