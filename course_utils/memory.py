@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -103,6 +104,55 @@ BYTES_PER_PARAM = {
     "nf4": 0.5 + 4 / NF4_BLOCK,
     "nf4 + double quant": 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * DQ_BLOCK),
 }
+
+
+
+def paper_constant_bits(double_quant: bool, block: int = NF4_BLOCK, dq_block: int = DQ_BLOCK) -> float:
+    """Bits per weight spent on quantization constants, in the QLoRA paper's unit (section 3).
+
+    One fp32 absmax per ``block`` weights: 32 / 64 = 0.5 bit. Double quantization stores those constants in
+    8 bits plus one fp32 constant per ``dq_block`` of them: 8 / 64 + 32 / (64 * 256) = 0.127 bit.
+    """
+    if block < 1 or dq_block < 1:
+        raise ValueError(f"block sizes must be >= 1, got block={block}, dq_block={dq_block}")
+    return 8 / block + 32 / (block * dq_block) if double_quant else 32 / block
+
+
+def quant_constant_bits(model: nn.Module) -> dict:
+    """Bits per quantized weight that a bitsandbytes 4-bit model spends on constants, measured from its tensors.
+
+    Returns ``weights`` (how many are quantized), ``blocks`` (absmax constants, nested ones and offsets, in
+    bits per weight), ``codebooks`` (the 16-value NF4 code and, with double quantization, the 256-value fp32
+    code of the nested constants, per layer; a tensor shared by layers counts once) and ``total``.
+    Compare ``blocks`` with ``paper_constant_bits``; the codebooks are what the paper's unit leaves out.
+    """
+    seen, n_weights, block_bytes, code_bytes = set(), 0, 0, 0
+
+    def nbytes(t) -> int:
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return t.numel() * t.element_size()
+
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        if qs is None:
+            continue
+        n_weights += int(torch.Size(qs.shape).numel())
+        for state in (qs, getattr(qs, "state2", None)):
+            if state is None:
+                continue
+            for name in ("absmax", "offset"):
+                t = getattr(state, name, None)
+                if isinstance(t, torch.Tensor):
+                    block_bytes += nbytes(t)
+            if isinstance(getattr(state, "code", None), torch.Tensor):
+                code_bytes += nbytes(state.code)
+    if not n_weights:
+        raise ValueError("this model has no 4-bit (bitsandbytes) weights; load it with load_in_4bit=True")
+    blocks, codebooks = 8 * block_bytes / n_weights, 8 * code_bytes / n_weights
+    return {"weights": n_weights, "blocks": blocks, "codebooks": codebooks, "total": blocks + codebooks}
 
 
 def finetune_memory(n_params: int, n_trainable: int | None = None) -> list[dict]:
@@ -339,3 +389,29 @@ def step_peak_memory(step: Callable[[], object], *track, device: torch.device | 
     for _ in range(warmup_steps):
         step()
     return tensor_peak_memory(step, *track, device=device)
+
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def frozen_parameters_trackable(*modules: nn.Module):
+    """Let ``tensor_peak_memory`` / ``step_peak_memory`` measure a model with frozen parameters (LoRA, frozen
+    layers). PyTorch's ``MemTracker`` installs a gradient hook on every parameter, and a tensor that does not
+    require grad refuses hooks; a frozen parameter gets no gradient, so inside this block its hooks are no-ops.
+
+        with frozen_parameters_trackable(model):
+            peak, how = step_peak_memory(step, model, optimizer)
+    """
+    frozen = [p for m in modules for p in m.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.register_hook = p.register_post_accumulate_grad_hook = lambda *a, **k: _NoHook()
+    try:
+        yield
+    finally:
+        for p in frozen:
+            for name in ("register_hook", "register_post_accumulate_grad_hook"):
+                p.__dict__.pop(name, None)

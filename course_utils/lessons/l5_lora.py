@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..claims import CheckResult
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..env import resolve_device
 from ..memory import NF4_BLOCK
 
@@ -145,6 +145,98 @@ def lora_param_count(model: nn.Module, target_modules: Iterable[str], r: int) ->
     if not isinstance(r, int) or r < 1:
         raise ValueError(f"the rank r must be a positive int, got {r!r}")
     return sum(r * (m.in_features + m.out_features) for _, m in linear_layers(model, target_modules))
+
+
+
+# ---- LoRA at the paper's scale, by arithmetic ------------------------------------------------------
+
+def dense_gpt_params(n_layers: int, d_model: int, vocab: int = 50257, n_ctx: int = 2048) -> int:
+    """Parameters of a GPT-3-style decoder from its configuration: ``12 * L * d^2`` in the blocks (attention
+    4 d^2, MLP 8 d^2; biases and norms left out) plus token and position embeddings. GPT-3 175B (96 layers,
+    d_model 12288): 174.6 billion."""
+    if min(n_layers, d_model, vocab, n_ctx) < 1:
+        raise ValueError("n_layers, d_model, vocab and n_ctx must all be >= 1")
+    return 12 * n_layers * d_model**2 + (vocab + n_ctx) * d_model
+
+
+def lora_count_from_shapes(shapes: Sequence[tuple[int, int]], n_layers: int, r: int) -> int:
+    """LoRA parameters for ``n_layers`` blocks, each adapting matrices of ``(in, out)`` ``shapes``:
+    ``n_layers * sum r * (in + out)``. The LoRA paper's GPT-3 setting (W_q and W_v, r = 4):
+    ``lora_count_from_shapes([(12288, 12288)] * 2, 96, 4)`` = 18.9 million."""
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"the rank r must be a positive int, got {r!r}")
+    if n_layers < 1 or not shapes:
+        raise ValueError("need n_layers >= 1 and at least one (in, out) shape")
+    return n_layers * sum(r * (i + o) for i, o in shapes)
+
+
+# ---- Comparing LoRA with full fine-tuning ----------------------------------------------------------
+
+def improvement_recovered(base_loss: float, lora_loss: float, full_loss: float) -> float:
+    """The share of full fine-tuning's improvement that LoRA recovers: ``(base - lora) / (base - full)``
+    (1.0 = as good as full FT; above 1 = better). Needs full FT to have improved on the base model."""
+    if not base_loss > full_loss:
+        raise ValueError(f"full fine-tuning did not improve on the base model ({full_loss:.4f} vs {base_loss:.4f}): "
+                         "there is no improvement to recover; train it longer or with another learning rate")
+    return (base_loss - lora_loss) / (base_loss - full_loss)
+
+
+@torch.no_grad()
+def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int = 7) -> list[float]:
+    """The loss of each of ``n_batches`` batches drawn from ``batches(generator)`` with a fixed ``seed`` (the same
+    batches for every model, so models can be compared batch by batch)."""
+    from ..model import eval_mode
+
+    if n_batches < 2:
+        raise ValueError(f"n_batches must be >= 2 to estimate the noise, got {n_batches}")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with eval_mode(model):
+        for _ in range(n_batches):
+            x, y = (t.to(device) for t in batches(gen))
+            out.append(float(loss_fn(model(x).logits, y)))
+    return out
+
+
+def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Sequence[float],
+                          lora_gain: float, full_gain: float, n_seeds: int = 1, max_gain_ratio: float = 2.0,
+                          z: float = 2.0, min_seeds: int = 2) -> dict:
+    """Does LoRA forget less than full fine-tuning? Paired by batch on general text.
+
+    ``base``, ``lora``, ``full``: per-batch losses of the same batches (``batch_losses``); ``*_gain``: each run's
+    held-out improvement on the fine-tuning task. The difference ``(full - base) - (lora - base)`` per batch has a
+    mean and a standard error; beyond ``z`` standard errors it decides, else the verdict is inconclusive. A
+    decision also needs both runs to have learned comparably (gains within ``max_gain_ratio`` of each other):
+    otherwise less forgetting may only be less learning. Two trainings are compared, so a decision also needs
+    ``min_seeds`` training seeds (pass per-batch losses averaged over ``n_seeds`` seeds): with fewer, the
+    evaluation noise is known but the training noise is not, and the verdict stays inconclusive.
+    Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``, ``why``.
+    """
+    n = len(base)
+    if n < 2 or len(lora) != n or len(full) != n:
+        raise ValueError(f"need the same number (>= 2) of batch losses for each model, got {n}, {len(lora)}, "
+                         f"{len(full)}")
+    diffs = [f - lo for f, lo in zip(full, lora)]  # the base cancels: (full - base) - (lora - base)
+    mean = sum(diffs) / n
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
+    ratio = lora_gain / full_gain if full_gain > 0 else float("nan")
+    out = {"mean": mean, "se": se, "gain_ratio": ratio}
+    if not (full_gain > 0 and lora_gain > 0 and 1 / max_gain_ratio <= ratio <= max_gain_ratio):
+        out.update(verdict=INCONCLUSIVE, why=f"the runs did not learn comparably (LoRA's held-out gain is {ratio:.2f}x "
+                                             "full FT's): less forgetting could be less learning")
+    elif abs(mean) <= z * se:
+        out.update(verdict=INCONCLUSIVE, why=f"the difference is within the noise ({mean:+.4f} +- {z:g} x {se:.4f} "
+                                             "nats/token over the batches)")
+    elif n_seeds < min_seeds:
+        why = (f"{mean:+.4f} nats/token more loss after full FT than after LoRA is beyond the evaluation noise "
+               f"({z:g} x {se:.4f}), but from {n_seeds} training seed(s): the training noise needs {min_seeds}")
+        out.update(verdict=INCONCLUSIVE, why=why)
+    else:
+        out.update(verdict=HOLDS if mean > 0 else DOES_NOT_HOLD,
+                   why=f"{mean:+.4f} nats/token more loss after full FT than after LoRA, beyond {z:g} standard errors "
+                       f"({se:.4f}) over {n_seeds} seeds; comparable held-out gains ({ratio:.2f}x)")
+    return out
 
 
 def _peft_layer(peft_model, name: str):

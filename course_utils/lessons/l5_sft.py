@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from ..env import resolve_device
+from ..memory import frozen_parameters_trackable, optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
 
 IGNORE_INDEX = -100
@@ -242,6 +244,38 @@ def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable
     return batches
 
 
+
+def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:
+    """``course_utils.train.train`` for ``cfg.steps`` (>= 2) steps, with the exact peak memory of the last one.
+
+    The first ``cfg.steps - 1`` steps are ``step_peak_memory``'s warm-up (they create the AdamW moments); the last
+    step (its batch drawn with seed ``cfg.seed + 1``) is measured: weights, gradients, optimizer state and
+    activations, on a CPU as on a GPU. Returns ``history`` (all steps), ``optimizer_bytes`` (measured after
+    training), ``peak`` (bytes) and ``how`` (the counting method).
+    """
+    from dataclasses import fields, replace
+
+    from ..train import History, make_optimizer, train
+
+    if cfg.steps < 2:
+        raise ValueError(f"train_measured needs cfg.steps >= 2 (warm-up, then the measured step), got {cfg.steps}")
+    device = resolve_device(device, model)
+    optimizer = make_optimizer(model, cfg, device)
+    parts = iter([replace(cfg, steps=cfg.steps - 1), replace(cfg, steps=1, seed=cfg.seed + 1)])
+    histories = []
+
+    def step():
+        histories.append(train(model, batches, next(parts), loss_fn=loss_fn, optimizer=optimizer, device=device))
+
+    with frozen_parameters_trackable(model):  # LoRA: the frozen base weights get no gradient hooks
+        peak, how = step_peak_memory(step, model, optimizer, device=device)
+    first, last = histories
+    merged = History(**{f.name: getattr(first, f.name) + getattr(last, f.name) for f in fields(History)
+                        if isinstance(getattr(first, f.name), list)})
+    merged.step = list(range(1, cfg.steps + 1))
+    return {"history": merged, "optimizer_bytes": optimizer_state_bytes(optimizer), "peak": peak, "how": how}
+
+
 @torch.no_grad()
 def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_size: int = 8, device=None) -> float:
     """Cross-entropy per counted label (labels != -100) over all ``examples``, in order, in eval mode.
@@ -448,18 +482,44 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens:
 
 def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int = 12, batch_size: int = 32,
                 system: str | None = None) -> dict:
-    """Greedy answers scored per task: ``accuracy`` (exact match after ``normalize_answer``),
-    ``terse`` (the share of answers that are as short as the reference: no more words than it, i.e.
-    the requested format, right or wrong) and the raw ``answers``."""
+    """Greedy answers scored per task: ``accuracy`` (exact match after ``normalize_answer``), ``nocase`` (the
+    same, ignoring case), ``terse`` (the share of answers that are as short as the reference: no more words than
+    it, i.e. the requested format, right or wrong) and the raw ``answers``."""
     if not examples:
         raise ValueError("no examples to evaluate")
     answers = generate_responses(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens, batch_size,
                                  system=system)
     hits: dict = {}
+    nocase: dict = {}
     terse: dict = {}
     for e, a in zip(examples, answers):
         got = normalize_answer(a)
         hits.setdefault(e["task"], []).append(got == e["answer"])
+        nocase.setdefault(e["task"], []).append(got.lower() == e["answer"].lower())
         terse.setdefault(e["task"], []).append(0 < len(got.split()) <= len(e["answer"].split()))
     mean = lambda d: {t: sum(v) / len(v) for t, v in d.items()}
-    return {"accuracy": mean(hits), "terse": mean(terse), "answers": answers}
+    return {"accuracy": mean(hits), "nocase": mean(nocase), "terse": mean(terse), "answers": answers}
+
+
+def generalization_verdict(trained_after: float, held_before: int, held_after: int, n_held: int,
+                           learned: float = 0.5, min_gain: int = 2) -> tuple[str, str]:
+    """Verdict on "instruction tuning generalizes zero-shot to a new task", and why.
+
+    The held-out task can only show transfer once the trained tasks are learned: below ``learned`` exact match on
+    them, the run is too short to tell (inconclusive). Then it holds if at least ``min_gain`` more of the
+    ``n_held`` held-out answers are right than before, and does not hold if none more are; in between it is
+    inconclusive.
+    """
+    if not 0 <= held_before <= n_held or not 0 <= held_after <= n_held:
+        raise ValueError(f"held-out counts must be between 0 and n_held={n_held}, got {held_before}, {held_after}")
+    if not 0 <= trained_after <= 1:
+        raise ValueError(f"trained_after is a share between 0 and 1, got {trained_after}")
+    gained = held_after - held_before
+    if trained_after < learned:
+        return INCONCLUSIVE, (f"the trained tasks reached only {trained_after:.0%} exact match (needs "
+                              f"{learned:.0%} before transfer can be judged): train longer")
+    if gained >= min_gain:
+        return HOLDS, f"{gained:+d} of {n_held} held-out answers right, with the trained tasks learned"
+    if gained <= 0:
+        return DOES_NOT_HOLD, f"{gained:+d} of {n_held} held-out answers right, although the trained tasks are learned"
+    return INCONCLUSIVE, f"{gained:+d} of {n_held} held-out answers: fewer than {min_gain}, within the noise"

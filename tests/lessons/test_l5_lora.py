@@ -24,13 +24,10 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 ATOL = 1e-5
 
 
-def tiny_llama(seed=0, hidden=48):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=101, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
+@pytest.fixture
+def llama(tiny_llama):
+    """The conftest tiny Llama at this file's sizes: vocabulary 101, hidden 48 (MLP 96), untied embeddings."""
+    return lambda hidden=48: tiny_llama(vocab=101, hidden=hidden, intermediate=2 * hidden, tie=False)
 
 
 @pytest.fixture
@@ -54,8 +51,8 @@ def test_lora_linear_starts_as_the_base_layer_and_learns_only_A_B():
     assert torch.allclose(layer.merged()(x), layer(x), atol=ATOL)
 
 
-def test_add_lora_freezes_the_rest_and_counts(ids):
-    model = tiny_llama()
+def test_add_lora_freezes_the_rest_and_counts(ids, llama):
+    model = llama()
     before = model(ids).logits
     expected = lora_param_count(model, TARGETS, r=4)
     assert expected == 2 * 4 * ((48 + 48) + (48 + 24) + (96 + 48))
@@ -76,25 +73,25 @@ def _peft(model, r=4, alpha=8):
     return get_peft_model(model, cfg)
 
 
-def test_same_counts_and_outputs_as_peft(ids):
-    ours = tiny_llama()
+def test_same_counts_and_outputs_as_peft(ids, llama):
+    ours = llama()
     theirs = _peft(copy.deepcopy(ours))
     add_lora(ours, TARGETS, r=4, alpha=8, seed=0)
     assert count_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0]
     randomize_lora_B(ours, std=0.05, seed=2)  # as after training: B != 0
     assert copy_lora_to_peft(ours, theirs) == 6
     out_ours, out_theirs = ours(ids).logits, theirs(ids).logits
-    assert not torch.allclose(out_ours, tiny_llama()(ids).logits, atol=1e-3)  # the adapter does something
+    assert not torch.allclose(out_ours, llama()(ids).logits, atol=1e-3)  # the adapter does something
     assert torch.allclose(out_ours, out_theirs, atol=ATOL)
     # and back: fresh LoRA layers loaded from peft give the same outputs
-    again = tiny_llama()
+    again = llama()
     add_lora(again, TARGETS, r=4, alpha=8, seed=99)
     copy_lora_from_peft(theirs, again)
     assert torch.allclose(again(ids).logits, out_theirs, atol=ATOL)
 
 
-def test_merging_gives_the_unmerged_outputs(ids):
-    ours = tiny_llama()
+def test_merging_gives_the_unmerged_outputs(ids, llama):
+    ours = llama()
     theirs = _peft(copy.deepcopy(ours))
     add_lora(ours, TARGETS, r=4, alpha=8, seed=0)
     randomize_lora_B(ours, std=0.05, seed=2)
@@ -108,8 +105,8 @@ def test_merging_gives_the_unmerged_outputs(ids):
     assert torch.allclose(ours(ids).logits, unmerged, atol=ATOL)
 
 
-def test_bad_inputs_say_what_to_do():
-    model = tiny_llama()
+def test_bad_inputs_say_what_to_do(llama):
+    model = llama()
     with pytest.raises(ValueError, match="linear layers are named.*q_proj"):
         add_lora(model, ["query"], r=4, alpha=8)
     with pytest.raises(ValueError, match="exceeds"):
@@ -132,8 +129,8 @@ def test_smollm2_shapes_without_weights():
     assert lora_param_count(meta, ["q_proj", "v_proj"], r=8) == 8 * 30 * ((576 + 576) + (576 + 192))
 
 
-def test_checker():
-    model = tiny_llama()
+def test_checker(llama):
+    model = llama()
     truth = lora_param_count(model, ["q_proj", "v_proj"], r=4)
     assert check_lora_count(truth, model).passed is True
     high = check_lora_count(truth + 1, model)
@@ -156,8 +153,8 @@ def test_memory_arithmetic():
         finetune_memory(0)
 
 
-def test_optimizer_state_is_measured():
-    model = tiny_llama()
+def test_optimizer_state_is_measured(llama):
+    model = llama()
     add_lora(model, TARGETS, r=4, alpha=8)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     model(torch.randint(0, 101, (1, 8))).logits.sum().backward()
@@ -167,9 +164,9 @@ def test_optimizer_state_is_measured():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
-def test_nf4_on_cpu(tmp_path):
+def test_nf4_on_cpu(tmp_path, llama):
     from course_utils.lessons.l5_lora import nf4_error
-    from course_utils.memory import model_bytes
+    from course_utils.memory import model_bytes, paper_constant_bits, quant_constant_bits
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     err = nf4_error(w)
@@ -177,12 +174,71 @@ def test_nf4_on_cpu(tmp_path):
     assert nf4_error(w, double_quant=True) == pytest.approx(err, rel=0.05)
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    model = tiny_llama(hidden=512)  # big enough that the weights, not the codebooks, dominate
+    model = llama(hidden=512)  # big enough that the weights, not the codebooks, dominate
     model.save_pretrained(tmp_path)
-    sizes = {}
+    sizes, bits = {}, {}
     for dq in (False, True):
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=dq,
                                  bnb_4bit_compute_dtype=torch.float32)
         q = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg, device_map="cpu")
         sizes[dq] = model_bytes(q)
+        bits[dq] = quant_constant_bits(q)
     assert sizes[True] < sizes[False] < model_bytes(model)
+    # the block constants in the paper's unit; the per-layer codebooks come on top
+    assert bits[False]["blocks"] == pytest.approx(paper_constant_bits(False), abs=1e-6)
+    assert paper_constant_bits(True) <= bits[True]["blocks"] < paper_constant_bits(True) + 0.01
+    assert bits[True]["codebooks"] > bits[False]["codebooks"] > 0
+    assert bits[True]["weights"] == bits[False]["weights"] == sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n)
+
+
+def test_lora_at_gpt3_scale_is_about_ten_thousand_times_fewer():
+    from course_utils.lessons.l5_lora import dense_gpt_params, lora_count_from_shapes
+
+    n = dense_gpt_params(96, 12288)
+    assert 174e9 < n < 176e9  # GPT-3 175B
+    lora = lora_count_from_shapes([(12288, 12288)] * 2, 96, 4)  # W_q and W_v, r = 4: the LoRA paper's setting
+    assert lora == 18_874_368
+    assert 9_000 < n / lora < 10_000
+    with pytest.raises(ValueError, match="positive int"):
+        lora_count_from_shapes([(8, 8)], 2, 0)
+
+
+def test_improvement_recovered():
+    from course_utils.lessons.l5_lora import improvement_recovered
+
+    assert improvement_recovered(2.0, 1.5, 1.0) == pytest.approx(0.5)
+    assert improvement_recovered(2.0, 0.9, 1.0) == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="did not improve"):
+        improvement_recovered(2.0, 1.5, 2.1)
+
+
+def test_forgetting_comparison_decides_only_beyond_noise_and_at_comparable_gain():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_lora import forgetting_comparison
+
+    g = torch.Generator().manual_seed(0)
+    base = (3 + torch.rand(16, generator=g)).tolist()
+    noise = (0.01 * torch.randn(16, generator=g)).tolist()
+    lora = [b + 0.01 for b in base]
+    full = [b + 0.2 + e for b, e in zip(base, noise)]
+    assert forgetting_comparison(base, lora, full, 0.1, 0.1, n_seeds=2)["verdict"] == HOLDS
+    assert forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=2)["verdict"] == DOES_NOT_HOLD
+    # one training seed: the evaluation noise is known, the training noise is not
+    one = forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=1)
+    assert one["verdict"] == INCONCLUSIVE and "training noise" in one["why"]
+    same = [b + 0.1 + e for b, e in zip(base, noise)]
+    assert forgetting_comparison(base, same, [b + 0.1 for b in base], 0.1, 0.1, n_seeds=2)["verdict"] == INCONCLUSIVE
+    # LoRA learned a tenth as much: less forgetting may be less learning
+    out = forgetting_comparison(base, lora, full, 0.01, 0.1, n_seeds=2)
+    assert out["verdict"] == INCONCLUSIVE and "learn comparably" in out["why"]
+    with pytest.raises(ValueError, match="same number"):
+        forgetting_comparison(base, lora[:3], full, 0.1, 0.1)
+
+
+def test_paper_unit_of_double_quantization():
+    from course_utils.memory import paper_constant_bits
+
+    assert paper_constant_bits(False) == 0.5
+    assert paper_constant_bits(True) == pytest.approx(0.127, abs=5e-4)
+    assert paper_constant_bits(False) - paper_constant_bits(True) == pytest.approx(0.373, abs=5e-4)

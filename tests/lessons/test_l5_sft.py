@@ -185,3 +185,69 @@ def test_instruction_sets_reach_the_full_profile_sizes():
         prompts = [e["prompt"] for e in ev + tr]
         assert len(set(prompts)) == 450, task
     assert sft.word_pool()[: len(sft.WORDS)] == sft.WORDS
+
+
+def test_generalization_needs_the_trained_tasks_learned_first():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_sft import generalization_verdict
+
+    # a short run that learned nothing cannot show that transfer fails
+    assert generalization_verdict(0.08, 0, 0, 8)[0] == INCONCLUSIVE
+    assert "8%" in generalization_verdict(0.08, 0, 0, 8)[1]
+    assert generalization_verdict(0.9, 1, 3, 8)[0] == HOLDS
+    assert generalization_verdict(0.9, 3, 3, 8)[0] == DOES_NOT_HOLD
+    assert generalization_verdict(0.9, 3, 4, 8)[0] == INCONCLUSIVE  # one more: within the noise
+    with pytest.raises(ValueError, match="between 0 and n_held"):
+        generalization_verdict(0.9, 0, 9, 8)
+
+
+def test_exact_match_scores_case_and_format_separately(smol):
+    from course_utils.lessons import l5_sft
+
+    examples = [{"task": "uppercase", "prompt": "p1", "answer": "CAT"}, {"task": "uppercase", "prompt": "p2",
+                                                                          "answer": "DOG"}]
+    fake = ["cat.", "The word is DOG"]
+    orig = l5_sft.generate_responses
+    l5_sft.generate_responses = lambda *a, **k: fake
+    try:
+        out = l5_sft.exact_match(None, smol, examples)
+    finally:
+        l5_sft.generate_responses = orig
+    assert out["accuracy"]["uppercase"] == 0  # case counts
+    assert out["nocase"]["uppercase"] == 0.5  # "cat" is right ignoring case
+    assert out["terse"]["uppercase"] == 0.5  # "The word is DOG" is not in the requested format
+
+
+def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
+    from course_utils.lessons.l5_sft import SFTCollator, random_batches, train_measured
+    from course_utils.train import TrainConfig
+
+    model = tiny_llama(hidden=64, layers=2)
+    n = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(8):
+        ids = torch.randint(0, 100, (12,), generator=g)
+        labels = ids.clone()
+        labels[:4] = IGNORE_INDEX
+        examples.append({"input_ids": ids, "attention_mask": torch.ones(12, dtype=torch.long), "labels": labels})
+    cfg = TrainConfig(steps=3, lr=1e-3, progress=False)
+    out = train_measured(model, random_batches(examples, 2, SFTCollator(0)), cfg, causal_lm_loss, device="cpu")
+    assert len(out["history"].train_loss) == 3 and out["history"].step == [1, 2, 3]
+    assert out["optimizer_bytes"] >= 8 * n
+    # the measured step holds the fp32 weights, their gradients and both Adam moments at once
+    assert out["how"] == "tensor memory (MemTracker)"
+    assert out["peak"] >= 16 * n
+    with pytest.raises(ValueError, match="steps >= 2"):
+        train_measured(model, random_batches(examples, 2, SFTCollator(0)), TrainConfig(steps=1), causal_lm_loss)
+    # LoRA: frozen base weights (no gradients, no Adam state), measured the same way
+    from course_utils.lessons.l5_lora import add_lora
+
+    lora = tiny_llama(hidden=64, layers=2)
+    add_lora(lora, ["q_proj", "v_proj"], r=4, alpha=8)
+    n_lora = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    out_lora = train_measured(lora, random_batches(examples, 2, SFTCollator(0)), cfg, causal_lm_loss, device="cpu")
+    assert out_lora["how"] == "tensor memory (MemTracker)"
+    assert 4 * n <= out_lora["peak"] < out["peak"]  # the weights, but not full FT's gradients and moments
+    assert out_lora["optimizer_bytes"] < 9 * n_lora
+    assert all(p.register_hook.__self__ is p for p in lora.parameters())  # the hooks are restored
