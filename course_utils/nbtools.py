@@ -137,19 +137,26 @@ def tidy_outputs(nb, kernelspec: dict | None = None):
 
     - metadata.kernelspec: the installed kernel's (``installed_kernelspec()`` unless given);
     - stream outputs: of each tqdm text bar's carriage-return frames, only the last (the finished bar);
-    - tqdm widget outputs: the text/plain fallback (captured at 0%) rewritten from the saved widget state.
+    - tqdm widget outputs: the text/plain fallback (captured at 0%) rewritten from the saved widget state;
+    - widget outputs whose widget was closed before the notebook was saved (no saved state): dropped.
     """
     nb.metadata["kernelspec"] = kernelspec or installed_kernelspec()
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for cell in nb.cells:
+        kept = []
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 out["text"] = last_frames(out["text"])
             view = out.get("data", {}).get(WIDGET_VIEW)
+            if view and view.get("model_id", "") not in state:
+                continue  # a widget closed while the cell ran (a bar with leave=False): a learner saw nothing
             if view and "text/plain" in out["data"]:
                 final = widget_bar_text(view.get("model_id", ""), state)
                 if final is not None:
                     out["data"]["text/plain"] = final
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
     return nb
 
 

@@ -63,6 +63,9 @@ def widget_nb():
         nbformat.v4.new_output("display_data", data={
             "application/vnd.jupyter.widget-view+json": {"model_id": "other", "version_major": 2, "version_minor": 0},
             "text/plain": "Dropdown(value='a')"}),
+        nbformat.v4.new_output("display_data", data={  # a bar closed while the cell ran: no saved state
+            "application/vnd.jupyter.widget-view+json": {"model_id": "gone", "version_major": 2, "version_minor": 0},
+            "text/plain": "Loading weights:   0%|          | 0/272 [00:00<?, ?it/s]"}),
         nbformat.v4.new_output("stream", name="stderr", text=(
             "\rtrain:   0%|          | 0/3 [00:00<?, ?it/s]\rtrain:  33%|███▎      | 1/3 [00:01<00:02]"
             "\rtrain: 100%|██████████| 3/3 [00:03<00:00]\n"
@@ -77,7 +80,7 @@ def test_tidy_outputs_finishes_bars_and_sets_the_kernelspec():
     nb = tidy_outputs(widget_nb(), kernelspec={"display_name": "Python 3 (ipykernel)", "language": "python",
                                                "name": "python3"})
     assert nb.metadata.kernelspec.display_name == "Python 3 (ipykernel)"
-    widget, other, stream = nb.cells[0].outputs
+    widget, other, stream = nb.cells[0].outputs  # the closed bar's output is gone
     assert widget.data["text/plain"] == "lr 1e-6: 100%|██████████| 40/40 [00:41<00:00, loss 7.951]"
     assert other.data["text/plain"] == "Dropdown(value='a')"  # not a progress bar: untouched
     assert stream.text == "train: 100%|██████████| 3/3 [00:03<00:00]\na warning\neval: 100%|██████████| 2/2\n"
