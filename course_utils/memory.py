@@ -348,6 +348,13 @@ def _device_mem_tracker():
                     self.reset_mod_stats()
             super()._pre_fw_hook(module, inputs)
 
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            # A frozen parameter (requires_grad=False: partial fine-tuning, LoRA's base) cannot take a gradient
+            # hook, and MemTracker would raise. The hooks only label gradients; the totals used here count every
+            # tensor either way, so a module with a frozen parameter is tracked without them.
+            hooks = install_grad_hooks and all(p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks=hooks)
+
     return DeviceMemTracker()
 
 

@@ -24,20 +24,27 @@ embeddings ``wte``/``wpe`` (no "embed"), and on Llama ``"attention"`` matches th
 ``post_attention_layernorm`` but not the attention itself (``self_attn``). ``name_rule_mistakes``
 shows exactly what a name rule gets wrong on a given model.
 
-Also here: the checker of the lesson's exercise. The bytes that training keeps per parameter (weights,
-gradients, optimizer moments) live in ``course_utils.memory``.
+Also here: every combination of frozen groups (``freeze_combinations``: where "65M / 48%" could come from), one
+whole training step as a function (``training_step``, to time and to measure), the lesson's two verdicts that
+rest on its own procedures (``compare_forgetting`` over seeds, ``memory_saving_verdict`` on exact peaks), and the
+checker of the lesson's exercise. The bytes that training keeps per parameter (weights, gradients, optimizer
+moments) live in ``course_utils.memory``; speed verdicts come from ``course_utils.measure.speed_verdict``.
 """
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable
+import statistics
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 import torch.nn as nn
 
-from ..claims import CheckResult
+from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
+from ..losses import all_token_loss
+from ..train import forward_loss
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
 # When a tensor is shared (tied weights), the group earlier in this order wins.
@@ -316,6 +323,122 @@ def linear_module_names(model: nn.Module, group: str = "attention") -> list[str]
     if not names:
         raise ValueError(f"no weight matrices in group {group!r} of {type(model).__name__}")
     return sorted(names)
+
+
+# ---- Every combination of frozen groups ------------------------------------------------------------
+
+def freeze_combinations(model: nn.Module) -> list[dict]:
+    """Every choice of groups to freeze (among the groups the model has; at least one left trainable), from the
+    counts alone (the model is not changed): rows ``{"frozen": "attention + embeddings", "trainable": n,
+    "reduction": frozen / total}``, fewest trainable first. Shows which figures a freeze can give at all."""
+    counts = group_counts(model)
+    present = [g for g in GROUPS if counts[g]]
+    total = sum(counts.values())
+    rows = []
+    for k in range(len(present)):
+        for frozen in itertools.combinations(present, k):
+            trainable = total - sum(counts[g] for g in frozen)
+            rows.append({"frozen": " + ".join(frozen) or "nothing", "trainable": trainable,
+                         "reduction": 1 - trainable / total})
+    return sorted(rows, key=lambda r: r["trainable"])
+
+
+# ---- One training step, to time and to measure ---------------------------------------------------------------
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, loss_fn=all_token_loss,
+                  device: torch.device | str | None = None) -> Callable[[], float]:
+    """``step()`` runs one whole optimizer step on ``batch`` (forward, loss, backward, update, gradients
+    released) and returns the loss: the unit that ``time_interleaved`` alternates between a full and a partial
+    model, and that ``course_utils.memory.step_peak_memory`` measures."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.train()
+
+    def step() -> float:
+        loss, _ = forward_loss(model, batch, loss_fn, device)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+# ---- The lesson's verdicts -----------------------------------------------------------------------------------
+
+@dataclass
+class SeedComparison:
+    """Which method forgets less, from runs paired by seed (see ``compare_forgetting``)."""
+
+    verdict: str  # one of course_utils.claims.VERDICTS
+    full: list  # forgetting per seed (rise in held-out general-text loss, nats/token)
+    partial: list
+    mean_difference: float  # mean over seeds of full - partial: > 0 means partial forgot less
+    spread: float  # seed-to-seed spread: the larger standard deviation of either method over seeds
+    note: str
+
+    def __str__(self) -> str:
+        return f"{self.verdict}: {self.note}"
+
+
+def compare_forgetting(full: Sequence[float], partial: Sequence[float], min_seeds: int = 3) -> SeedComparison:
+    """Does partial fine-tuning forget less than full fine-tuning?
+
+    ``full[i]`` and ``partial[i]`` are the rise in a held-out general-text loss after fine-tuning with seed
+    ``i`` (same starting weights, batches, steps and learning rate: the runs pair up by seed).
+
+    - holds: partial forgot less in every seed, and the mean difference is larger than the seed-to-seed
+      spread (the larger standard deviation over seeds of either method's forgetting);
+    - does not hold: partial forgot more in every seed, by more than that spread;
+    - inconclusive: otherwise (the difference is within the noise), or fewer than ``min_seeds`` seeds.
+    """
+    full, partial = [float(x) for x in full], [float(x) for x in partial]
+    if len(full) != len(partial):
+        raise ValueError(f"{len(full)} full and {len(partial)} partial runs: give one of each per seed, "
+                         "in the same seed order")
+    if len(full) < 2:
+        raise ValueError(f"{len(full)} seed(s) give no seed-to-seed spread: run at least 2 (3 for a claim)")
+    diffs = [f - p for f, p in zip(full, partial)]
+    mean = statistics.fmean(diffs)
+    spread = max(statistics.stdev(full), statistics.stdev(partial))
+    n = len(diffs)
+    figures = (f"full forgot {statistics.fmean(full):+.4f}, partial {statistics.fmean(partial):+.4f} nats/token "
+               f"(mean of {n} seeds); difference {mean:+.4f}, seed-to-seed spread {spread:.4f}")
+    if n < min_seeds:
+        return SeedComparison(INCONCLUSIVE, full, partial, mean, spread,
+                              f"{figures}; only {n} of the {min_seeds} seeds a verdict needs")
+    if all(d > 0 for d in diffs) and mean > spread:
+        v, why = HOLDS, "partial forgot less in every seed, by more than the spread"
+    elif all(d < 0 for d in diffs) and -mean > spread:
+        v, why = DOES_NOT_HOLD, "partial forgot more in every seed, by more than the spread"
+    else:
+        v, why = INCONCLUSIVE, "the seeds disagree or the difference is within the seed-to-seed spread"
+    return SeedComparison(v, full, partial, mean, spread, f"{figures}: {why}")
+
+
+def memory_saving_verdict(full_peak: int, partial_peak: int, lecture: tuple[float, float] = (0.25, 0.30),
+                          slack: float = 0.05) -> tuple[str, float, str]:
+    """Verdict on "memory falls by ``lecture[0]``-``lecture[1]``" from two EXACT step peaks (no noise to allow
+    for): ``(verdict, saving, why)``.
+
+    - holds: the saving is within the lecture's range, widened by ``slack`` on each side;
+    - does not hold: partial fine-tuning's step does not need less memory at all;
+    - inconclusive otherwise: the share depends on how much of the peak is activations (batch size and sequence
+      length), which the lecture does not give, so a saving outside its range at this batch does not refute it.
+    """
+    if full_peak <= 0 or partial_peak <= 0:
+        raise ValueError(f"peaks must be positive byte counts, got {full_peak} and {partial_peak}")
+    low, high = lecture
+    if not 0 <= low <= high < 1:
+        raise ValueError(f"lecture must be a range of fractions like (0.25, 0.30), got {lecture}")
+    saving = 1 - partial_peak / full_peak
+    if low - slack <= saving <= high + slack:
+        return HOLDS, saving, f"{saving:.1%} is within {low:.0%}-{high:.0%} (+-{slack:.0%})"
+    if saving <= 0:
+        return DOES_NOT_HOLD, saving, "the partial step's exact peak is not lower than the full step's"
+    return INCONCLUSIVE, saving, (f"{saving:.1%} is outside {low:.0%}-{high:.0%}, but the share depends on the "
+                                  "activations (batch x sequence length), which the lecture does not give")
 
 
 # ---- The exercise --------------------------------------------------------------------------------

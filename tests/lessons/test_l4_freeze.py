@@ -5,19 +5,24 @@ import pytest
 import torch
 import torch.nn as nn
 
+from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from course_utils.lessons.l4_freeze import (
     GROUPS,
     check_mlp_only_prediction,
     classify_parameters,
+    compare_forgetting,
     expected_trainable,
     freeze,
+    freeze_combinations,
     group_counts,
     linear_module_names,
+    memory_saving_verdict,
     name_rule_mistakes,
     tied_parameters,
+    training_step,
     unfreeze_all,
 )
-from course_utils.memory import count_parameters, optimizer_state_bytes, training_state_bytes
+from course_utils.memory import count_parameters, optimizer_state_bytes, step_peak_memory, training_state_bytes
 from course_utils.model import GPT, GPTConfig
 from course_utils.pretrained import build_from_config
 from course_utils.train import TrainConfig, make_optimizer
@@ -25,16 +30,8 @@ from course_utils.train import TrainConfig, make_optimizer
 LECTURE = ["attention", "embeddings"]
 
 
-def small_llama(tie: bool = True):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg)
-
-
 def llama_expected(tie: bool = True):
+    # the sizes of tiny_llama(vocab=100, hidden=64, layers=2, intermediate=96), passed explicitly in the tests
     d, kv, f, L, V = 64, 32, 96, 2, 100  # kv = 2 heads x 16 dims
     return {
         "embeddings": V * d,
@@ -83,8 +80,8 @@ def test_model5_matches_gpt2_and_untied_head_is_other():
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_small_llama(tie):
-    model = small_llama(tie)
+def test_small_llama(tie, tiny_llama):
+    model = tiny_llama(vocab=100, hidden=64, layers=2, tie=tie, intermediate=96)
     assert group_counts(model) == llama_expected(tie)
     assert count_parameters(model).total == sum(p.numel() for p in model.parameters())
     report = freeze(model, LECTURE)
@@ -101,8 +98,8 @@ def test_smollm2_real_config():
     assert freeze(model, LECTURE).n_trainable == 79_661_376
 
 
-def test_frozen_parameters_get_no_gradient_and_the_optimizer_skips_them():
-    model = small_llama()
+def test_frozen_parameters_get_no_gradient_and_the_optimizer_skips_them(tiny_llama):
+    model = tiny_llama(vocab=100, hidden=64, layers=2, intermediate=96)
     freeze(model, LECTURE)
     model(torch.randint(0, 100, (2, 8))).logits.sum().backward()
     for info in classify_parameters(model):
@@ -127,8 +124,8 @@ def test_freeze_replaces_previous_choice_and_unfreezes():
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_bad_input_is_explained():
-    model = small_llama()
+def test_bad_input_is_explained(tiny_llama):
+    model = tiny_llama(vocab=100, hidden=64, layers=2, intermediate=96)
     with pytest.raises(ValueError, match="unknown parameter group"):
         freeze(model, ["attn"])
     with pytest.raises(ValueError, match="leaves nothing to train"):
@@ -145,18 +142,18 @@ def test_bad_input_is_explained():
     assert freeze(model, "attention").frozen_groups == ("attention",)
 
 
-def test_name_rules_go_wrong_where_the_lesson_says():
+def test_name_rules_go_wrong_where_the_lesson_says(tiny_llama):
     neo = build_from_config("EleutherAI/gpt-neo-125M")
     check = name_rule_mistakes(neo, ["attn", "embed"], LECTURE)
     assert set(check.missed) == {"transformer.wte.weight", "transformer.wpe.weight"} and not check.wrongly
-    llama = small_llama()
+    llama = tiny_llama(vocab=100, hidden=64, layers=2, intermediate=96)
     check = name_rule_mistakes(llama, ["attention", "embed"], LECTURE)
     assert all("self_attn" in n for n in check.missed) and len(check.missed) == 8
     assert all("post_attention_layernorm" in n for n in check.wrongly) and len(check.wrongly) == 2
     assert name_rule_mistakes(llama, ["self_attn", "embed_tokens"], LECTURE).ok
 
 
-def test_exercise_checker():
+def test_exercise_checker(tiny_llama):
     none = check_mlp_only_prediction(None)
     assert none.passed is False and "no prediction yet" in none.message
     assert check_mlp_only_prediction(68_529_408).passed is True
@@ -165,6 +162,78 @@ def test_exercise_checker():
     assert lecture.passed is False and "too low" in lecture.message and str(lecture).startswith("NOT YET")
     with pytest.raises(TypeError, match="number of parameters"):
         check_mlp_only_prediction("68M")
-    small = small_llama()
+    small = tiny_llama(vocab=100, hidden=64, layers=2, intermediate=96)
     exp = llama_expected()
     assert check_mlp_only_prediction(sum(exp.values()) - exp["mlp"], model=small)
+
+
+def test_no_combination_of_groups_gives_the_lectures_65m_and_48_percent():
+    neo = build_from_config("EleutherAI/gpt-neo-125M")
+    before = [p.requires_grad for p in neo.parameters()]
+    rows = freeze_combinations(neo)
+    assert [p.requires_grad for p in neo.parameters()] == before  # counts only: the model is not changed
+    assert len(rows) == 15  # 4 non-empty groups, every subset but "all four"
+    by_name = {r["frozen"]: r for r in rows}
+    assert by_name["mlp"]["trainable"] == 68_529_408 and round(by_name["mlp"]["reduction"], 3) == 0.453
+    assert by_name["embeddings + attention"]["trainable"] == 56_707_584
+    assert by_name["nothing"]["reduction"] == 0 and rows == sorted(rows, key=lambda r: r["trainable"])
+    near = [r for r in rows if abs(r["trainable"] - 65e6) < 2e6 or abs(r["reduction"] - 0.48) < 0.01]
+    assert near == []
+
+
+def test_training_step_updates_only_trainable_weights(tiny_gpt, token_stream):
+    model = tiny_gpt(vocab_size=41, block_size=16)
+    freeze(model, ["attention", "embeddings"])
+    opt = make_optimizer(model, TrainConfig(steps=1, lr=1e-2), torch.device("cpu"))
+    batch = (token_stream[:64].view(4, 16), token_stream[1:65].view(4, 16))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step = training_step(model, opt, batch)
+    losses = [step() for _ in range(5)]
+    assert losses[-1] < losses[0]  # it really trains
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != p.requires_grad, n  # frozen: unchanged; trainable: moved
+        assert p.grad is None, n  # gradients released after each step
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        training_step(model, "adamw", batch)
+
+
+def test_partial_step_needs_less_memory_than_full(tiny_llama, token_stream):
+    peaks = {}
+    for groups in ([], ["attention", "embeddings"]):
+        model = tiny_llama(vocab=41, hidden=64, layers=2)
+        freeze(model, groups)
+        opt = make_optimizer(model, TrainConfig(steps=1), torch.device("cpu"))
+        batch = (token_stream[:128].view(4, 32), token_stream[1:129].view(4, 32))
+        peaks[len(groups)], _ = step_peak_memory(training_step(model, opt, batch), model, opt, *batch)
+        assert peaks[len(groups)] >= training_state_bytes(model)["total"]  # weights, gradients, moments at once
+    verdict, saving, _ = memory_saving_verdict(peaks[0], peaks[2])
+    assert peaks[2] < peaks[0] and saving > 0 and verdict != DOES_NOT_HOLD
+
+
+def test_memory_saving_verdict():
+    assert memory_saving_verdict(1000, 730)[0] == HOLDS
+    v, saving, why = memory_saving_verdict(1000, 590)
+    assert v == INCONCLUSIVE and abs(saving - 0.41) < 1e-9 and "activations" in why
+    assert memory_saving_verdict(1000, 1000)[0] == DOES_NOT_HOLD
+    with pytest.raises(ValueError, match="positive"):
+        memory_saving_verdict(0, 10)
+    with pytest.raises(ValueError, match="range of fractions"):
+        memory_saving_verdict(10, 5, lecture=(25, 30))
+
+
+def test_compare_forgetting():
+    # partial forgets less in every seed, far beyond the spread
+    assert compare_forgetting([0.10, 0.12, 0.11], [0.00, 0.01, -0.01]).verdict == HOLDS
+    assert compare_forgetting([0.00, 0.01, -0.01], [0.10, 0.12, 0.11]).verdict == DOES_NOT_HOLD
+    # one seed disagrees: within the noise
+    mixed = compare_forgetting([0.10, 0.02, 0.11], [0.05, 0.04, 0.06])
+    assert mixed.verdict == INCONCLUSIVE and "disagree" in mixed.note
+    # the same sign in every seed, but smaller than the seed-to-seed spread
+    assert compare_forgetting([0.10, 0.30, 0.50], [0.09, 0.29, 0.49]).verdict == INCONCLUSIVE
+    # a clear difference from too few seeds is still not a verdict
+    two = compare_forgetting([0.10, 0.12], [0.00, 0.01])
+    assert two.verdict == INCONCLUSIVE and "only 2 of the 3 seeds" in two.note
+    with pytest.raises(ValueError, match="one of each per seed"):
+        compare_forgetting([0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="no seed-to-seed spread"):
+        compare_forgetting([0.1], [0.0])
