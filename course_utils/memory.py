@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -398,27 +397,3 @@ def step_peak_memory(step: Callable[[], object], *track, device: torch.device | 
     return tensor_peak_memory(step, *track, device=device)
 
 
-
-class _NoHook:
-    def remove(self) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def frozen_parameters_trackable(*modules: nn.Module):
-    """Let ``tensor_peak_memory`` / ``step_peak_memory`` measure a model with frozen parameters (LoRA, frozen
-    layers). PyTorch's ``MemTracker`` installs a gradient hook on every parameter, and a tensor that does not
-    require grad refuses hooks; a frozen parameter gets no gradient, so inside this block its hooks are no-ops.
-
-        with frozen_parameters_trackable(model):
-            peak, how = step_peak_memory(step, model, optimizer)
-    """
-    frozen = [p for m in modules for p in m.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.register_hook = p.register_post_accumulate_grad_hook = lambda *a, **k: _NoHook()
-    try:
-        yield
-    finally:
-        for p in frozen:
-            for name in ("register_hook", "register_post_accumulate_grad_hook"):
-                p.__dict__.pop(name, None)

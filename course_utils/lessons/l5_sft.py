@@ -22,7 +22,7 @@ import torch
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from ..env import resolve_device
-from ..memory import frozen_parameters_trackable, optimizer_state_bytes, step_peak_memory
+from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
 
 IGNORE_INDEX = -100
@@ -267,8 +267,7 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
     def step():
         histories.append(train(model, batches, next(parts), loss_fn=loss_fn, optimizer=optimizer, device=device))
 
-    with frozen_parameters_trackable(model):  # LoRA: the frozen base weights get no gradient hooks
-        peak, how = step_peak_memory(step, model, optimizer, device=device)
+    peak, how = step_peak_memory(step, model, optimizer, device=device)  # frozen LoRA base weights are fine
     first, last = histories
     merged = History(**{f.name: getattr(first, f.name) + getattr(last, f.name) for f in fields(History)
                         if isinstance(getattr(first, f.name), list)})
