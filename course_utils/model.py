@@ -147,7 +147,7 @@ class GPT(nn.Module):
                 f"token ids must be integers (torch.long), got {idx.dtype}: pass the tokenizer's ids, "
                 f"e.g. torch.tensor(ids, dtype=torch.long), not embeddings, probabilities or a float tensor"
             )
-        if idx.numel() == 0 or torch.compiler.is_compiling():
+        if idx.numel() == 0 or idx.device.type == "meta" or torch.compiler.is_compiling():  # no values to read
             return
         lo, hi = torch.stack(torch.aminmax(idx)).tolist()
         if lo < 0 or hi >= V:

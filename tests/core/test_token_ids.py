@@ -1,4 +1,6 @@
 """Model 5 names the vocabulary size and the likely cause when token ids do not fit it."""
+import copy
+
 import pytest
 import torch
 
@@ -39,3 +41,12 @@ def test_the_check_does_not_break_torch_compile(model):
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     x = torch.tensor([[0, 36, 5]])
     assert torch.equal(compiled(x), model(x))
+
+
+def test_a_meta_model_runs_on_meta_ids_and_a_device_mismatch_is_named_first(model):
+    # Lesson 2 shows the device error with a meta model: meta ids have no values to check, and a CPU batch
+    # against a meta model must fail on the device, not on reading the ids
+    meta = copy.deepcopy(model).to("meta")  # a copy: the fixture is shared by the module
+    with pytest.raises(RuntimeError, match="same device"):
+        meta(torch.tensor([[0, 36, 5]]))
+    assert meta(torch.tensor([[0, 36, 5]], device="meta")).shape == (1, 3, 37)
