@@ -47,14 +47,11 @@ sys.path.insert(0, str(ROOT))
 
 from course_utils.env import get_device, seed_everything  # noqa: E402
 from course_utils.losses import all_token_loss, linear_cross_entropy  # noqa: E402
-from course_utils.measure import compare_paired, time_interleaved  # noqa: E402
+from course_utils.measure import speed_verdict, time_interleaved  # noqa: E402
 from course_utils.model import GPT  # noqa: E402
 from course_utils.train import TrainConfig, autocast_context, make_optimizer, resolve_amp  # noqa: E402
 
-try:  # course_utils.memory is where the byte counting lives after the package's restructuring
-    from course_utils.memory import tensor_peak_memory  # noqa: E402
-except ImportError:
-    from course_utils.levers import tensor_peak_memory  # noqa: E402
+from course_utils.memory import tensor_peak_memory  # noqa: E402
 
 CONFIGS = {
     # name: (n_layer, n_head, n_embd, tokens per step; batch = batch_tokens // context unless --batch is given)
@@ -258,15 +255,15 @@ def bench_one(name: str, T: int, amp: str, compiled: bool, device: torch.device,
         res["compile_s"] = compile_s
     res["ratio_course_over_hf"] = res["course_tokens_per_s"] / res["hf_tokens_per_s"]
     # > 1: Model 5 (fused loss, compiled in compiled rows) is that much faster than the candidate: the ratio of
-    # medians, and the median of the per-round ratios (rounds ran back to back, so load drift cancels), with the
-    # rounds in which Model 5 was slower and a one-sided sign test
+    # medians, and the course's speed procedure over the paired rounds (rounds ran back to back, so load drift
+    # cancels): the median per-round speed-up with its distribution-free 95% interval and verdict
     res["course_speedup_vs"] = {k: res[f"{k}_step_s"] / res["course_step_s"] for k in steps if k != "course"}
     res["course_speedup_vs_paired"] = {}
     for k in steps:
         if k != "course":
-            c = compare_paired(times[k], times["course"])  # course as the candidate: ratio < 1 = course faster
-            res["course_speedup_vs_paired"][k] = {"median_round_ratio": 1 / c.ratio, "course_slower_rounds": c.slower,
-                                                  "rounds": c.rounds, "sign_test_p": c.p_value}
+            v = speed_verdict(times[k], times["course"])  # the candidate is Model 5: speedup > 1 = course faster
+            res["course_speedup_vs_paired"][k] = {"median_round_speedup": v.speedup, "low": v.low, "high": v.high,
+                                                  "rounds": v.rounds, "verdict": v.verdict}
     peak, source = peak_flops(device, amp)
     if peak:
         m = models["course"]
@@ -342,8 +339,10 @@ def main(argv=None) -> int:
                     for k in [k[:-len("_step_s")] for k in r if k.endswith("_step_s")]:
                         vs = r["course_step_s"] / r[f"{k}_step_s"]
                         peak = mib(r.get(f"{k}_peak_bytes"))
-                        pr = r["course_speedup_vs_paired"].get(k, {}).get("median_round_ratio", 1.0)
-                        print(f"  {k:<18} {r[f'{k}_tokens_per_s']:>9,.0f} {vs:>9.2f} {1 / pr:>7.2f} {peak:>9}")
+                        pr = r["course_speedup_vs_paired"].get(k)
+                        paired = f"{1 / pr['median_round_speedup']:.2f}" if pr else "1.00"
+                        band = f" ({1 / pr['high']:.2f}-{1 / pr['low']:.2f})" if pr else ""
+                        print(f"  {k:<18} {r[f'{k}_tokens_per_s']:>9,.0f} {vs:>9.2f} {paired:>7}{band} {peak:>9}")
                     if "compile_s" in r:
                         print("  compile time (first step): "
                               + ", ".join(f"{k} {v:.0f} s" for k, v in r["compile_s"].items()))
