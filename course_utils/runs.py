@@ -9,6 +9,7 @@ train-and-measure closures; speed claims then go through ``course_utils.measure.
 """
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -154,3 +155,79 @@ def training_step_peak(make_model: Callable[[], nn.Module], batches: Callable[[t
         torch.cuda.empty_cache()
     return step_peak_memory(lambda: train(model, batches, one, optimizer=optimizer, device=device),
                             model, optimizer, device=device)
+
+
+# ---- The course's one procedure for "this training ends better than that one", over seeds -----------------------
+@dataclass
+class RunComparison:
+    """The verdict on "the candidate training ends better than the baseline" (see ``compare_runs``)."""
+
+    verdict: str  # one of course_utils.claims.VERDICTS
+    gain: float  # mean over seeds of the candidate's advantage (> 0: better in the claimed direction)
+    gains: list  # that advantage seed by seed
+    spread: float  # the seed-to-seed noise the gain must exceed
+    seeds: int
+    difference: float  # mean(candidate) - mean(baseline), in the figure's own direction
+    note: str
+
+    def __str__(self) -> str:
+        return f"{self.verdict}: {self.note}"
+
+
+def compare_runs(baseline, candidate, *, lower: bool = True, min_gain: float = 0.0, min_seeds: int = 3,
+                 spread: float | None = None, budget_short: str | None = None, unit: str = "nats",
+                 fmt: str = "{:+.3f}") -> RunComparison:
+    """The course's one procedure for claims that rest on a difference between two trainings (loss, perplexity,
+    accuracy, forgetting): "the candidate's figure is lower (``lower=True``) / higher than the baseline's by more
+    than ``min_gain``".
+
+    ``baseline[i]`` and ``candidate[i]`` come from the same seed (same initial weights and batches), so each seed
+    gives one gain (the candidate's advantage in the claimed direction). The noise is the seed-to-seed spread:
+    the larger standard deviation over seeds of either method's figure, or ``spread`` when the notebook measured
+    it elsewhere (then a single seed per method is allowed: "inconclusive unless the difference is larger than
+    the spread another seed makes").
+
+    - holds: every seed gains more than ``min_gain``, and the mean gain exceeds ``min_gain`` by more than the
+      spread;
+    - does not hold: every seed gains less than ``min_gain``, by more than the spread on average; with
+      ``budget_short`` (e.g. "12 of the lecture's thousands of steps") this becomes inconclusive: a short run
+      cannot refute a claim about long ones;
+    - inconclusive: otherwise (the seeds disagree, or the difference is within the noise), or fewer than
+      ``min_seeds`` seeds without a ``spread`` measured elsewhere.
+    """
+    from .claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+
+    if not isinstance(lower, bool):
+        raise TypeError(f"lower must be True (claim: the candidate's figure is lower) or False (higher), "
+                        f"got {lower!r}")
+    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} baseline and {len(b)} candidate runs: give one figure of each per seed, "
+                         "in the same seed order")
+    if not a:
+        raise ValueError("no runs to compare: give one figure per seed for each method")
+    if spread is None and len(a) < 2:
+        raise ValueError(f"{len(a)} seed gives no seed-to-seed spread: run at least {max(min_seeds, 2)} seeds, "
+                         "or pass spread= measured elsewhere in the notebook")
+    if spread is not None and spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread}")
+
+    noise = float(spread) if spread is not None else max(statistics.stdev(a), statistics.stdev(b))
+    gains = [(x - y) if lower else (y - x) for x, y in zip(a, b)]
+    gain = statistics.fmean(gains)
+    n = len(gains)
+    direction = "lower" if lower else "higher"
+    source = "measured elsewhere" if spread is not None else "the larger std over seeds"
+    desc = (f"candidate {direction} by {fmt.format(gain)} {unit} (mean of {n} seed{'s' * (n > 1)}: "
+            + ", ".join(fmt.format(g) for g in gains) + f"); seed-to-seed spread {noise:.3g} ({source})"
+            + (f"; bar {min_gain:g}" if min_gain else ""))
+    if spread is None and n < min_seeds:
+        v, why = INCONCLUSIVE, f"only {n} of the {min_seeds} seeds a verdict needs"
+    elif min(gains) > min_gain and gain - min_gain > noise:
+        v, why = HOLDS, "every seed beyond the bar, the mean by more than the spread"
+    elif max(gains) < min_gain and min_gain - gain > noise:
+        v, why = ((INCONCLUSIVE, f"every seed short of the bar, but only {budget_short}") if budget_short
+                  else (DOES_NOT_HOLD, "every seed short of the bar, the mean by more than the spread"))
+    else:
+        v, why = INCONCLUSIVE, "the seeds disagree or the difference is within the seed-to-seed spread"
+    return RunComparison(v, gain, gains, noise, n, statistics.fmean(b) - statistics.fmean(a), f"{desc}: {why}")

@@ -341,36 +341,6 @@ def alignment_matmul_benchmark(rows: Sequence[int], k: int, n: int, rounds: int 
 
 
 # ---- Decisions over seeds ----------------------------------------------------------------------------
-def seed_verdict(baseline: Sequence[float], candidate: Sequence[float], min_gain: float = 0.0,
-                 budget_short: str | None = None, unit: str = "nats") -> tuple[str, str]:
-    """(verdict, note) for "the candidate ends at a lower loss than the baseline", from paired seeds.
-
-    Seed i of both runs shares the initial weights and the batches, so each seed gives one gain
-    (baseline - candidate). Holds when EVERY seed gains more than ``min_gain``; does not hold when every seed
-    gains less than ``min_gain`` (the whole range of the gains is below the bar); otherwise inconclusive (the
-    seeds disagree: the difference is within the seed-to-seed noise). With ``budget_short`` (e.g. "12 of the
-    lecture's thousands of steps"), a "does not hold" becomes inconclusive: a short run cannot refute a claim
-    about long ones.
-    """
-    from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
-
-    if len(baseline) != len(candidate):
-        raise ValueError(f"{len(baseline)} baseline and {len(candidate)} candidate runs: pair them seed by seed")
-    if len(baseline) < 3:
-        raise ValueError(f"{len(baseline)} seeds are too few to see the seed-to-seed noise: use at least 3")
-    gains = [b - c for b, c in zip(baseline, candidate)]
-    mean = sum(gains) / len(gains)
-    desc = (f"gain {mean:+.3f} {unit} (mean of {len(gains)} seeds; per seed "
-            + ", ".join(f"{g:+.3f}" for g in gains) + f"); bar {min_gain:g} {unit}")
-    if min(gains) > min_gain:
-        return HOLDS, f"{desc}: every seed above the bar"
-    if max(gains) < min_gain:
-        if budget_short:
-            return INCONCLUSIVE, f"{desc}: every seed below the bar, but only {budget_short}"
-        return DOES_NOT_HOLD, f"{desc}: every seed below the bar"
-    return INCONCLUSIVE, f"{desc}: the seeds disagree, within the seed-to-seed noise"
-
-
 # ---- Gradient clipping as normalization ------------------------------------------------------------
 def clipping_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_norm: float = 1.0,
                     loss_fn=all_token_loss) -> dict:

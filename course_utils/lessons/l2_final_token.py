@@ -9,7 +9,7 @@ and the checker for the "Your turn" exercise (a loss on the last k tokens).
     check_last_k_loss(my_last_k_loss)                     # PASSED, or NOT YET and what is wrong
     FinalTokenHead(model)                                 # Model 5 with the head at the last position only
     step_flops(model, final_position_loss, x, y)          # FLOPs of one forward + backward
-    paired_seed_verdict(baseline, candidate)              # a difference between two trainings, over seeds
+    course_utils.runs.compare_runs(baseline, candidate)   # a difference between two trainings, over seeds
     readable(ids, tokenizer)                              # decoded text without cut multi-byte characters
 
 The point is that "missing spaces, tokens run together" and "the curve is noisier" become numbers.
@@ -297,32 +297,6 @@ def mean_difference_verdict(baseline: Sequence[float], candidate: Sequence[float
     if -sign * diff > z * se:
         return Comparison(DOES_NOT_HOLD, diff, z * se, f"{text}: beyond the noise, against the claim")
     return Comparison(INCONCLUSIVE, diff, z * se, f"{text}: within the sampling noise")
-
-
-def paired_seed_verdict(baseline: Sequence[float], candidate: Sequence[float], lower: bool = True) -> Comparison:
-    """Is the candidate training's figure lower (``lower=True``) or higher than the baseline's, over seeds?
-
-    ``baseline[i]`` and ``candidate[i]`` come from the same seed (same initial weights, same batches). Holds only
-    when every seed's difference has the claimed sign AND the mean difference exceeds the seed-to-seed spread
-    (the larger range of the two methods' figures over the seeds); does not hold under the same two conditions in
-    the other direction; otherwise inconclusive (the difference is within what another seed could change).
-    """
-    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
-    if len(a) != len(b):
-        raise ValueError(f"baseline and candidate need one figure per seed each, got {len(a)} and {len(b)}")
-    if len(a) < 2:
-        raise ValueError(f"a seed-to-seed spread needs at least 2 seeds, got {len(a)}; 3 or more for a claim")
-    sign = _direction(lower)
-    diffs = [y - x for x, y in zip(a, b)]
-    mean = statistics.fmean(diffs)
-    spread = max(max(a) - min(a), max(b) - min(b))
-    text = (f"mean difference {mean:+.3f} over {len(a)} seeds (per seed {', '.join(f'{d:+.3f}' for d in diffs)}), "
-            f"seed-to-seed spread {spread:.3f}")
-    if all(sign * d > 0 for d in diffs) and sign * mean > spread:
-        return Comparison(HOLDS, mean, spread, f"{text}: every seed agrees, beyond the spread")
-    if all(sign * d < 0 for d in diffs) and -sign * mean > spread:
-        return Comparison(DOES_NOT_HOLD, mean, spread, f"{text}: every seed disagrees, beyond the spread")
-    return Comparison(INCONCLUSIVE, mean, spread, f"{text}: within the seed-to-seed spread")
 
 
 # ---- Final-token training the cheap way: the unembedding at the last position only ----------------------

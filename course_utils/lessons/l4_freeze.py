@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,6 +43,7 @@ import torch.nn as nn
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..losses import all_token_loss
+from ..runs import RunComparison, compare_runs
 from ..train import forward_loss
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
@@ -367,54 +367,17 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, los
 
 # ---- The lesson's verdicts -----------------------------------------------------------------------------------
 
-@dataclass
-class SeedComparison:
-    """Which method forgets less, from runs paired by seed (see ``compare_forgetting``)."""
-
-    verdict: str  # one of course_utils.claims.VERDICTS
-    full: list  # forgetting per seed (rise in held-out general-text loss, nats/token)
-    partial: list
-    mean_difference: float  # mean over seeds of full - partial: > 0 means partial forgot less
-    spread: float  # seed-to-seed spread: the larger standard deviation of either method over seeds
-    note: str
-
-    def __str__(self) -> str:
-        return f"{self.verdict}: {self.note}"
-
-
-def compare_forgetting(full: Sequence[float], partial: Sequence[float], min_seeds: int = 3) -> SeedComparison:
-    """Does partial fine-tuning forget less than full fine-tuning?
+def compare_forgetting(full: Sequence[float], partial: Sequence[float], min_seeds: int = 3) -> RunComparison:
+    """Does partial fine-tuning forget less than full fine-tuning? The course's seed procedure,
+    ``course_utils.runs.compare_runs``, on forgetting (lower is better; partial is the candidate).
 
     ``full[i]`` and ``partial[i]`` are the rise in a held-out general-text loss after fine-tuning with seed
-    ``i`` (same starting weights, batches, steps and learning rate: the runs pair up by seed).
-
-    - holds: partial forgot less in every seed, and the mean difference is larger than the seed-to-seed
-      spread (the larger standard deviation over seeds of either method's forgetting);
-    - does not hold: partial forgot more in every seed, by more than that spread;
-    - inconclusive: otherwise (the difference is within the noise), or fewer than ``min_seeds`` seeds.
+    ``i`` (same starting weights, batches, steps and learning rate: the runs pair up by seed). Holds when partial
+    forgot less in every seed and by more than the seed-to-seed spread; does not hold in the mirror case;
+    otherwise, or with fewer than ``min_seeds`` seeds, inconclusive.
     """
-    full, partial = [float(x) for x in full], [float(x) for x in partial]
-    if len(full) != len(partial):
-        raise ValueError(f"{len(full)} full and {len(partial)} partial runs: give one of each per seed, "
-                         "in the same seed order")
-    if len(full) < 2:
-        raise ValueError(f"{len(full)} seed(s) give no seed-to-seed spread: run at least 2 (3 for a claim)")
-    diffs = [f - p for f, p in zip(full, partial)]
-    mean = statistics.fmean(diffs)
-    spread = max(statistics.stdev(full), statistics.stdev(partial))
-    n = len(diffs)
-    figures = (f"full forgot {statistics.fmean(full):+.4f}, partial {statistics.fmean(partial):+.4f} nats/token "
-               f"(mean of {n} seeds); difference {mean:+.4f}, seed-to-seed spread {spread:.4f}")
-    if n < min_seeds:
-        return SeedComparison(INCONCLUSIVE, full, partial, mean, spread,
-                              f"{figures}; only {n} of the {min_seeds} seeds a verdict needs")
-    if all(d > 0 for d in diffs) and mean > spread:
-        v, why = HOLDS, "partial forgot less in every seed, by more than the spread"
-    elif all(d < 0 for d in diffs) and -mean > spread:
-        v, why = DOES_NOT_HOLD, "partial forgot more in every seed, by more than the spread"
-    else:
-        v, why = INCONCLUSIVE, "the seeds disagree or the difference is within the seed-to-seed spread"
-    return SeedComparison(v, full, partial, mean, spread, f"{figures}: {why}")
+    return compare_runs(full, partial, lower=True, min_seeds=min_seeds, unit="nats/token of forgetting",
+                        fmt="{:+.4f}")
 
 
 def memory_saving_verdict(full_peak: int, partial_peak: int, lecture: tuple[float, float] = (0.25, 0.30),

@@ -215,19 +215,6 @@ def test_pow2_divisor_and_alignment_benchmark():
         levers.alignment_matmul_benchmark([32], 16, 16)
 
 
-def test_seed_verdict_decides_only_beyond_the_seed_noise():
-    assert levers.seed_verdict([5.0, 5.1, 5.2], [4.9, 5.0, 5.1], min_gain=0.01)[0] == "holds"
-    v, note = levers.seed_verdict([5.0, 5.1, 5.2], [5.1, 5.2, 5.3], min_gain=0.01)
-    assert v == "does not hold" and "every seed below" in note
-    assert levers.seed_verdict([5.0, 5.1, 5.2], [5.1, 5.2, 5.3], 0.01, budget_short="12 steps")[0] == "inconclusive"
-    v, note = levers.seed_verdict([5.0, 5.0, 5.0], [4.9, 5.1, 4.95], min_gain=0.01)
-    assert v == "inconclusive" and "disagree" in note
-    with pytest.raises(ValueError, match="at least 3"):
-        levers.seed_verdict([1.0, 2.0], [1.0, 2.0])
-    with pytest.raises(ValueError, match="pair"):
-        levers.seed_verdict([1.0, 2.0, 3.0], [1.0, 2.0])
-
-
 def test_clipping_rescales_and_keeps_the_direction(tiny, batches):
     x, y = batches(4)(torch.Generator().manual_seed(0))
     r = levers.clipping_report(tiny(), x, y, max_norm=0.1)

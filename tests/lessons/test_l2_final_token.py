@@ -19,7 +19,6 @@ from course_utils.lessons.l2_final_token import (
     loss_noise,
     mean_difference_verdict,
     nll_on_raw_logits,
-    paired_seed_verdict,
     per_sequence_quality,
     readable,
     space_token_share,
@@ -247,21 +246,6 @@ def test_final_position_test_loss_is_the_same_yardstick_for_every_model(tiny_gpt
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------------
-
-def test_paired_seed_verdict_three_outcomes():
-    assert paired_seed_verdict([5.0, 5.1, 5.2], [6.0, 6.1, 6.3], lower=False).verdict == HOLDS
-    assert paired_seed_verdict([5.0, 5.1, 5.2], [6.0, 6.1, 6.3], lower=True).verdict == DOES_NOT_HOLD
-    mixed = paired_seed_verdict([5.0, 5.1, 5.2], [5.05, 5.0, 5.3], lower=False)  # signs disagree
-    assert mixed.verdict == INCONCLUSIVE and "spread" in mixed.note
-    # every seed agrees, but the gap is smaller than what another seed changes: not enough
-    assert paired_seed_verdict([5.0, 5.5, 6.0], [5.1, 5.6, 6.1], lower=False).verdict == INCONCLUSIVE
-    with pytest.raises(ValueError, match="one figure per seed"):
-        paired_seed_verdict([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="at least 2 seeds"):
-        paired_seed_verdict([1.0], [2.0])
-    with pytest.raises(TypeError, match="lower"):
-        paired_seed_verdict([1.0, 2.0], [1.0, 2.0], lower="yes")
-
 
 def test_mean_difference_verdict_three_outcomes():
     gen = torch.Generator().manual_seed(0)
