@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from course_utils.env import get_device, seed_everything  # noqa: E402
 from course_utils.losses import all_token_loss, linear_cross_entropy  # noqa: E402
-from course_utils.measure import speed_verdict, time_interleaved  # noqa: E402
+from course_utils.measure import MIN_ROUNDS, speed_verdict, time_interleaved  # noqa: E402
 from course_utils.memory import tensor_peak_memory  # noqa: E402
 from course_utils.model import GPT  # noqa: E402
 from course_utils.train import TrainConfig, autocast_context, make_optimizer, resolve_amp  # noqa: E402
@@ -259,7 +259,7 @@ def bench_one(name: str, T: int, amp: str, compiled: bool, device: torch.device,
     res["course_speedup_vs"] = {k: res[f"{k}_step_s"] / res["course_step_s"] for k in steps if k != "course"}
     res["course_speedup_vs_paired"] = {}
     for k in steps:
-        if k != "course":
+        if k != "course" and len(times[k].times) >= MIN_ROUNDS:  # a dry run (--steps 1) gets no interval
             v = speed_verdict(times[k], times["course"])  # the candidate is Model 5: speedup > 1 = course faster
             res["course_speedup_vs_paired"][k] = {"median_round_speedup": v.speedup, "low": v.low, "high": v.high,
                                                   "rounds": v.rounds, "verdict": v.verdict}
