@@ -34,6 +34,7 @@ from .model import eval_mode
 
 AMP_MODES = ("off", "bf16", "fp16", "auto")
 SCHEDULES = ("constant", "cosine")
+DROPOUT_SCHEDULES = ("constant", "early", "linear")
 
 
 @dataclass
@@ -47,6 +48,11 @@ class TrainConfig:
     schedule: str = "constant"  # "constant" or "cosine"
     warmup_steps: int = 0  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    # dynamic regularization: the model's own dropout rates, scaled over the run. "constant" leaves them alone;
+    # "early" keeps them for the first dropout_until share of the steps, then turns dropout off (Liu et al. 2023,
+    # "Dropout Reduces Underfitting"); "linear" scales them from 1 down to 0 over the run
+    dropout_schedule: str = "constant"
+    dropout_until: float = 0.25
     eval_every: int = 0  # 0 = no evaluation
     eval_batches: int = 4
     amp: str = "off"  # "off", "bf16", "fp16" (CUDA only) or "auto"
@@ -65,6 +71,10 @@ class TrainConfig:
             raise ValueError(f"amp={self.amp!r} is not one of {AMP_MODES}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if self.dropout_schedule not in DROPOUT_SCHEDULES:
+            raise ValueError(f"dropout_schedule={self.dropout_schedule!r} is not one of {DROPOUT_SCHEDULES}")
+        if not 0.0 < self.dropout_until <= 1.0:
+            raise ValueError(f"dropout_until is a share of the steps in (0, 1], got {self.dropout_until}")
         if self.checkpoint_every and not self.checkpoint_path:
             raise ValueError("checkpoint_every needs a checkpoint_path to write to")
 
@@ -75,6 +85,7 @@ class History:
     train_loss: list = field(default_factory=list)
     lr: list = field(default_factory=list)
     grad_norm: list = field(default_factory=list)  # before clipping
+    dropout_factor: list = field(default_factory=list)  # the multiplier on the model's dropout rates
     step_time: list = field(default_factory=list)  # seconds per update
     tokens_per_s: list = field(default_factory=list)
     tokens_seen: list = field(default_factory=list)  # input tokens processed so far
@@ -139,6 +150,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def dropout_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiplier on the model's dropout rates at ``step`` (see ``TrainConfig.dropout_schedule``)."""
+    if cfg.dropout_schedule == "early":
+        return 1.0 if step < cfg.dropout_until * cfg.steps else 0.0
+    if cfg.dropout_schedule == "linear":
+        return 1.0 - step / cfg.steps
+    return 1.0
+
+
+def scale_dropout(model: torch.nn.Module, factor: float) -> None:
+    """Set every dropout rate of ``model`` to ``factor`` x its rate as built: each ``nn.Dropout``'s ``p`` and the
+    ``dropout_p`` that Model 5's attention passes to ``scaled_dot_product_attention``. ``factor=1`` restores them."""
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"a dropout factor is in [0, 1], got {factor}")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = m.__dict__.setdefault("_built_p", m.p) * factor
+        if isinstance(getattr(m, "dropout_p", None), float):
+            m.dropout_p = m.__dict__.setdefault("_built_dropout_p", m.dropout_p) * factor
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -385,6 +417,8 @@ def train(
     for step in range(start, end):
         run_eval(step)
         t0 = time.perf_counter()
+        if cfg.dropout_schedule != "constant":
+            scale_dropout(model, dropout_factor(step, cfg))
         optimizer.zero_grad(set_to_none=True)
         loss_sum, n_tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
@@ -414,6 +448,7 @@ def train(
         history.train_loss.append(loss_sum)
         history.lr.append(lr)
         history.grad_norm.append(grad_norm)
+        history.dropout_factor.append(dropout_factor(step, cfg))
         history.step_time.append(dt)
         history.tokens_per_s.append(n_tokens / dt)
         history.tokens_seen.append(tokens_seen)
@@ -423,6 +458,8 @@ def train(
             save_checkpoint(
                 cfg.checkpoint_path, model, optimizer, scheduler, scaler, step + 1, batch_gen, history, cfg, device
             )
+    if cfg.dropout_schedule != "constant":
+        scale_dropout(model, 1.0)  # the model leaves with the rates it was built with
     if end == cfg.steps:
         run_eval(cfg.steps, force=True)  # always end with a test loss
         if cfg.checkpoint_path:

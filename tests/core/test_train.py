@@ -150,3 +150,37 @@ def test_auto_precision_picks_fp16_with_a_scaler_where_bf16_is_not_fast(monkeypa
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))  # H100
     assert has_fast_bf16(cuda) and resolve_amp("auto", cuda) == (torch.bfloat16, False)
     assert resolve_amp("auto", torch.device("cpu")) == (None, False)
+
+
+def test_dropout_schedules_scale_every_rate_and_restore_them():
+    from course_utils.train import dropout_factor
+
+    cfg = TrainConfig(steps=8, dropout_schedule="early", dropout_until=0.25)
+    assert [dropout_factor(s, cfg) for s in range(8)] == [1, 1, 0, 0, 0, 0, 0, 0]
+    lin = TrainConfig(steps=4, dropout_schedule="linear")
+    assert [dropout_factor(s, lin) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    assert dropout_factor(5, TrainConfig(steps=8)) == 1.0
+
+    model = fresh_model()  # dropout 0.1 everywhere
+    seen = []  # (nn.Dropout rate, attention's dropout_p) at every forward pass of block 0
+    block = model.h[0]
+    block.register_forward_pre_hook(lambda m, a: seen.append((m.mlp.dropout.p, m.attn.dropout_p)))
+    h = train(model, batches, TrainConfig(steps=8, lr=1e-3, progress=False, dropout_schedule="early",
+                                          dropout_until=0.25), device="cpu")
+    assert seen[:2] == [(0.1, 0.1)] * 2 and set(seen[2:]) == {(0.0, 0.0)}  # off from step 2 on, both kinds
+    assert h.dropout_factor == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert block.mlp.dropout.p == 0.1 and block.attn.dropout_p == 0.1 and model.drop.p == 0.1  # restored
+    # with the rates off the run is deterministic in the dropout masks: it differs from constant dropout
+    const = train(fresh_model(), batches, TrainConfig(steps=8, lr=1e-3, progress=False), device="cpu")
+    assert const.train_loss[:2] == h.train_loss[:2] and const.train_loss[2:] != h.train_loss[2:]
+
+
+def test_bad_dropout_schedules_are_clear_errors():
+    with pytest.raises(ValueError, match="dropout_schedule='late' is not one of"):
+        TrainConfig(steps=4, dropout_schedule="late")
+    with pytest.raises(ValueError, match="share of the steps"):
+        TrainConfig(steps=4, dropout_schedule="early", dropout_until=0)
+    from course_utils.train import scale_dropout
+
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        scale_dropout(fresh_model(), 1.5)
