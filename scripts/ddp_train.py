@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 import torch
 import torch.distributed as dist
 
-from course_utils.lessons.l1_ddp import DDPSettings, load_token_stream, rank_record, summarize, train_shard
+from course_utils.lessons.l1_ddp import (
+    DDPSettings,
+    exit_without_teardown,
+    load_token_stream,
+    rank_record,
+    summarize,
+    train_shard,
+)
 
 
 def main(argv=None) -> int:
@@ -89,10 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Leave without the interpreter's teardown: after destroy_process_group, gloo's and DDP's C++ threads can
-    # still be joinable when Python destroys them, which aborts the process ("terminate called without an
-    # active exception", SIGABRT) after the result was written: about 1 run in 6 on a 2-core CPU.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_without_teardown(main())  # see course_utils.lessons.l1_ddp.exit_without_teardown
