@@ -339,7 +339,7 @@ def main(argv=None) -> int:
                         vs = r["course_step_s"] / r[f"{k}_step_s"]
                         peak = mib(r.get(f"{k}_peak_bytes"))
                         pr = r["course_speedup_vs_paired"].get(k)
-                        paired = f"{1 / pr['median_round_speedup']:.2f}" if pr else "1.00"
+                        paired = f"{1 / pr['median_round_speedup']:.2f}" if pr else ("1.00" if k == "course" else "-")
                         band = f" ({1 / pr['high']:.2f}-{1 / pr['low']:.2f})" if pr else ""
                         print(f"  {k:<18} {r[f'{k}_tokens_per_s']:>9,.0f} {vs:>9.2f} {paired:>7}{band} {peak:>9}")
                     if "compile_s" in r:
