@@ -305,7 +305,7 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
 
 
 @torch.no_grad()
-def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_size: int = 8, device=None) -> float:
+def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_size: int = 16, device=None) -> float:
     """Cross-entropy per counted label (labels != -100) over all ``examples``, in order, in eval mode.
 
     Token-weighted, so it does not depend on how the examples are batched.

@@ -281,3 +281,23 @@ def test_recovers_share_goes_through_compare_runs():
         recovers_share(2.0, 1.0, 1.1, 1.5, spread=0.01)
     with pytest.raises(ValueError, match="spread"):
         recovers_share(2.0, 1.0, 1.1, 0.9)  # one seed and no spread
+
+
+def test_batch_losses_are_the_same_batch_by_batch_or_together(llama):
+    from course_utils.lessons.l5_lora import batch_losses
+    from course_utils.losses import all_token_loss
+
+    model = llama()
+    data = torch.randint(0, 101, (400,), generator=torch.Generator().manual_seed(0))
+
+    def batches(g):
+        i = torch.randint(0, len(data) - 9, (3,), generator=g)
+        x = torch.stack([data[j:j + 8] for j in i])
+        return x, torch.stack([data[j + 1:j + 9] for j in i])
+
+    one = batch_losses(model, batches, 5, all_token_loss, per_forward=1)
+    together = batch_losses(model, batches, 5, all_token_loss, per_forward=4)
+    assert len(one) == 5 and len(set(one)) == 5
+    assert together == pytest.approx(one, abs=1e-5)
+    with pytest.raises(ValueError, match="per_forward"):
+        batch_losses(model, batches, 5, all_token_loss, per_forward=0)
