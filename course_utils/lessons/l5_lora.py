@@ -181,27 +181,62 @@ def improvement_recovered(base_loss: float, lora_loss: float, full_loss: float) 
     return (base_loss - lora_loss) / (base_loss - full_loss)
 
 
+def recovers_share(base_loss: float, reference, candidate, share: float, spread: float | None = None,
+                   budget_short: str | None = None):
+    """"The candidate recovers at least ``share`` of the reference's held-out improvement over the base model",
+    decided by the course's one procedure for two trainings, ``course_utils.runs.compare_runs``.
+
+    ``reference`` and ``candidate``: held-out losses, one per seed in the same seed order (or one each, with the
+    seed-to-seed ``spread`` measured elsewhere). With ``G = base_loss - mean(reference)``, the claim is
+    ``candidate < reference + (1 - share) G``: ``compare_runs(reference, candidate, min_gain=-(1 - share) G)``.
+    Used for "LoRA is close to full fine-tuning" (share 0.9 of full FT's gain), "a low rank recovers most of it",
+    "more rank buys little" (the lower rank recovers 0.9 of the higher rank's gain). Returns the ``RunComparison``.
+    """
+    from ..runs import compare_runs
+
+    ref = [float(reference)] if isinstance(reference, (int, float)) else [float(v) for v in reference]
+    cand = [float(candidate)] if isinstance(candidate, (int, float)) else [float(v) for v in candidate]
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1] (e.g. 0.9: at least 90% of the improvement), got {share}")
+    gain = base_loss - sum(ref) / len(ref)
+    if not gain > 0:
+        raise ValueError(f"the reference did not improve on the base model ({sum(ref) / len(ref):.4f} vs "
+                         f"{base_loss:.4f}): there is no improvement to recover")
+    return compare_runs(ref, cand, lower=True, min_gain=-(1 - share) * gain, spread=spread,
+                        budget_short=budget_short)
+
+
 @torch.no_grad()
-def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int = 7) -> list[float]:
+def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int = 7,
+                 per_forward: int = 8) -> list[float]:
     """The loss of each of ``n_batches`` batches drawn from ``batches(generator)`` with a fixed ``seed`` (the same
-    batches for every model, so models can be compared batch by batch)."""
+    batches for every model, so models can be compared batch by batch). ``per_forward`` batches of equal shape go
+    through the model together (fewer, larger operations: faster on a CPU), each still scored on its own."""
     from ..model import eval_mode
 
     if n_batches < 2:
         raise ValueError(f"n_batches must be >= 2 to estimate the noise, got {n_batches}")
+    if per_forward < 1:
+        raise ValueError(f"per_forward must be >= 1, got {per_forward}")
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
+    drawn = [batches(gen) for _ in range(n_batches)]
     out = []
     with eval_mode(model):
-        for _ in range(n_batches):
-            x, y = (t.to(device) for t in batches(gen))
-            out.append(float(loss_fn(model(x).logits, y)))
+        for i in range(0, n_batches, per_forward):
+            group = drawn[i:i + per_forward]
+            if len({tuple(x.shape) for x, _ in group}) > 1:  # unequal shapes: one batch at a time
+                logits = [model(x.to(device)).logits for x, _ in group]
+            else:
+                logits = model(torch.cat([x for x, _ in group]).to(device)).logits.split(len(group[0][0]))
+            out += [float(loss_fn(lg, y.to(device))) for lg, (_, y) in zip(logits, group)]
     return out
 
 
 def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Sequence[float],
                           lora_gain: float, full_gain: float, n_seeds: int = 1, max_gain_ratio: float = 2.0,
-                          z: float = 2.0, min_seeds: int = 2) -> dict:
+                          z: float = 2.0, min_seeds: int = 2, spread: float | None = None,
+                          budget_short: str | None = None) -> dict:
     """Does LoRA forget less than full fine-tuning? Paired by batch on general text.
 
     ``base``, ``lora``, ``full``: per-batch losses of the same batches (``batch_losses``); ``*_gain``: each run's
@@ -210,8 +245,11 @@ def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Se
     decision also needs both runs to have learned comparably (gains within ``max_gain_ratio`` of each other):
     otherwise less forgetting may only be less learning. Two trainings are compared, so a decision also needs
     ``min_seeds`` training seeds (pass per-batch losses averaged over ``n_seeds`` seeds): with fewer, the
-    evaluation noise is known but the training noise is not, and the verdict stays inconclusive.
-    Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``, ``why``.
+    evaluation noise is known but the training noise is not, and the verdict stays inconclusive, unless
+    ``spread`` gives the seed-to-seed spread of the mean loss on this text measured elsewhere (e.g. LoRA repeated
+    over seeds): then ``course_utils.runs.compare_runs`` decides on the mean losses with that spread (a difference
+    within it is inconclusive; ``budget_short`` turns "does not hold" into inconclusive for a run far shorter
+    than the lecture's). Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``, ``why``.
     """
     n = len(base)
     if n < 2 or len(lora) != n or len(full) != n:
@@ -228,6 +266,13 @@ def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Se
     elif abs(mean) <= z * se:
         out.update(verdict=INCONCLUSIVE, why=f"the difference is within the noise ({mean:+.4f} +- {z:g} x {se:.4f} "
                                              "nats/token over the batches)")
+    elif n_seeds < min_seeds and spread is not None:
+        from ..runs import compare_runs
+
+        cmp = compare_runs([sum(full) / n], [sum(lora) / n], lower=True, spread=spread, budget_short=budget_short,
+                           unit="nats/token", fmt="{:+.4f}")
+        out.update(verdict=cmp.verdict, comparison=cmp,
+                   why=f"beyond the evaluation noise ({z:g} x {se:.4f}); LoRA vs full FT, one seed each: {cmp.note}")
     elif n_seeds < min_seeds:
         why = (f"{mean:+.4f} nats/token more loss after full FT than after LoRA is beyond the evaluation noise "
                f"({z:g} x {se:.4f}), but from {n_seeds} training seed(s): the training noise needs {min_seeds}")

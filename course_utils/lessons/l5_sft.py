@@ -244,6 +244,35 @@ def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable
     return batches
 
 
+# ---- SFT data quality: corrupted responses -------------------------------------------------------
+
+def corrupt_responses(pairs: Sequence[tuple[str, str]], share: float, seed: int) -> list[tuple[str, str]]:
+    """A copy of ``(prompt, response)`` pairs in which ``round(share * len(pairs))`` responses sit under the wrong
+    prompt: the chosen examples (drawn with ``seed``) pass their responses one place along a cycle, so every
+    prompt is kept, no chosen response stays with its own prompt, and the set of responses is unchanged. The rest
+    of the pairs are returned as they were, in order. Deterministic for a given ``seed``.
+
+    A share that moves exactly one response is an error (one response cannot change places with itself).
+    """
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"share must be a number between 0 and 1 (the fraction of responses to move), got {share!r}")
+    pairs = [(p, r) for p, r in pairs]
+    k = round(share * len(pairs))
+    if k == 1:
+        raise ValueError(f"share={share} of {len(pairs)} pairs moves one response, which has nowhere to go: ask for "
+                         "a share that moves 0 or at least 2 responses")
+    if k == 0:
+        return pairs
+    chosen = random.Random(seed).sample(range(len(pairs)), k)
+    same = [i for i, j in zip(chosen, chosen[1:] + chosen[:1]) if pairs[i][1] == pairs[j][1]]
+    if same:
+        raise ValueError(f"pairs {same[:3]} would get a response identical to their own (duplicate responses): "
+                         "remove duplicate responses first")
+    out = list(pairs)
+    for i, j in zip(chosen, chosen[1:] + chosen[:1]):
+        out[i] = (pairs[i][0], pairs[j][1])
+    return out
+
 
 def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:
     """``course_utils.train.train`` for ``cfg.steps`` (>= 2) steps, with the exact peak memory of the last one.
@@ -276,7 +305,7 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
 
 
 @torch.no_grad()
-def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_size: int = 8, device=None) -> float:
+def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_size: int = 16, device=None) -> float:
     """Cross-entropy per counted label (labels != -100) over all ``examples``, in order, in eval mode.
 
     Token-weighted, so it does not depend on how the examples are batched.

@@ -242,3 +242,62 @@ def test_paper_unit_of_double_quantization():
     assert paper_constant_bits(False) == 0.5
     assert paper_constant_bits(True) == pytest.approx(0.127, abs=5e-4)
     assert paper_constant_bits(False) - paper_constant_bits(True) == pytest.approx(0.373, abs=5e-4)
+
+
+def test_forgetting_comparison_with_a_spread_measured_elsewhere():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_lora import forgetting_comparison
+
+    g = torch.Generator().manual_seed(0)
+    base = (3 + torch.rand(16, generator=g)).tolist()
+    noise = (0.01 * torch.randn(16, generator=g)).tolist()
+    lora = [b + 0.01 for b in base]
+    full = [b + 0.2 + e for b, e in zip(base, noise)]
+    # one seed each, but the seed-to-seed spread is known: a 0.19 difference beyond a spread of 0.05 decides
+    assert forgetting_comparison(base, lora, full, 0.1, 0.1, n_seeds=1, spread=0.05)["verdict"] == HOLDS
+    out = forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=1, spread=0.05)
+    assert out["verdict"] == DOES_NOT_HOLD and "measured elsewhere" in out["why"]
+    short = forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=1, spread=0.05, budget_short="6 steps")
+    assert short["verdict"] == INCONCLUSIVE and "6 steps" in short["why"]
+    # a difference smaller than what another seed changes is inconclusive, never "does not hold"
+    within = forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=1, spread=0.5)
+    assert within["verdict"] == INCONCLUSIVE and "within the seed-to-seed spread" in within["why"]
+
+
+def test_recovers_share_goes_through_compare_runs():
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.lessons.l5_lora import recovers_share
+
+    # base 2.0, reference 1.0 (gain 1.0): 90% recovered means candidate < 1.1
+    assert recovers_share(2.0, 1.0, 1.02, 0.9, spread=0.01).verdict == HOLDS
+    assert recovers_share(2.0, 1.0, 1.3, 0.9, spread=0.01).verdict == DOES_NOT_HOLD
+    assert recovers_share(2.0, 1.0, 1.3, 0.9, spread=0.01, budget_short="6 steps").verdict == INCONCLUSIVE
+    assert recovers_share(2.0, 1.0, 1.12, 0.9, spread=0.05).verdict == INCONCLUSIVE  # within the spread
+    over_seeds = recovers_share(2.0, [1.0, 1.02, 0.98], [1.03, 1.01, 1.0], 0.9)
+    assert over_seeds.verdict == HOLDS and over_seeds.seeds == 3
+    with pytest.raises(ValueError, match="no improvement"):
+        recovers_share(1.0, 1.2, 1.1, 0.9, spread=0.01)
+    with pytest.raises(ValueError, match="share must be"):
+        recovers_share(2.0, 1.0, 1.1, 1.5, spread=0.01)
+    with pytest.raises(ValueError, match="spread"):
+        recovers_share(2.0, 1.0, 1.1, 0.9)  # one seed and no spread
+
+
+def test_batch_losses_are_the_same_batch_by_batch_or_together(llama):
+    from course_utils.lessons.l5_lora import batch_losses
+    from course_utils.losses import all_token_loss
+
+    model = llama()
+    data = torch.randint(0, 101, (400,), generator=torch.Generator().manual_seed(0))
+
+    def batches(g):
+        i = torch.randint(0, len(data) - 9, (3,), generator=g)
+        x = torch.stack([data[j:j + 8] for j in i])
+        return x, torch.stack([data[j + 1:j + 9] for j in i])
+
+    one = batch_losses(model, batches, 5, all_token_loss, per_forward=1)
+    together = batch_losses(model, batches, 5, all_token_loss, per_forward=4)
+    assert len(one) == 5 and len(set(one)) == 5
+    assert together == pytest.approx(one, abs=1e-5)
+    with pytest.raises(ValueError, match="per_forward"):
+        batch_losses(model, batches, 5, all_token_loss, per_forward=0)

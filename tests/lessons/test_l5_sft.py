@@ -251,3 +251,27 @@ def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
     assert 4 * n <= out_lora["peak"] < out["peak"]  # the weights, but not full FT's gradients and moments
     assert out_lora["optimizer_bytes"] < 9 * n_lora
     assert all(p.register_hook.__self__ is p for p in lora.parameters())  # the hooks are restored
+
+
+def test_corrupt_responses_moves_an_exact_share_and_keeps_the_prompts():
+    from course_utils.lessons.l5_sft import corrupt_responses
+
+    pairs = [(f"prompt {i}", f"response {i}") for i in range(40)]
+    for share, k in ((0.5, 20), (0.25, 10), (1.0, 40), (0.05, 2)):
+        out = corrupt_responses(pairs, share, seed=3)
+        assert [p for p, _ in out] == [p for p, _ in pairs]  # prompts unchanged, in order
+        moved = [i for i, ((_, r), (_, r0)) in enumerate(zip(out, pairs)) if r != r0]
+        assert len(moved) == k  # the exact share: every chosen response left its prompt
+        assert sorted(r for _, r in out) == sorted(r for _, r in pairs)  # the same responses, redistributed
+        assert all(out[i][1] != f"response {i}" for i in moved)
+    assert corrupt_responses(pairs, 0.5, seed=3) == corrupt_responses(pairs, 0.5, seed=3)  # deterministic
+    assert corrupt_responses(pairs, 0.5, seed=3) != corrupt_responses(pairs, 0.5, seed=4)
+    assert corrupt_responses(pairs, 0.0, seed=3) == pairs
+    assert corrupt_responses(iter(pairs), 0.5, seed=3) == corrupt_responses(pairs, 0.5, seed=3)  # any iterable
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match="share must be a number between 0 and 1"):
+            corrupt_responses(pairs, bad, seed=0)
+    with pytest.raises(ValueError, match="moves one response"):
+        corrupt_responses(pairs, 1 / 40, seed=0)
+    with pytest.raises(ValueError, match="duplicate responses"):
+        corrupt_responses([("a", "same"), ("b", "same")], 1.0, seed=0)
