@@ -220,7 +220,7 @@ def compare_runs(baseline, candidate, *, lower: bool = True, min_gain: float = 0
     source = "measured elsewhere" if spread is not None else "the larger std over seeds"
     desc = (f"candidate {direction} by {fmt.format(gain)} {unit} (mean of {n} seed{'s' * (n > 1)}: "
             + ", ".join(fmt.format(g) for g in gains) + f"); seed-to-seed spread {noise:.3g} ({source})"
-            + (f"; bar {min_gain:g}" if min_gain else ""))
+            + (f"; bar {min_gain:.3g}" if min_gain else ""))
     if spread is None and n < min_seeds:
         v, why = INCONCLUSIVE, f"only {n} of the {min_seeds} seeds a verdict needs"
     elif min(gains) > min_gain and gain - min_gain > noise:
