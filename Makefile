@@ -19,7 +19,7 @@ NB ?= 00
 # $(call timed,label,command): run the command, then say how long it took (fails when the command fails)
 timed = @t0=$$(date +%s); $(2) && echo "$(1) took $$(( $$(date +%s) - t0 )) s"
 
-.PHONY: setup test unit nbval browser lint lesson notebooks header bench help
+.PHONY: setup test unit nbval browser lint lesson notebooks header bench help dryrun
 
 help:
 	@echo "make setup              create $(VENV) (python3 -m venv) and install torch, the pinned requirements and the course"
@@ -28,6 +28,7 @@ help:
 	@echo "make lesson NB=02       run one lesson headless; executed copy in runs/"
 	@echo "make browser            JupyterLab in headless Chromium: open and run 00_start_here (Playwright)"
 	@echo "make notebooks          re-execute every notebook in place (small profile): the committed outputs"
+	@echo "make dryrun             every notebook in the full profile's code paths at capped sizes (COURSE_DRY_RUN=1)"
 	@echo "make bench              benchmarks (Model 5 vs Hugging Face, notebook times)"
 
 setup:
@@ -56,6 +57,11 @@ browser:
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m course_utils.nbtools header
+
+# the full profile's code paths (flags, dtypes, modes) at the small profile's sizes, 4 steps: bugs that only the
+# full profile reaches show up here without a GPU; executed copies in runs/dryrun/
+dryrun:
+	$(call timed,dry run of the full profile,COURSE_PROFILE=full COURSE_DRY_RUN=1 $(PYTHON) -m course_utils.nbtools run --out runs/dryrun)
 
 lesson:
 	$(PYTHON) -m course_utils.nbtools run notebooks/$(NB)_*.ipynb

@@ -194,9 +194,15 @@ def report_env() -> dict:
 class ProfileSettings(dict):
     """The numbers of the active profile, readable as attributes, shown as one small table."""
 
-    def __init__(self, profile: str, values: dict):
+    def __init__(self, profile: str, values: dict, dry: bool = False):
         super().__init__(values)
         self.profile = profile
+        self.dry = dry  # a dry run of the full profile (COURSE_DRY_RUN=1): its code paths, capped numbers
+
+    @property
+    def title(self) -> str:
+        return f"Profile: {self.profile}" + (" (dry run: its code paths, the small profile's numbers capped)"
+                                              if self.dry else "")
 
     def __getattr__(self, name):
         try:
@@ -208,16 +214,55 @@ class ProfileSettings(dict):
         from .tables import Table
 
         rows = [{"setting": k, "value": v} for k, v in self.items()]
-        return Table(rows, f"Profile: {self.profile}", columns=["setting", "value"])._repr_html_()
+        return Table(rows, self.title, columns=["setting", "value"])._repr_html_()
 
     def __repr__(self) -> str:
         width = max(map(len, self), default=0)
-        lines = [f"Profile: {self.profile}"] + [f"  {k:<{width}} = {v}" for k, v in self.items()]
+        lines = [self.title] + [f"  {k:<{width}} = {v}" for k, v in self.items()]
         return "\n".join(lines)
 
 
+#: ``COURSE_DRY_RUN=1`` with the full profile: the full profile's code paths at the small profile's sizes, capped
+DRY_RUN_VAR = "COURSE_DRY_RUN"
+DRY_CAPS = (("steps", 4), ("seeds", 2), ("batches", 2), ("rounds", 5))  # setting-name ending -> at most this
+
+
+def dry_run() -> bool:
+    """True when ``COURSE_DRY_RUN=1`` (see ``profile_settings``); any other value than 0/1 is an error."""
+    value = os.environ.get(DRY_RUN_VAR, "0").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{DRY_RUN_VAR}={value!r}: use 1 (dry run of the full profile) or 0")
+    return value == "1"
+
+
+def dry_run_values(small: dict, full: dict) -> dict:
+    """The full profile's settings with every number taken from the small profile (sizes, counts, rates) and
+    capped further by ``DRY_CAPS`` (4 steps, 2 seeds, 2 evaluation batches, 5 timing rounds: the fewest the
+    procedures accept), while flags, dtypes and modes (bools, strings: ``amp="auto"``, ``compile=True``,
+    ``grad_checkpointing=True``, ``attn_dtype="bfloat16"``) stay the full profile's: its code paths, in minutes on
+    a CPU. Tuples of numbers (sequence lengths, ranks) come from the small profile too."""
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    out = {}
+    for key, value in full.items():
+        small_value = small[key]
+        if is_number(value) or (isinstance(value, tuple) and all(map(is_number, value))):
+            value = small_value
+        for ending, cap in DRY_CAPS:
+            if key.endswith(ending) and is_number(value):
+                value = type(value)(min(value, cap))
+        out[key] = value
+    return out
+
+
 def profile_settings(small: dict, full: dict, profile: str | None = None) -> ProfileSettings:
-    """Pick a notebook's numbers for the active profile. Both profiles must name the same settings."""
+    """Pick a notebook's numbers for the active profile. Both profiles must name the same settings.
+
+    With ``COURSE_DRY_RUN=1`` and the full profile, the numbers are those of ``dry_run_values`` (the profile stays
+    "full", so every ``profile == "full"`` branch runs): ``make dryrun`` runs every notebook so, to catch bugs
+    that only the full profile reaches without a GPU's hours.
+    """
     if set(small) != set(full):
         raise ValueError(
             "the small and full profiles must name the same settings; "
@@ -226,4 +271,6 @@ def profile_settings(small: dict, full: dict, profile: str | None = None) -> Pro
     profile = profile or get_profile()
     if profile not in PROFILES:
         raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
+    if profile == "full" and dry_run():
+        return ProfileSettings(profile, dry_run_values(small, full), dry=True)
     return ProfileSettings(profile, small if profile == "small" else full)

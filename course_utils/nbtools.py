@@ -236,6 +236,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="execute notebooks headless; executed copies go to runs/ (ignored by git)")
     p_run.add_argument("notebooks", nargs="*")
+    p_run.add_argument("--out", default=None, help="folder for the executed copies (default runs/)")
     p_regen = sub.add_parser("regen", help="re-execute notebooks in place in the small profile (committed outputs)")
     p_regen.add_argument("notebooks", nargs="*")
     p_res = sub.add_parser("results", help="execute notebooks (profile from COURSE_PROFILE) and write each one's "
@@ -288,7 +289,7 @@ def main(argv=None) -> int:
 
     times = {}
     for path in notebook_paths(args.notebooks):
-        out = path if args.cmd == "regen" else RUNS / path.name
+        out = path if args.cmd == "regen" else Path(getattr(args, "out", None) or RUNS).resolve() / path.name
         print(f"running {path.name} ...", flush=True)
         times[path.name] = execute(path, out, profile="small" if args.cmd == "regen" else None)
         print(f"  {times[path.name]:6.1f} s -> {out.relative_to(REPO_ROOT)}", flush=True)
