@@ -394,6 +394,77 @@ def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):
     return torch.optim.AdamW(params, lr=lr, betas=betas)
 
 
+def paged_optimizer_under_cap(make_model, loss_of, device, lr: float = 1e-5, steps: int = 2) -> dict:
+    """The paged-optimizer experiment (CUDA only): does ``PagedAdamW`` finish where plain AdamW runs out of memory?
+
+    ``make_model()`` builds a fresh model whose trainable parameters are many (full fine-tuning: the Adam state is
+    8 bytes per parameter); ``loss_of(model)`` returns one batch's loss. First an uncapped run with
+    ``torch.optim.AdamW`` measures the step peak P of PyTorch's allocator, which holds that state. Then this
+    process's allocator is capped (``torch.cuda.set_per_process_memory_fraction``) at P minus half the Adam state,
+    and the same steps run with ``torch.optim.AdamW`` and with bitsandbytes' ``PagedAdamW``, whose state lives in
+    CUDA unified memory outside the capped allocator (paged to CPU RAM when the GPU runs short).
+
+    Returns ``{"uncapped": run, "cap_bytes": int, "AdamW": run, "PagedAdamW": run, "verdict": ..., "note": ...}``,
+    each run ``{"completed": bool, "peak_bytes": int, "error": str | None}``. Holds when PagedAdamW completes and
+    AdamW does not; does not hold when PagedAdamW fails too; inconclusive when the cap did not bind (both complete).
+    """
+    import gc
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise RuntimeError(f"paged optimizers page CUDA unified memory: this experiment needs a CUDA GPU, not "
+                           f"{device.type} (on a CPU the optimizer state is in RAM already)")
+    import bitsandbytes as bnb
+
+    total = torch.cuda.get_device_properties(device).total_memory
+
+    def run(opt_cls, cap: int | None = None) -> dict:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total) if cap else 1.0, device)
+        out = {"completed": False, "error": None, "n_trainable": 0}
+        try:
+            model = make_model().to(device)
+            params = [p for p in model.parameters() if p.requires_grad]
+            out["n_trainable"] = sum(p.numel() for p in params)
+            opt = opt_cls(params, lr=lr)
+            for _ in range(steps):
+                loss_of(model).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(device)
+            out["completed"] = True
+        except torch.OutOfMemoryError as err:
+            out["error"] = str(err).split("\n")[0][:200]
+        finally:
+            out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+            model = opt = params = None  # noqa: F841 (free them before the next run)
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        return out
+
+    uncapped = run(torch.optim.AdamW)
+    if not uncapped["completed"]:
+        raise RuntimeError(f"the uncapped AdamW run already ran out of memory ({uncapped['error']}): use a smaller "
+                           "model or batch")
+    cap = uncapped["peak_bytes"] - 8 * uncapped["n_trainable"] // 2
+    plain, paged = run(torch.optim.AdamW, cap), run(bnb.optim.PagedAdamW, cap)
+    figures = (f"cap {cap / 2**30:.2f} GiB (uncapped AdamW peak {uncapped['peak_bytes'] / 2**30:.2f} GiB minus half "
+               f"its Adam state): AdamW {'completed' if plain['completed'] else 'out of memory'}, PagedAdamW "
+               f"{'completed' if paged['completed'] else 'out of memory'} (allocator peak "
+               f"{paged['peak_bytes'] / 2**30:.2f} GiB)")
+    if paged["completed"] and not plain["completed"]:
+        verdict, why = HOLDS, "PagedAdamW finished where AdamW ran out of memory"
+    elif not paged["completed"]:
+        verdict, why = DOES_NOT_HOLD, "PagedAdamW ran out of memory under the same cap"
+    else:
+        verdict, why = INCONCLUSIVE, "the cap did not bind: both finished"
+    return {"uncapped": uncapped, "cap_bytes": cap, "AdamW": plain, "PagedAdamW": paged, "verdict": verdict,
+            "note": f"{figures}: {why}"}
+
+
 # ---- "Your turn" ---------------------------------------------------------------------------------
 
 def check_lora_count(answer, model: nn.Module, r: int = 4,

@@ -301,3 +301,10 @@ def test_batch_losses_are_the_same_batch_by_batch_or_together(llama):
     assert together == pytest.approx(one, abs=1e-5)
     with pytest.raises(ValueError, match="per_forward"):
         batch_losses(model, batches, 5, all_token_loss, per_forward=0)
+
+
+def test_paged_optimizer_experiment_needs_cuda_and_says_so():
+    from course_utils.lessons.l5_lora import paged_optimizer_under_cap
+
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU, not cpu"):
+        paged_optimizer_under_cap(lambda: torch.nn.Linear(2, 2), lambda m: m(torch.ones(1, 2)).sum(), "cpu")
