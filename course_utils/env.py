@@ -224,7 +224,8 @@ class ProfileSettings(dict):
 
 #: ``COURSE_DRY_RUN=1`` with the full profile: the full profile's code paths at the small profile's sizes, capped
 DRY_RUN_VAR = "COURSE_DRY_RUN"
-DRY_CAPS = (("steps", 4), ("seeds", 2), ("batches", 2), ("rounds", 5))  # setting-name ending -> at most this
+# setting-name ending -> at most this
+DRY_CAPS = (("steps", 4), ("seeds", 2), ("batches", 2), ("rounds", 5), ("heldout", 4), ("eval", 2), ("tokens", 8))
 
 
 def dry_run() -> bool:
@@ -238,9 +239,10 @@ def dry_run() -> bool:
 def dry_run_values(small: dict, full: dict) -> dict:
     """The full profile's settings with every number taken from the small profile (sizes, counts, rates) and
     capped further by ``DRY_CAPS`` (4 steps, 2 seeds, 2 evaluation batches, 5 timing rounds: the fewest the
-    procedures accept), while flags, dtypes and modes (bools, strings: ``amp="auto"``, ``compile=True``,
-    ``grad_checkpointing=True``, ``attn_dtype="bfloat16"``) stay the full profile's: its code paths, in minutes on
-    a CPU. Tuples of numbers (sequence lengths, ranks) come from the small profile too."""
+    procedures accept; 4 held-out examples, 8 generated tokens), while flags, dtypes and modes (bools, strings:
+    ``amp="auto"``, ``compile=True``, ``grad_checkpointing=True``, ``attn_dtype="bfloat16"``) stay the full
+    profile's: its code paths, in minutes on a CPU. Tuples of numbers (sequence lengths, ranks) come from the small
+    profile too."""
     def is_number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -4,9 +4,11 @@ import pytest
 from course_utils.env import dry_run_values, profile_settings
 
 SMALL = {"steps": 80, "train_steps": 12, "seeds": 3, "eval_batches": 4, "rounds": 15, "lr": 3e-3, "n_embd": 128,
-         "amp": "off", "compile": False, "attn_seq_lens": (128, 256), "attn_dtype": "float32", "few_clean": 8}
+         "amp": "off", "compile": False, "attn_seq_lens": (128, 256), "attn_dtype": "float32", "few_clean": 8,
+         "n_heldout": 16, "gen_tokens": 16}
 FULL = {"steps": 800, "train_steps": 60, "seeds": 3, "eval_batches": 8, "rounds": 20, "lr": 6e-4, "n_embd": 768,
-        "amp": "auto", "compile": True, "attn_seq_lens": (512, 4096), "attn_dtype": "bfloat16", "few_clean": 100}
+        "amp": "auto", "compile": True, "attn_seq_lens": (512, 4096), "attn_dtype": "bfloat16", "few_clean": 100,
+        "n_heldout": 128, "gen_tokens": 64}
 
 
 def test_dry_values_keep_full_flags_and_take_small_numbers_capped():
@@ -15,6 +17,7 @@ def test_dry_values_keep_full_flags_and_take_small_numbers_capped():
     assert d["n_embd"] == 128 and d["lr"] == 3e-3 and d["attn_seq_lens"] == (128, 256) and d["few_clean"] == 8
     assert d["steps"] == 4 and d["train_steps"] == 4 and d["seeds"] == 2 and d["eval_batches"] == 2
     assert d["rounds"] == 5  # the fewest rounds speed_verdict accepts
+    assert d["n_heldout"] == 4 and d["gen_tokens"] == 8
 
 
 def test_profile_settings_dry_run_only_for_the_full_profile(monkeypatch):
