@@ -213,15 +213,19 @@ def test_improvement_recovered():
         improvement_recovered(2.0, 1.5, 2.1)
 
 
+def forgetting_losses():
+    """Per-batch web losses: the base model's, evaluation noise, a LoRA that forgot 0.01, a full FT that forgot 0.2."""
+    g = torch.Generator().manual_seed(0)
+    base = (3 + torch.rand(16, generator=g)).tolist()
+    noise = (0.01 * torch.randn(16, generator=g)).tolist()
+    return base, noise, [b + 0.01 for b in base], [b + 0.2 + e for b, e in zip(base, noise)]
+
+
 def test_forgetting_comparison_decides_only_beyond_noise_and_at_comparable_gain():
     from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
     from course_utils.lessons.l5_lora import forgetting_comparison
 
-    g = torch.Generator().manual_seed(0)
-    base = (3 + torch.rand(16, generator=g)).tolist()
-    noise = (0.01 * torch.randn(16, generator=g)).tolist()
-    lora = [b + 0.01 for b in base]
-    full = [b + 0.2 + e for b, e in zip(base, noise)]
+    base, noise, lora, full = forgetting_losses()
     assert forgetting_comparison(base, lora, full, 0.1, 0.1, n_seeds=2)["verdict"] == HOLDS
     assert forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=2)["verdict"] == DOES_NOT_HOLD
     # one training seed: the evaluation noise is known, the training noise is not
@@ -248,11 +252,7 @@ def test_forgetting_comparison_with_a_spread_measured_elsewhere():
     from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
     from course_utils.lessons.l5_lora import forgetting_comparison
 
-    g = torch.Generator().manual_seed(0)
-    base = (3 + torch.rand(16, generator=g)).tolist()
-    noise = (0.01 * torch.randn(16, generator=g)).tolist()
-    lora = [b + 0.01 for b in base]
-    full = [b + 0.2 + e for b, e in zip(base, noise)]
+    base, noise, lora, full = forgetting_losses()
     # one seed each, but the seed-to-seed spread is known: a 0.19 difference beyond a spread of 0.05 decides
     assert forgetting_comparison(base, lora, full, 0.1, 0.1, n_seeds=1, spread=0.05)["verdict"] == HOLDS
     out = forgetting_comparison(base, full, lora, 0.1, 0.1, n_seeds=1, spread=0.05)
