@@ -417,8 +417,9 @@ def train(
     for step in range(start, end):
         run_eval(step)
         t0 = time.perf_counter()
+        drop = dropout_factor(step, cfg)
         if cfg.dropout_schedule != "constant":
-            scale_dropout(model, dropout_factor(step, cfg))
+            scale_dropout(model, drop)
         optimizer.zero_grad(set_to_none=True)
         loss_sum, n_tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
@@ -448,7 +449,7 @@ def train(
         history.train_loss.append(loss_sum)
         history.lr.append(lr)
         history.grad_norm.append(grad_norm)
-        history.dropout_factor.append(dropout_factor(step, cfg))
+        history.dropout_factor.append(drop)
         history.step_time.append(dt)
         history.tokens_per_s.append(n_tokens / dt)
         history.tokens_seen.append(tokens_seen)
