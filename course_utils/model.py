@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .losses import linear_cross_entropy
+from .validate import at_least, positive, probability
 
 
 @contextlib.contextmanager
@@ -46,12 +47,12 @@ class GPTConfig:
     pad_vocab_multiple: int = 1  # e.g. 64 pads 50257 -> 50304 rows (Lesson 1's alignment lever)
 
     def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+            at_least(self, name, 1)
+        positive(self, "layer_norm_eps", "e.g. 1e-5")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pad_vocab_multiple < 1:
-            raise ValueError(f"pad_vocab_multiple must be >= 1, got {self.pad_vocab_multiple}")
+        probability(self, "dropout", high_open=True, fix="0.1 is GPT-2's; 0 turns dropout off")
 
     @property
     def padded_vocab_size(self) -> int:

@@ -119,7 +119,7 @@ def load_pretrained(name: str, device=None, dtype: torch.dtype | None = None, ve
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hub_id = _check_name(name)
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     model = tok = None
     if is_online():
         try:

@@ -5,11 +5,10 @@ discarded, median and spread) and with the exact peak memory of a step taken aft
     run.tokens_per_s, run.peak_bytes, run.row()
 
 Lessons that compare configurations (dtypes, batch sizes, frozen layers, LoRA) use this instead of their own
-train-and-measure closures; speed claims then go through ``course_utils.measure.speed_verdict``.
+train-and-measure closures; speed claims then go through ``course_utils.verdicts.speed_verdict``.
 """
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,7 +78,7 @@ def measure_training(
     """
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     cfg = TrainConfig(steps=warmup + repeats, progress=False, **train_kwargs)
     history = train(make_model(), batches, cfg, device=device)
     timing = Timing(history.step_time[warmup:])
@@ -114,14 +113,14 @@ def time_training_interleaved(cases: dict, rounds: int = 15, warmup: int = 1, pe
     configuration gets a fresh model and its own optimizer (``make_optimizer``); then round after round each
     takes one optimizer update (all its micro-batches) through ``course_utils.train.train``, in alternation, so a
     change in background load hits all of them alike. Returns ``{label: Timing}`` ready for
-    ``course_utils.measure.speed_verdict``: seconds per token when ``per_token`` (each round's seconds divided by
+    ``course_utils.verdicts.speed_verdict``: seconds per token when ``per_token`` (each round's seconds divided by
     that configuration's tokens per update, so batch sizes compare fairly), else seconds per update.
     """
     from .measure import time_interleaved
 
     if not cases:
         raise ValueError("give at least one configuration, e.g. {'batch 64': TrainingCase(make_model, batches)}")
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     steps, tokens = {}, {}
     for label, case in cases.items():
         if isinstance(case, tuple):
@@ -147,7 +146,7 @@ def training_step_peak(make_model: Callable[[], nn.Module], batches: Callable[[t
     """The memory procedure alone: the exact peak (bytes, method) of one training step of a fresh model taken
     after its optimizer state exists (``course_utils.memory.step_peak_memory``), without timing anything.
     ``train_kwargs`` go to ``TrainConfig`` (``amp``, ``grad_accum``, ...)."""
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     model: nn.Module = make_model().to(device)
     one = TrainConfig(steps=1, progress=False, **train_kwargs)
     optimizer = make_optimizer(model, one, device)
@@ -155,79 +154,3 @@ def training_step_peak(make_model: Callable[[], nn.Module], batches: Callable[[t
         torch.cuda.empty_cache()
     return step_peak_memory(lambda: train(model, batches, one, optimizer=optimizer, device=device),
                             model, optimizer, device=device)
-
-
-# ---- The course's one procedure for "this training ends better than that one", over seeds -----------------------
-@dataclass
-class RunComparison:
-    """The verdict on "the candidate training ends better than the baseline" (see ``compare_runs``)."""
-
-    verdict: str  # one of course_utils.claims.VERDICTS
-    gain: float  # mean over seeds of the candidate's advantage (> 0: better in the claimed direction)
-    gains: list  # that advantage seed by seed
-    spread: float  # the seed-to-seed noise the gain must exceed
-    seeds: int
-    difference: float  # mean(candidate) - mean(baseline), in the figure's own direction
-    note: str
-
-    def __str__(self) -> str:
-        return f"{self.verdict}: {self.note}"
-
-
-def compare_runs(baseline, candidate, *, lower: bool = True, min_gain: float = 0.0, min_seeds: int = 3,
-                 spread: float | None = None, budget_short: str | None = None, unit: str = "nats",
-                 fmt: str = "{:+.3f}") -> RunComparison:
-    """The course's one procedure for claims that rest on a difference between two trainings (loss, perplexity,
-    accuracy, forgetting): "the candidate's figure is lower (``lower=True``) / higher than the baseline's by more
-    than ``min_gain``".
-
-    ``baseline[i]`` and ``candidate[i]`` come from the same seed (same initial weights and batches), so each seed
-    gives one gain (the candidate's advantage in the claimed direction). The noise is the seed-to-seed spread:
-    the larger standard deviation over seeds of either method's figure, or ``spread`` when the notebook measured
-    it elsewhere (then a single seed per method is allowed: "inconclusive unless the difference is larger than
-    the spread another seed makes").
-
-    - holds: every seed gains more than ``min_gain``, and the mean gain exceeds ``min_gain`` by more than the
-      spread;
-    - does not hold: every seed gains less than ``min_gain``, by more than the spread on average; with
-      ``budget_short`` (e.g. "12 of the lecture's thousands of steps") this becomes inconclusive: a short run
-      cannot refute a claim about long ones;
-    - inconclusive: otherwise (the seeds disagree, or the difference is within the noise), or fewer than
-      ``min_seeds`` seeds without a ``spread`` measured elsewhere.
-    """
-    from .claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
-
-    if not isinstance(lower, bool):
-        raise TypeError(f"lower must be True (claim: the candidate's figure is lower) or False (higher), "
-                        f"got {lower!r}")
-    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
-    if len(a) != len(b):
-        raise ValueError(f"{len(a)} baseline and {len(b)} candidate runs: give one figure of each per seed, "
-                         "in the same seed order")
-    if not a:
-        raise ValueError("no runs to compare: give one figure per seed for each method")
-    if spread is None and len(a) < 2:
-        raise ValueError(f"{len(a)} seed gives no seed-to-seed spread: run at least {max(min_seeds, 2)} seeds, "
-                         "or pass spread= measured elsewhere in the notebook")
-    if spread is not None and spread < 0:
-        raise ValueError(f"spread must be >= 0, got {spread}")
-
-    noise = float(spread) if spread is not None else max(statistics.stdev(a), statistics.stdev(b))
-    gains = [(x - y) if lower else (y - x) for x, y in zip(a, b)]
-    gain = statistics.fmean(gains)
-    n = len(gains)
-    direction = "lower" if lower else "higher"
-    source = "measured elsewhere" if spread is not None else "the larger std over seeds"
-    desc = (f"candidate {direction} by {fmt.format(gain)} {unit} (mean of {n} seed{'s' * (n > 1)}: "
-            + ", ".join(fmt.format(g) for g in gains) + f"); seed-to-seed spread {noise:.3g} ({source})"
-            + (f"; bar {min_gain:.3g}" if min_gain else ""))
-    if spread is None and n < min_seeds:
-        v, why = INCONCLUSIVE, f"only {n} of the {min_seeds} seeds a verdict needs"
-    elif min(gains) > min_gain and gain - min_gain > noise:
-        v, why = HOLDS, "every seed beyond the bar, the mean by more than the spread"
-    elif max(gains) < min_gain and min_gain - gain > noise:
-        v, why = ((INCONCLUSIVE, f"every seed short of the bar, but only {budget_short}") if budget_short
-                  else (DOES_NOT_HOLD, "every seed short of the bar, the mean by more than the spread"))
-    else:
-        v, why = INCONCLUSIVE, "the seeds disagree or the difference is within the seed-to-seed spread"
-    return RunComparison(v, gain, gains, noise, n, statistics.fmean(b) - statistics.fmean(a), f"{desc}: {why}")

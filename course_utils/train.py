@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 
 import torch
 
-from .env import resolve_device
+from .env import device_of, resolve_device
+from .validate import at_least, non_negative, positive, probability
 from .losses import all_token_loss
 from .measure import median
 from .model import eval_mode
@@ -63,10 +64,26 @@ class TrainConfig:
     desc: str = "train"
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        at_least(self, "steps", 1, "train for at least one optimizer update")
+        at_least(self, "grad_accum", 1, "1 micro-batch per update is plain training")
+        positive(self, "lr", "a learning rate such as 3e-4")
+        non_negative(self, "weight_decay", "0 turns it off; AdamW's usual value is 0.1")
+        at_least(self, "warmup_steps", 0)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps = {self.warmup_steps} is more than steps = {self.steps}: "
+                             "warm up over at most the whole run (e.g. 10% of the steps)")
+        if self.clip_grad is not None:
+            positive(self, "clip_grad", "None turns clipping off; 1.0 is the usual bound")
+        probability(self, "min_lr_ratio")
+        if len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas = {self.betas!r}: give two numbers, e.g. (0.9, 0.95)")
+        for i, b in enumerate(self.betas):
+            if not (isinstance(b, (int, float)) and 0 <= b < 1):
+                raise ValueError(f"TrainConfig.betas = {self.betas!r}: betas[{i}] = {b!r} must be in [0, 1), "
+                                 "e.g. (0.9, 0.95)")
+        at_least(self, "eval_every", 0, "0 turns evaluation off")
+        at_least(self, "eval_batches", 1)
+        at_least(self, "checkpoint_every", 0)
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp={self.amp!r} is not one of {AMP_MODES}")
         if self.schedule not in SCHEDULES:
@@ -235,7 +252,7 @@ def forward_loss(model, batch, loss_fn, device, amp_dtype=None):
 def evaluate(model, batches: Callable, loss_fn=all_token_loss, n_batches: int = 4, seed: int = 1234,
              device=None, amp: str = "off") -> float:
     """Mean loss over ``n_batches`` test batches, drawn from a fixed seed (the same batches every call)."""
-    device = resolve_device(device, model)
+    device = torch.device(device) if device is not None else device_of(model)
     amp_dtype, _ = resolve_amp(amp, device)
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model):
@@ -368,7 +385,7 @@ def train(
     ``resume=True`` continues from ``cfg.checkpoint_path`` if it exists. ``stop_at`` ends the run
     early after that many updates (as an interrupted session would), for resume demonstrations.
     """
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     model.to(device)
     amp_dtype, needs_scaler = resolve_amp(cfg.amp, device)
     if cfg.eval_every and test_batches is None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
-from ..env import resolve_device
+from ..env import device_of, resolve_device
 from ..losses import all_token_loss, final_token_loss
 from ..model import GPT, eval_mode
 from ..plots import smooth
@@ -243,7 +243,7 @@ def evaluate_losses(model, batches: Callable, loss_fns: dict, n_batches: int = 8
         raise ValueError("give at least one loss function, e.g. {'all-token': all_token_loss}")
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
-    device = resolve_device(device, model)
+    device = (torch.device(device) if device is not None else device_of(model))
     gen = torch.Generator().manual_seed(seed)
     totals = {name: 0.0 for name in loss_fns}
     with eval_mode(model):

@@ -43,7 +43,7 @@ import torch.nn as nn
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..losses import all_token_loss
-from ..runs import RunComparison, compare_runs
+from ..verdicts import Verdict, compare_runs
 from ..train import forward_loss
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
@@ -367,17 +367,16 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, los
 
 # ---- The lesson's verdicts -----------------------------------------------------------------------------------
 
-def compare_forgetting(full: Sequence[float], partial: Sequence[float], min_seeds: int = 3) -> RunComparison:
+def compare_forgetting(full: Sequence[float], partial: Sequence[float]) -> Verdict:
     """Does partial fine-tuning forget less than full fine-tuning? The course's seed procedure,
     ``course_utils.runs.compare_runs``, on forgetting (lower is better; partial is the candidate).
 
     ``full[i]`` and ``partial[i]`` are the rise in a held-out general-text loss after fine-tuning with seed
-    ``i`` (same starting weights, batches, steps and learning rate: the runs pair up by seed). Holds when partial
-    forgot less in every seed and by more than the seed-to-seed spread; does not hold in the mirror case;
-    otherwise, or with fewer than ``min_seeds`` seeds, inconclusive.
+    ``i`` (same starting weights, batches, steps and learning rate: the runs pair up by seed). Holds when the 95%
+    interval of the paired difference is wholly on "partial forgot less"; does not hold when wholly on the other
+    side; inconclusive otherwise.
     """
-    return compare_runs(full, partial, lower=True, min_seeds=min_seeds, unit="nats/token of forgetting",
-                        fmt="{:+.4f}")
+    return compare_runs(full, partial, lower=True, unit="nats/token of forgetting", fmt="{:+.4f}")
 
 
 def memory_saving_verdict(full_peak: int, partial_peak: int, lecture: tuple[float, float] = (0.25, 0.30),

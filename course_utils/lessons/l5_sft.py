@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
-from ..env import resolve_device
+from ..env import device_of, resolve_device
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
 
@@ -288,7 +288,7 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
 
     if cfg.steps < 2:
         raise ValueError(f"train_measured needs cfg.steps >= 2 (warm-up, then the measured step), got {cfg.steps}")
-    device = resolve_device(device, model)
+    device = (torch.device(device) if device is not None else device_of(model))
     optimizer = make_optimizer(model, cfg, device)
     parts = iter([replace(cfg, steps=cfg.steps - 1), replace(cfg, steps=1, seed=cfg.seed + 1)])
     histories = []
@@ -312,7 +312,7 @@ def mean_label_loss(model, examples: Sequence[dict], collator: Callable, batch_s
     """
     if not examples:
         raise ValueError("no examples to evaluate")
-    device = resolve_device(device, model)
+    device = (torch.device(device) if device is not None else device_of(model))
     total, count = 0.0, 0
     with eval_mode(model):
         for i in range(0, len(examples), batch_size):

@@ -37,20 +37,25 @@ def test_every_exercise_checker_returns_the_shared_result_type():
         assert returns in (CheckResult, "CheckResult"), f"{name} returns {returns!r}, not CheckResult"
 
 
-def test_verdicts_that_need_a_reason_and_facts_beside_the_table():
-    from course_utils.claims import HOLDS, INCONCLUSIVE, VERDICTS, ClaimsTable
+def test_claims_table_takes_verdicts_whole_and_keeps_facts_beside_it():
+    from course_utils.claims import HOLDS, INCONCLUSIVE, NOT_MEASURABLE, VERDICTS, Claim, ClaimsTable
+    from course_utils.measure import Timing
+    from course_utils.verdicts import level, not_measurable, speed_verdict
 
     assert INCONCLUSIVE == "inconclusive" and INCONCLUSIVE in VERDICTS
     t = ClaimsTable("Lesson X", context="cpu, small profile")
-    with pytest.raises(ValueError, match="say why"):
-        t.add("faster", "2x", "1.01x", INCONCLUSIVE)
-    t.add("faster", "2x", "1.01x", INCONCLUSIVE, why="within the noise of 15 rounds")
-    t.add("smaller", "half", "0.5x", HOLDS)
+    t.add("faster", "2x", speed_verdict(Timing([1.0, 1.1, 0.9, 1.0, 1.2]), Timing([1.0, 0.9, 1.1, 1.0, 1.1])))
+    t.add("loss falls to about 2", "6 -> 2", level(2.3, low=1.5, high=2.5))
+    t.add("GPU memory falls 25-30%", "25-30%", not_measurable("n/a", "no CUDA GPU"))
     t.fact("bf16 bytes per element", "2")
-    assert t.counts()[INCONCLUSIVE] == 1 and len(t.claims) == 2  # a fact is not a claim
+    assert t.counts() == {HOLDS: 1, "does not hold": 0, INCONCLUSIVE: 1, NOT_MEASURABLE: 1}  # a fact is not a claim
     html = t._repr_html_()
     assert "inconclusive" in html and "Facts" in html and "bf16 bytes per element" in html
     assert "<th style='text-align:left" in html  # headers aligned with their cells
     md = t.to_markdown()
-    assert "| faster | 2x | 1.01x | inconclusive |" in md and "bf16 bytes per element" in md
-    assert "fact: bf16 bytes per element: 2" in str(t)
+    assert "| loss falls to about 2 | 6 -> 2 | 1.5-2.5 | 2.3 | holds |" in md and "bf16 bytes per element" in md
+    assert "fact: bf16 bytes per element: 2" in str(t) and "NOT MEASURABLE HERE" in str(t)
+    with pytest.raises(ValueError, match="say why"):
+        Claim("x", "1", "n/a", NOT_MEASURABLE)
+    with pytest.raises(ValueError, match="one of"):
+        Claim("x", "1", "2", "probably")

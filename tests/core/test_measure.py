@@ -1,10 +1,12 @@
-"""course_utils.measure: interleaved timing and the one speed-verdict procedure, on synthetic paired timings."""
+"""course_utils.measure (interleaved timing, on a fake clock) and verdicts.speed_verdict, on synthetic paired timings.
+No test here reads the wall clock."""
 import random
 
 import pytest
 
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, VERDICTS
-from course_utils.measure import Timing, median, speed_verdict, time_interleaved
+from course_utils.measure import Timing, median, round_orders, time_interleaved
+from course_utils.verdicts import speed_verdict
 
 
 def paired(cost_a: float, cost_b: float, rounds: int, seed: int, noise: float = 0.1) -> tuple[Timing, Timing]:
@@ -38,7 +40,7 @@ def test_a_true_1_1x_does_not_reach_a_required_1_5x(seed):
     base, cand = paired(1.1, 1.0, 15, seed)
     v = speed_verdict(base, cand, min_speedup=1.5)
     assert v.verdict == DOES_NOT_HOLD and v.high < 1.5
-    assert "1.50x" in v.note
+    assert "1.50x" in v.why and v.bar == "> 1.50x"
 
 
 def test_interval_contains_the_median_and_the_verdict_is_a_course_verdict():
@@ -63,10 +65,37 @@ def test_bad_input_says_what_to_do():
         speed_verdict([1.0] * 5, [1.0] * 5)
 
 
-def test_time_interleaved_alternates_the_candidates():
-    calls = []
-    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
-    assert calls == ["a", "b"] * 4 and all(len(t.times) == 3 for t in timings.values())
+class FakeClock:
+    """A clock that advances only when a candidate runs: each candidate costs a fixed number of seconds, plus a
+    penalty for whichever runs first in a round (a cold cache), the order effect shuffling must cancel."""
+
+    def __init__(self):
+        self.now, self.calls = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def run(self, label, cost):
+        def fn():
+            first = not self.calls or len(self.calls) % 3 == 0
+            self.calls.append(label)
+            self.now += cost + (0.5 if first else 0.0)
+        return fn
+
+
+def test_time_interleaved_shuffles_the_order_per_round_with_a_seed():
+    clock = FakeClock()
+    fns = {k: clock.run(k, c) for k, c in (("a", 1.0), ("b", 1.0), ("c", 2.0))}
+    timings = time_interleaved(fns, warmup=1, repeats=12, clock=clock, seed=3)
+    rounds = [clock.calls[i:i + 3] for i in range(3, len(clock.calls), 3)]  # after the warm-up round
+    assert rounds == round_orders("abc", 12, seed=3) and all(sorted(r) == list("abc") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # not the same order every round
+    firsts = {k: sum(r[0] == k for r in rounds) for k in "abc"}
+    assert all(firsts.values()), firsts  # every candidate runs first sometimes: the cold-cache penalty is shared
+    assert all(len(t.times) == 12 for t in timings.values())
+    for k, cost in (("a", 1.0), ("b", 1.0), ("c", 2.0)):  # each pays its own cost, and the penalty when first
+        assert sum(timings[k].times) == pytest.approx(12 * cost + 0.5 * firsts[k])
+    assert round_orders("abc", 5, seed=1) == round_orders("abc", 5, seed=1) != round_orders("abc", 5, seed=2)
     with pytest.raises(ValueError, match="at least one"):
         time_interleaved({})
 

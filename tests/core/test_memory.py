@@ -66,3 +66,19 @@ def test_step_peak_after_the_optimizer_state_exists_holds_weights_grads_and_both
     assert peak >= n * ADAMW_FP32_BYTES_PER_PARAM  # weights + gradients + m + v, at least
     with pytest.raises(ValueError, match="warmup_steps"):
         step_peak_memory(step, model, opt, device="cpu", warmup_steps=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU test above checks the same rule)")
+def test_cuda_step_peak_is_the_same_absolute_quantity(tiny_gpt):
+    device = torch.device("cuda")
+    model = tiny_gpt().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 97, (4, 16), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+        opt.step()
+
+    peak, method = step_peak_memory(step, model, opt, x, device=device)
+    assert "CUDA" in method and peak >= count_parameters(model).total * ADAMW_FP32_BYTES_PER_PARAM

@@ -31,19 +31,6 @@ def test_real_configs_without_weights():
     assert next(neo.parameters()).device == torch.device("meta")
 
 
-def test_claims_table_renders_and_validates():
-    t = claims.ClaimsTable("Lesson X", context="cpu, small profile")
-    t.add("loss falls", "6 -> 2", "5.1 -> 2.3", claims.verdict(True))
-    t.add("GPU memory falls 25-30%", "25-30%", "n/a", claims.NOT_MEASURABLE, why="no GPU")
-    assert "holds" in t._repr_html_() and "| loss falls |" in t.to_markdown()
-    assert t.counts() == {claims.HOLDS: 1, claims.DOES_NOT_HOLD: 0, claims.INCONCLUSIVE: 0, claims.NOT_MEASURABLE: 1}
-    assert "NOT MEASURABLE HERE" in str(t)
-    with pytest.raises(ValueError, match="say why"):
-        t.add("x", "1", "n/a", claims.NOT_MEASURABLE)
-    with pytest.raises(ValueError, match="verdict"):
-        t.add("x", "1", "2", "probably")
-
-
 def test_build_from_config_converts_offline_model_on_a_fresh_cache(tmp_path, monkeypatch):
     # A learner who opens Lesson 4 first has no converted copy yet: the conversion (a from_pretrained)
     # must not run inside the meta-device context, which transformers refuses.

@@ -184,3 +184,26 @@ def test_bad_dropout_schedules_are_clear_errors():
 
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         scale_dropout(fresh_model(), 1.5)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("lr", -1.0, "> 0"), ("lr", float("nan"), "finite"), ("lr", 0.0, "> 0"), ("steps", 0, ">= 1"),
+    ("grad_accum", 0, ">= 1"), ("weight_decay", -0.1, ">= 0"), ("warmup_steps", 20, "more than steps"),
+    ("clip_grad", 0.0, "> 0"), ("min_lr_ratio", 1.5, "in [0, 1]"), ("betas", (0.9, 1.0), "[0, 1)"),
+    ("eval_batches", 0, ">= 1"),
+])
+def test_train_config_rejects_bad_values_naming_the_field_the_value_and_the_fix(field, value, says):
+    kwargs = {"steps": 10, field: value}
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kwargs)
+    msg = str(err.value)
+    assert field.split("[")[0] in msg and says in msg and (repr(value) in msg or str(value) in msg)
+
+
+@pytest.mark.parametrize("field, value", [("n_layer", 0), ("block_size", 0), ("dropout", 1.0), ("dropout", -0.1),
+                                          ("layer_norm_eps", 0.0), ("vocab_size", 1.5)])
+def test_gpt_config_rejects_bad_values(field, value):
+    from course_utils.model import GPTConfig
+
+    with pytest.raises(ValueError, match=f"GPTConfig.{field}"):
+        GPTConfig(**{field: value})

@@ -9,7 +9,8 @@ from course_utils import memory, runs, tables
 from course_utils.data import get_batch
 from course_utils.lessons import l1_levers as levers
 from course_utils.lessons import l1_parallel
-from course_utils.measure import Timing, speed_verdict
+from course_utils.measure import Timing
+from course_utils.verdicts import speed_verdict
 from course_utils.memory import ADAMW_FP32_BYTES_PER_PARAM
 from course_utils.model import GPT, GPTConfig
 from course_utils.train import TrainConfig, make_optimizer
@@ -168,10 +169,11 @@ def test_time_training_interleaved_pairs_rounds_and_divides_by_tokens(tiny, batc
 
     cases = {"plain": runs.TrainingCase(wide, batches(8)),
              "8 micro-batches": (wide, batches(8), {"grad_accum": 8})}
-    per_step = runs.time_training_interleaved(cases, rounds=9, per_token=False, device="cpu")
-    assert list(per_step) == ["plain", "8 micro-batches"] and all(len(t.times) == 9 for t in per_step.values())
-    # 8 forward/backward passes per update against 1: slower per update (9 rounds tolerate one outlier round)
-    assert speed_verdict(per_step["8 micro-batches"], per_step["plain"]).verdict == "holds"
+    per_step = runs.time_training_interleaved(cases, rounds=5, per_token=False, device=torch.device("cpu"))
+    # real steps, timed in paired rounds (no assertion on how long they took: that belongs in benchmarks/)
+    assert list(per_step) == ["plain", "8 micro-batches"] and all(len(t.times) == 5 for t in per_step.values())
+    assert all(s > 0 for t in per_step.values() for s in t.times)
+    assert speed_verdict(per_step["8 micro-batches"], per_step["plain"]).rounds == 5
     with pytest.raises(ValueError, match="at least one"):
         runs.time_training_interleaved({})
     with pytest.raises(TypeError, match="TrainingCase"):

@@ -1,0 +1,150 @@
+"""course_utils.verdicts: one Verdict type, and procedures that decide in both directions, on synthetic figures."""
+import math
+import random
+
+import pytest
+
+from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURABLE, ClaimsTable
+from course_utils.measure import Timing
+from course_utils.verdicts import (
+    Verdict,
+    all_of,
+    compare_runs,
+    exact,
+    level,
+    not_measurable,
+    paired_difference,
+    speed_verdict,
+    t975,
+)
+
+SEED_BUDGET = "the notes train for 300 epochs; this run: 12 steps"
+
+
+def test_paired_gains_decide_even_when_the_raw_spread_is_large():
+    # raw figures spread by 1.0 across seeds, but each seed's gain is 0.09-0.11: the pairing removes the seed noise
+    base = [3.0, 4.0, 5.0]
+    cand = [3.0 - 0.09, 4.0 - 0.10, 5.0 - 0.11]
+    v = compare_runs(base, cand)  # default min_gain=0, three seeds
+    assert v.verdict == HOLDS and v.gain == pytest.approx(0.10) and 0 < v.low < v.high < 0.2
+    assert v.gains == pytest.approx((0.09, 0.10, 0.11)) and v.n == 3
+    assert compare_runs(cand, base).verdict == DOES_NOT_HOLD  # the mirror image
+
+
+def test_mixed_signs_and_gains_inside_the_bar_are_inconclusive():
+    assert compare_runs([1.0, 1.0, 1.0], [0.5, 1.3, 0.8]).verdict == INCONCLUSIVE
+    v = compare_runs([1.0, 2.0, 3.0], [0.9, 1.9, 2.9], min_gain=0.1)  # exactly at the bar
+    assert v.verdict == INCONCLUSIVE and "contains" in v.why
+
+
+def test_identical_paired_gains_give_a_zero_width_interval():
+    v = compare_runs([2.0, 3.0, 4.0], [1.5, 2.5, 3.5])
+    assert v.verdict == HOLDS and v.sd == 0 and v.low == v.high == pytest.approx(0.5)
+    assert compare_runs([1.0, 2.0], [1.0, 2.0]).verdict == DOES_NOT_HOLD  # exactly no gain: not better
+
+
+def test_higher_is_better_and_a_bar():
+    assert compare_runs([0.5, 0.6, 0.55], [0.9, 1.0, 0.95], lower=False, min_gain=0.3).verdict == HOLDS
+    assert compare_runs([0.5, 0.6, 0.55], [0.6, 0.7, 0.65], lower=False, min_gain=0.3).verdict == DOES_NOT_HOLD
+
+
+def test_budget_short_makes_a_clear_gain_and_a_clear_loss_both_inconclusive_and_quotes_the_budget():
+    gain = compare_runs([4.0, 4.1, 4.2], [3.0, 3.1, 3.2], budget_short=SEED_BUDGET)
+    loss = compare_runs([3.0, 3.1, 3.2], [4.0, 4.1, 4.2], budget_short=SEED_BUDGET)
+    assert gain.verdict == loss.verdict == INCONCLUSIVE
+    assert "300 epochs" in gain.why and "300 epochs" in loss.why
+    # without it the same data decide both ways
+    assert compare_runs([4.0, 4.1, 4.2], [3.0, 3.1, 3.2]).verdict == HOLDS
+    assert compare_runs([3.0, 3.1, 3.2], [4.0, 4.1, 4.2]).verdict == DOES_NOT_HOLD
+    with pytest.raises(ValueError, match="quote"):
+        compare_runs([1, 2, 3], [1, 2, 3], budget_short=" ")
+    fast = speed_verdict(Timing([2.0] * 15), Timing([1.0] * 15), budget_short=SEED_BUDGET)
+    slow = speed_verdict(Timing([1.0] * 15), Timing([2.0] * 15), budget_short=SEED_BUDGET)
+    assert fast.verdict == slow.verdict == INCONCLUSIVE
+    assert level([5.0], high=2.0, budget_short=SEED_BUDGET).verdict == INCONCLUSIVE
+    assert level([1.5], high=2.0, budget_short=SEED_BUDGET).verdict == INCONCLUSIVE
+
+
+def test_the_stated_error_rate_when_the_truth_is_at_the_bar():
+    # same method twice: the true mean paired gain is 0, the bar. A wrong "holds" at most 2.5% (plus sampling)
+    rng = random.Random(0)
+    wrong = 0
+    for _ in range(400):
+        base = [rng.gauss(3, 1) for _ in range(3)]
+        cand = [b + rng.gauss(0, 0.05) for b in base]
+        wrong += compare_runs(base, cand).verdict == HOLDS
+    assert wrong <= 0.025 * 400 + 8, wrong
+
+
+def test_bad_input_says_what_to_do():
+    with pytest.raises(ValueError, match="same order"):
+        compare_runs([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="no paired error rate"):
+        compare_runs([1.0], [2.0])
+    with pytest.raises(ValueError, match="finite"):
+        compare_runs([1.0, math.nan], [2.0, 1.0])
+    with pytest.raises(TypeError, match="lower"):
+        compare_runs([1.0, 2.0], [1.0, 2.0], lower="yes")
+    with pytest.raises(TypeError, match="spread"):
+        compare_runs([1.0], [2.0], spread=0.2)  # the one-seed mode is gone: a single seed has no paired error rate
+    with pytest.raises(ValueError, match="min_speedup"):
+        speed_verdict(Timing([1.0] * 5), Timing([1.0] * 5), min_speedup=0)
+
+
+def test_paired_difference_over_items_names_them():
+    v = paired_difference([2.0, 2.2, 1.9, 2.5], [1.8, 2.0, 1.7, 2.3], pairs="texts", unit="nats")
+    assert v.verdict == HOLDS and "4 paired texts" in v.why
+
+
+def test_level_is_symmetric_and_uses_the_interval_of_several_runs():
+    assert level(0.0012, low=0.0005, high=0.002).verdict == HOLDS
+    assert level(0.032, low=0.0005, high=0.002).verdict == DOES_NOT_HOLD
+    assert level([1.8, 2.1, 2.4], low=1.0, high=3.0).verdict == HOLDS
+    assert level([1.0, 2.0, 3.0], low=1.5, high=3.0).verdict == INCONCLUSIVE  # the interval straddles 1.5
+    assert level([3.92], high=3.0).verdict == DOES_NOT_HOLD and level([3.92], low=3.0).verdict == HOLDS
+    with pytest.raises(ValueError, match="finite edge"):
+        level([1.0])
+
+
+def test_exact_figures_can_fail():
+    assert exact(56.7e6, 65e6, rel_tol=0.1).verdict == DOES_NOT_HOLD
+    v = exact(63e6, 65e6, rel_tol=0.1)
+    assert v.verdict == HOLDS and v.ratio == pytest.approx(63 / 65) and "10%" in v.bar
+
+
+def test_all_of_needs_every_part():
+    yes, no, maybe = level(1.0, high=2.0), level(3.0, high=2.0), level([1.0, 3.0], high=2.0)
+    assert all_of(yes, yes).verdict == HOLDS
+    assert all_of(yes, no).verdict == DOES_NOT_HOLD and all_of(maybe, no).verdict == DOES_NOT_HOLD
+    assert all_of(yes, maybe).verdict == INCONCLUSIVE
+    assert all_of(yes, not_measurable("n/a", "no GPU")).verdict == NOT_MEASURABLE
+
+
+def test_a_verdict_is_frozen_and_goes_into_the_table_whole():
+    v = speed_verdict(Timing([2.0, 2.1, 1.9, 2.0, 2.2]), Timing([1.0, 1.0, 1.1, 0.9, 1.0]), min_speedup=1.5)
+    assert isinstance(v, Verdict) and v.verdict == HOLDS and v.speedup == pytest.approx(2.0, rel=0.1)
+    with pytest.raises(AttributeError):
+        v.verdict = DOES_NOT_HOLD
+    with pytest.raises(TypeError):
+        v.figures["speedup"] = 3.0  # read-only
+    with pytest.raises(AttributeError, match="figures"):
+        v.no_such_figure  # noqa: B018
+    with pytest.raises(ValueError, match="one of"):
+        Verdict("maybe", "1x", "because")
+    t = ClaimsTable("Lesson X")
+    c = t.add("faster", "2x", v, note="tiny model")
+    assert (c.verdict, c.measured, c.bar) == (HOLDS, v.measured, "> 1.50x") and c.why.endswith("tiny model")
+    assert "> 1.50x" in t.to_markdown()
+    with pytest.raises(TypeError, match="Verdict"):
+        t.add("faster", "2x", "1.9x", HOLDS)
+
+
+def test_fifteen_rounds_cover_the_median_at_96_5_percent():
+    v = speed_verdict(Timing([1.0] * 15), Timing([1.0] * 15))
+    assert v.coverage == pytest.approx(0.9648, abs=1e-4) and "96.5% interval" in v.why
+
+
+def test_t_quantiles():
+    assert t975(2) == pytest.approx(4.303) and t975(100) == pytest.approx(1.984, abs=0.003)
+    with pytest.raises(ValueError):
+        t975(0)
