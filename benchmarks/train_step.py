@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 from course_utils.env import get_device, seed_everything  # noqa: E402
 from course_utils.losses import all_token_loss, linear_cross_entropy  # noqa: E402
 from course_utils.measure import MIN_ROUNDS, time_interleaved  # noqa: E402
-from course_utils.verdicts import speed_verdict  # noqa: E402
 from course_utils.memory import tensor_peak_memory  # noqa: E402
 from course_utils.model import GPT  # noqa: E402
 from course_utils.train import TrainConfig, autocast_context, make_optimizer, resolve_amp  # noqa: E402
+from course_utils.verdicts import speed_verdict  # noqa: E402
 
 CONFIGS = {
     # name: (n_layer, n_head, n_embd, tokens per step; batch = batch_tokens // context unless --batch is given)

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 import torch
 
 from .env import device_of, resolve_device
-from .validate import at_least, non_negative, positive, probability
 from .losses import all_token_loss
 from .measure import median
 from .model import eval_mode
+from .validate import at_least, non_negative, positive, probability
 
 AMP_MODES = ("off", "bf16", "fp16", "auto")
 SCHEDULES = ("constant", "cosine")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
-from ..env import device_of, resolve_device
+from ..env import device_of
 from ..losses import all_token_loss, final_token_loss
 from ..model import GPT, eval_mode
 from ..plots import smooth

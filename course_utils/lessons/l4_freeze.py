@@ -43,8 +43,8 @@ import torch.nn as nn
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
 from ..losses import all_token_loss
-from ..verdicts import Verdict, compare_runs
 from ..train import forward_loss
+from ..verdicts import Verdict, compare_runs
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
 # When a tensor is shared (tied weights), the group earlier in this order wins.

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
-from ..env import device_of, resolve_device
+from ..env import device_of
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
 

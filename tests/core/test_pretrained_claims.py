@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from course_utils import claims
 from course_utils.env import is_online
 from course_utils.pretrained import build_from_config, load_pretrained
 

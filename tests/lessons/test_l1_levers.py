@@ -10,10 +10,10 @@ from course_utils.data import get_batch
 from course_utils.lessons import l1_levers as levers
 from course_utils.lessons import l1_parallel
 from course_utils.measure import Timing
-from course_utils.verdicts import speed_verdict
 from course_utils.memory import ADAMW_FP32_BYTES_PER_PARAM
 from course_utils.model import GPT, GPTConfig
 from course_utils.train import TrainConfig, make_optimizer
+from course_utils.verdicts import speed_verdict
 
 
 @pytest.fixture
