@@ -73,14 +73,36 @@ class CausalSelfAttention(nn.Module):
         # off to show what happens without the gate.
         self.gate_dropout_on_training = True
 
+    #: The attention function (a seam): ``(q, k, v, dropout_p) -> y``, each (B, heads, T, head size), causal.
+    #: ``GPT.set_attention`` swaps it (Lesson 1's manual attention, tensor parallelism's local heads).
+    attention_fn = staticmethod(lambda q, k, v, dropout_p: sdpa_attention(q, k, v, dropout_p))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        h = self.c_attn.out_features // 3 // (C // self.n_head)  # heads held here (fewer under tensor parallelism)
+        q, k, v = self.c_attn(x).split(self.c_attn.out_features // 3, dim=2)
+        q, k, v = (t.view(B, T, h, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout_p if (self.training or not self.gate_dropout_on_training) else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = self.attention_fn(q, k, v, p)
+        y = y.transpose(1, 2).reshape(B, T, h * (C // self.n_head))
         return self.resid_dropout(self.c_proj(y))
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention through PyTorch's fused kernel (flash or memory-efficient where the device has one)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention written out: softmax(q k^T / sqrt(d) + causal mask) v. It materialises the (T x T) score
+    matrix per head, which the fused kernel never does (Lesson 1)."""
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    att = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    if dropout_p:
+        att = F.dropout(att, p=dropout_p)
+    return att @ v
 
 
 class MLP(nn.Module):
@@ -186,18 +208,45 @@ class GPT(nn.Module):
                 f"Move the batch with `x = x.to({str(self.wte.weight.device)!r})` (or pass device= to get_batch)."
             )
         self._check_token_ids(idx)  # after the device check: a batch on another device fails there first
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.h:
-            x = block(x)
+        x = self.blocks(self.embed(idx))
         if targets is not None:
-            chunk = self.loss_chunk_rows or (256 if idx.device.type == "cpu" else 8192)
-            return linear_cross_entropy(self.ln_f(x), self.lm_head.weight, targets,
-                                        vocab_size=self.config.vocab_size, chunk_rows=chunk)
+            return self.loss(x, targets)
+        return self.unembed(x)
+
+    # ---- Seams: forward is embed -> blocks -> unembed (or loss). Pipeline stages, Lesson 2's final-token head
+    # and Lesson 1's attention demo call these instead of copying forward.
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> the residual stream (B, T, C): token + position embeddings, then dropout."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        return self.drop(self.wte(idx) + self.wpe(pos))
+
+    def blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run the transformer blocks ``start`` to ``stop`` (default: all) on the residual stream."""
+        for block in self.h[start:stop]:
+            x = block(x)
+        return x
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream (..., C) -> logits (..., vocab_size): final LayerNorm, the unembedding, and the
+        padded vocabulary's extra rows cropped (they are never real tokens)."""
         logits = self.lm_head(self.ln_f(x))
         if self.config.padded_vocab_size != self.config.vocab_size:
-            logits = logits[..., : self.config.vocab_size]  # padding rows are never real tokens
+            logits = logits[..., : self.config.vocab_size]
         return logits
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy from the residual stream, fused with the unembedding (no logits tensor)."""
+        chunk = self.loss_chunk_rows or (256 if x.device.type == "cpu" else 8192)
+        return linear_cross_entropy(self.ln_f(x), self.lm_head.weight, targets,
+                                    vocab_size=self.config.vocab_size, chunk_rows=chunk)
+
+    def set_attention(self, fn=None) -> None:
+        """Swap every block's attention function (``fn(q, k, v, dropout_p) -> y``); None restores the fused one."""
+        for block in self.h:
+            if fn is None:
+                block.attn.__dict__.pop("attention_fn", None)
+            else:
+                block.attn.attention_fn = fn
 
     @torch.no_grad()
     def generate(

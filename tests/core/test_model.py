@@ -89,3 +89,26 @@ def test_generate_greedy_is_deterministic_and_sampling_uses_generator(tiny_gpt):
     s2 = model.generate(x, 5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(s1, s2)
     assert model.training  # generate restores the mode it found
+
+
+def test_the_seams_compose_to_forward():
+    import torch
+
+    from course_utils.model import GPT, GPTConfig, manual_attention
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=3, n_head=2, n_embd=32, dropout=0.0,
+                          pad_vocab_multiple=64)).eval()
+    idx = torch.randint(0, 97, (2, 16))
+    logits = model(idx)
+    assert logits.shape == (2, 16, 97)  # padded rows cropped
+    x = model.embed(idx)
+    assert torch.equal(model.blocks(model.blocks(x, 0, 1), 1), model.blocks(x))  # stages compose
+    assert torch.allclose(model.unembed(model.blocks(x)), logits)
+    targets = torch.randint(0, 97, (2, 16))
+    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    assert torch.allclose(model.loss(model.blocks(x), targets), full, atol=1e-5)
+    model.set_attention(manual_attention)
+    assert torch.allclose(model(idx), logits, atol=1e-5)  # the written-out attention equals the fused kernel
+    model.set_attention(None)
+    assert torch.equal(model(idx), logits)
