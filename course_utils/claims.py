@@ -102,12 +102,12 @@ class ClaimsTable:
         return "\n".join(f"{c.verdict:>19}: {c.claim}" for c in self.claims)
 
     def table(self, html_verdicts: bool = False) -> Table:
-        rows = [{"claim": c.claim, "lecture": c.lecture, "bar (fixed before the run)": c.bar,
-                 "measured here": c.measured,
-                 "verdict": verdict_badge(c.verdict) if html_verdicts else c.verdict, "note": c.why}
+        rows = [{"claim": c.claim, "lecture": c.lecture, "measured here": c.measured,
+                 "verdict": verdict_badge(c.verdict) if html_verdicts else c.verdict,
+                 "bar (fixed before the run)": c.bar, "note": c.why}
                 for c in self.claims]
-        return Table(rows, self.title, columns=["claim", "lecture", "bar (fixed before the run)", "measured here",
-                                                "verdict", "note"],
+        return Table(rows, self.title, columns=["claim", "lecture", "measured here", "verdict",
+                                                "bar (fixed before the run)", "note"],
                      note=self.context, html_columns=("verdict",) if html_verdicts else ())
 
     def _facts_table(self) -> Table:

@@ -53,7 +53,7 @@ def test_claims_table_takes_verdicts_whole_and_keeps_facts_beside_it():
     assert "inconclusive" in html and "Facts" in html and "bf16 bytes per element" in html
     assert "<th style='text-align:left" in html  # headers aligned with their cells
     md = t.to_markdown()
-    assert "| loss falls to about 2 | 6 -> 2 | 1.5-2.5 | 2.3 | holds |" in md and "bf16 bytes per element" in md
+    assert "| loss falls to about 2 | 6 -> 2 | 2.3 | holds | 1.5-2.5 |" in md and "bf16 bytes per element" in md
     assert "fact: bf16 bytes per element: 2" in str(t) and "NOT MEASURABLE HERE" in str(t)
     with pytest.raises(ValueError, match="say why"):
         Claim("x", "1", "n/a", NOT_MEASURABLE)
