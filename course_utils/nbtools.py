@@ -160,6 +160,77 @@ def tidy_outputs(nb, kernelspec: dict | None = None):
     return nb
 
 
+#: What a saved output must never show a learner (issue 30): library noise, warnings, tracebacks, reprs of objects.
+NEEDLES = ("kernels-community", "site-packages", "FutureWarning", "DeprecationWarning", "UserWarning", "Traceback",
+           "<torch._C.Generator", "Claim(")
+#: An absolute path of the machine that ran the notebook (home, temp or checkout folder). The lookbehind spares
+#: URLs ("example.com/home/") and relative paths ("notebooks/tmp/").
+MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:home|root|tmp|work|Users|private/var|var/folders)/")
+BAR_AT_ZERO = re.compile(r"\b0%\|")
+MAX_CODE_LINES = 25
+MAX_OUTPUT_LINES = 80
+
+
+def output_text(out) -> str:
+    """What a learner reads of one saved output: a stream's text (last tqdm frames), an error's traceback, a
+    display's text/plain (with its text/html when there is no plain text)."""
+    if out.get("output_type") == "stream":
+        return last_frames(_joined(out.get("text", "")))
+    if out.get("output_type") == "error":
+        return "Traceback\n" + "\n".join(out.get("traceback", [])) + f"\n{out.get('ename')}: {out.get('evalue')}"
+    data = out.get("data", {})
+    return _joined(data.get("text/plain", "")) or _joined(data.get("text/html", ""))
+
+
+def _joined(text) -> str:
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def is_claims_table(out) -> bool:
+    """A ClaimsTable's display (its HTML table's first header is "claim"): the one output allowed over 80 lines."""
+    html = _joined(out.get("data", {}).get("text/html", ""))
+    return bool(re.search(r"<th[^>]*>\s*claim\s*</th>", html))
+
+
+def saved_output_problems(nb, root: str | None = None) -> list[str]:
+    """Everything in a notebook's saved outputs and code that a learner should not have to read past (issue 30):
+    the ``NEEDLES``, an absolute path of the machine (``MACHINE_PATH``, or ``root``, the checkout, where given),
+    an error output, a saved progress bar at 0%, an output over ``MAX_OUTPUT_LINES`` lines (a claims table
+    excepted) and a code cell over ``MAX_CODE_LINES`` lines. One message per problem, naming the cell."""
+    problems = []
+    root = root or str(REPO_ROOT)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        n_src = len(_joined(cell.source).rstrip("\n").splitlines())
+        if n_src > MAX_CODE_LINES:
+            problems.append(f"cell {i}: {n_src} lines of code (at most {MAX_CODE_LINES}: "
+                            "move glue to the lesson module)")
+        for out in cell.get("outputs", []):
+            text = output_text(out)
+            raw = text + _joined(out.get("data", {}).get("text/html", ""))
+            for needle in NEEDLES:
+                if needle in raw:
+                    problems.append(f"cell {i}: output shows {needle!r}: {_around(raw, raw.index(needle))}")
+            m = MACHINE_PATH.search(raw) or (re.search(re.escape(root), raw) if root != "/" else None)
+            if m:
+                problems.append(f"cell {i}: output shows a path of this machine: {_around(raw, m.start())}")
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i}: an error output ({out.get('ename')})")
+            m = BAR_AT_ZERO.search(raw)
+            if m:
+                problems.append(f"cell {i}: a saved progress bar at 0%: {_around(raw, m.start())}")
+            n_out = len(text.rstrip("\n").splitlines())
+            if n_out > MAX_OUTPUT_LINES and not is_claims_table(out):
+                problems.append(f"cell {i}: an output of {n_out} lines (at most {MAX_OUTPUT_LINES}, claims tables "
+                                f"excepted): {_around(text, 0)}")
+    return problems
+
+
+def _around(text: str, at: int, width: int = 60) -> str:
+    return repr(text[max(0, at - width):at + width])
+
+
 # Run in the executed notebook's kernel after its last cell: every ClaimsTable it built, as Markdown.
 CLAIMS_CELL = """
 from course_utils.claims import ClaimsTable as _CT
