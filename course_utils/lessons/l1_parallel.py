@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from ..memory import format_bytes
 from ..model import GPT, GPTConfig
 from ..paths import REPO_ROOT
 from ..tables import Table
+from ..verdicts import Verdict, all_of, paired_difference
 from .l1_ddp import ArgvSettings, LaunchPlan, launch_plan, load_token_stream, max_loss_difference, run_torchrun
 
 SCRIPT = REPO_ROOT / "scripts" / "parallel_train.py"
@@ -59,8 +59,8 @@ CPU_SPEED_NOTE = "speed: not measurable here on CPU (2 gloo processes share 2 co
 
 __all__ = [
     "CPU_SPEED_NOTE", "INJECTIONS", "LOSS_TOL", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction",
-    "bubble_table", "bubble_verdict", "claim_rows", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
-    "max_loss_difference", "parallel_plan", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
+    "bubble_table", "bubble_verdict", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
+    "max_loss_difference", "parallel_facts", "parallel_plan", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
     "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "tp_weights_table", "validate",
 ]
 
@@ -243,16 +243,6 @@ def qkv_head_permutation(n_embd: int, n_head: int, shards: int) -> torch.Tensor:
                       for r in range(shards) for part in range(3)])
 
 
-def _attention_local_heads(self, x: torch.Tensor) -> torch.Tensor:
-    """Model 5's attention written for a shard: the number of heads comes from the (local) width of q."""
-    B, T, _ = x.shape
-    qkv = self.c_attn(x)
-    width = qkv.size(-1) // 3
-    q, k, v = (t.view(B, T, -1, self.head_size).transpose(1, 2) for t in qkv.split(width, dim=2))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, width)))
-
-
 def tensor_parallelize(model: GPT, mesh, inject: str = "none") -> list[str]:
     """Split every block's attention and MLP projections over ``mesh``; returns the split layers' names."""
     from torch.distributed.tensor import Partial
@@ -263,8 +253,6 @@ def tensor_parallelize(model: GPT, mesh, inject: str = "none") -> list[str]:
     plan = {}
     for i, block in enumerate(model.h):
         attn = block.attn
-        attn.head_size = cfg.n_embd // cfg.n_head
-        attn.forward = types.MethodType(_attention_local_heads, attn)
         if inject != "wrong-split":  # the mistake: cut q,k,v as stored, so rank 0 gets all of q and half of k
             with torch.no_grad():
                 attn.c_attn.weight.copy_(attn.c_attn.weight[perm])
@@ -274,6 +262,9 @@ def tensor_parallelize(model: GPT, mesh, inject: str = "none") -> list[str]:
         plan.update({f"h.{i}.attn.c_attn": ColwiseParallel(), f"h.{i}.attn.c_proj": row,
                      f"h.{i}.mlp.c_fc": ColwiseParallel(), f"h.{i}.mlp.c_proj": row})
     parallelize_module(model, mesh, plan)
+    for block in model.h:  # the column-split layers now output their local shard: Model 5's attention reads
+        for lin in (block.attn.c_attn, block.mlp.c_fc):  # its head count from c_attn's width, so it runs
+            lin.out_features //= mesh.size()  # n_head / world heads here, unchanged
     return list(plan)
 
 
@@ -339,17 +330,23 @@ class _Mark(torch.autograd.Function):
 
 
 class PipelineStageModule(nn.Module):
-    """One stage of Model 5: stage 0 embeds, the last stage unembeds; ``blocks`` are this stage's blocks.
-    Records the time of its own forward and backward work in ``self.log``."""
+    """One stage of Model 5 through its seams: stage 0 ``embed``s, every stage runs ``blocks(x, start, stop)``,
+    the last stage ``unembed``s. The stage keeps only its own weights (the other blocks become ``nn.Identity``,
+    the embeddings and the head are dropped where unused), so its memory is the stage's. Records the time of
+    its own forward and backward work in ``self.log``."""
 
     def __init__(self, model: GPT, blocks: list[int], first: bool, last: bool):
         super().__init__()
         self.first, self.last, self.block_ids = first, last, blocks
-        if first:
-            self.wte, self.wpe = model.wte, model.wpe
-        self.h = nn.ModuleList(model.h[i] for i in blocks)
-        if last:
-            self.ln_f, self.lm_head = model.ln_f, model.lm_head
+        self.start, self.stop = blocks[0], blocks[-1] + 1
+        for i in range(len(model.h)):
+            if not self.start <= i < self.stop:
+                model.h[i] = nn.Identity()
+        if not first:
+            model.wte = model.wpe = None
+        if not last:
+            model.ln_f = model.lm_head = None
+        self.model = model
         self.reset_log()
 
     def reset_log(self):
@@ -358,13 +355,12 @@ class PipelineStageModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         if self.first:
-            x = self.wte(x) + self.wpe(torch.arange(x.size(1), device=x.device))
+            x = self.model.embed(x)
         if torch.is_grad_enabled():
             x = _Mark.apply(x, self.log, "bwd_end")
-        for block in self.h:
-            x = block(x)
+        x = self.model.blocks(x, self.start, self.stop)
         if self.last:
-            x = self.lm_head(self.ln_f(x))
+            x = self.model.unembed(x)
         if torch.is_grad_enabled():
             x = _Mark.apply(x, self.log, "bwd_start")
         self.log["fwd"].append(time.perf_counter() - t0)
@@ -641,69 +637,63 @@ def plot_bubble(run: dict, ax=None):
 LOSS_TOL = 1e-4
 
 
-def bubble_verdict(run: dict, m_low: int = 1, m_high: int = 4, schedule: str = "gpipe") -> tuple[str, str, str]:
-    """Does the measured idle fraction fall from ``m_low`` to ``m_high`` micro-batches, as (p-1)/(m+p-1) says?
+def _idle_steps(run: dict, m: int, schedule: str) -> list[float]:
+    """Every stage's measured idle fractions at ``m`` micro-batches, the first (warm-up) step of each left out,
+    stage after stage: item i at one m pairs with item i at another (same stage, same batch)."""
+    for r in run["runs"]:
+        if r["schedule"] == schedule and r["m"] == m and "idle_steps_per_stage" in r:
+            return [v for s in r["idle_steps_per_stage"] for v in (s[1:] or s)]
+    raise ValueError(f"the pipeline run has no {schedule} run with m={m}; launch it with micro_batches that "
+                     f"include {m}")
 
-    Per stage, the idle fractions of the measured steps (the first, warm-up step left out) at the two m are
-    compared: holds when on every stage every step at ``m_low`` idles more than every step at ``m_high``;
-    does not hold when on every stage every step at ``m_high`` idles more; otherwise inconclusive (the
-    ranges overlap: the step-to-step spread of this machine hides the difference).
-    Returns (verdict, measured text, why)."""
-    from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 
-    def steps(m):
-        for r in run["runs"]:
-            if r["schedule"] == schedule and r["m"] == m and "idle_steps_per_stage" in r:
-                return [s[1:] or s for s in r["idle_steps_per_stage"]]
-        raise ValueError(f"the pipeline run has no {schedule} run with m={m}; launch it with micro_batches "
-                         f"that include {m_low} and {m_high}")
+def bubble_verdict(run: dict, schedule: str = "gpipe") -> Verdict:
+    """"More micro-batches shrink the pipeline bubble", judged at EVERY measured step of m (1 -> 2 -> 4 -> ...).
 
-    lo, hi = steps(m_low), steps(m_high)
+    Bar (fixed before the run): GPipe's bubble (p - 1) / (m + p - 1) falls at every increase of m, so the claim
+    holds when, at each increase, the measured idle fraction is lower (``paired_difference`` over the stages'
+    steps, same stage and batch at both m), and does not hold when any increase clearly idles more (the fixed
+    cost of each send and receive grows with m and the formula leaves it out)."""
+    ms = sorted({r["m"] for r in run["runs"] if r["schedule"] == schedule and "idle_steps_per_stage" in r})
+    if len(ms) < 2:
+        raise ValueError(f"the pipeline run needs at least two {schedule} micro-batch counts, got {ms}")
     p = run["world_size"]
-    measured = "; ".join(f"stage {i}: {median(a):.2f} at m={m_low}, {median(b):.2f} at m={m_high}"
-                         for i, (a, b) in enumerate(zip(lo, hi)))
-    measured += f" (formula {bubble_fraction(p, m_low):.2f} -> {bubble_fraction(p, m_high):.2f})"
-    if all(min(a) > max(b) for a, b in zip(lo, hi)):
-        return HOLDS, measured, "every measured step at the smaller m idled more, on every stage"
-    if all(max(a) < min(b) for a, b in zip(lo, hi)):
-        return DOES_NOT_HOLD, measured, "every measured step at the larger m idled more, on every stage"
-    return INCONCLUSIVE, measured, ("the per-step idle fractions at the two m overlap: within the step-to-step "
-                                    "spread of this machine (CPU processes share the cores with other work)")
+    parts = [paired_difference(_idle_steps(run, a, schedule), _idle_steps(run, b, schedule), lower=True,
+                               unit="of the step idle", fmt="{:+.3f}", pairs="stage steps")
+             .with_note(f"m={a} -> m={b}") for a, b in zip(ms, ms[1:])]
+    idle = [median(_idle_steps(run, m, schedule)) for m in ms]
+    measured = (f"idle {', '.join(f'{v:.2f}' for v in idle)} at m = {', '.join(map(str, ms))} (formula "
+                f"{', '.join(f'{bubble_fraction(p, m):.2f}' for m in ms)})")
+    v = all_of(*parts, measured=measured)
+    return Verdict(v.verdict, measured, v.why, v.figures,
+                   f"idle falls at every step of m ({' -> '.join(map(str, ms))}), as (p-1)/(m+p-1) does")
 
 
-def claim_rows(runs: dict, ref: dict, tol: float = LOSS_TOL, m_high: int = 4) -> list[dict]:
-    """The lecture's row "multi-GPU: speed very high / quality none / complexity high", measured: keyword
-    arguments for ``ClaimsTable.add`` (quality: equality with one process; memory: FSDP vs DDP; the bubble).
-    Speed is the data-parallel run's row."""
-    from ..claims import DOES_NOT_HOLD, HOLDS
-
-    need = {"tp", "pp", "fsdp", "ddp"} - {r["kind"] for r in runs.values() if r["inject"] == "none"}
-    if need:
-        raise ValueError(f"claim_rows needs a run of every mode; missing: {sorted(need)}")
+def parallel_facts(runs: dict, ref: dict, tol: float = LOSS_TOL) -> list[tuple[str, str]]:
+    """What the parallel runs demonstrate, as ``(what, value)`` for ``ClaimsTable.fact``: every mode trains the
+    same as one process (a mode that does not is a bug: ``ValueError``), the injected mistakes are caught, and
+    FSDP2 holds 1/world of DDP's training state per rank. Facts, not claims: each is an identity of the engines."""
     clean = {r["kind"]: r for r in runs.values() if r["inject"] == "none"}
+    need = set(MODES) - set(clean)
+    if need:
+        raise ValueError(f"parallel_facts needs a run of every mode; missing: {sorted(need)}")
     diffs = {k: (pp_max_loss_difference(r, ref) if k == "pp" else max_loss_difference(r, ref))
              for k, r in clean.items()}
-    worst = max(diffs.values())
+    wrong = {k: d for k, d in diffs.items() if not d < tol}
+    if wrong:
+        raise ValueError(f"modes {sorted(wrong)} differ from one process by {wrong} nats (tolerance {tol:g}): the "
+                         "engines do the same arithmetic in another order, so this is a bug, not noise")
     caught = [f"{r['mode']} {max_loss_difference(r, ref):.0e}" for r in runs.values() if r["inject"] != "none"]
-    rows = [dict(claim="splitting the work over devices does not change the training (TP, PP, FSDP, DDP)",
-                 lecture="quality impact: none",
-                 measured=", ".join(f"{k} {v:.0e}" for k, v in diffs.items()) + " max |loss diff| vs one process",
-                 verdict=HOLDS if worst < tol else DOES_NOT_HOLD,
-                 why=f"holds when every mode stays under {tol:g} nats at every step"
-                     + (f"; injected mistakes give {', '.join(caught)}" if caught else ""))]
     fsdp = max(b["total"] for b in clean["fsdp"]["bytes_per_rank"])
     ddp = max(b["total"] for b in clean["ddp"]["bytes_per_rank"])
-    p = clean["fsdp"]["world_size"]
-    ratio = fsdp / ddp
-    rows.append(dict(claim=f"sharding (FSDP2) keeps about 1/{p} of DDP's training state per device",
-                     lecture="model too big for one device: shard it",
-                     measured=f"{format_bytes(fsdp)} vs {format_bytes(ddp)} per rank ({ratio:.2f}x)",
-                     verdict=HOLDS if abs(ratio - 1 / p) <= 0.1 / p else DOES_NOT_HOLD,
-                     why=f"weights + gradients + AdamW state from each rank's local shards; holds within 10% of 1/{p}"))
-    v, measured, why = bubble_verdict(clean["pp"], 1, m_high)
-    rows.append(dict(claim="more micro-batches shrink the pipeline bubble", lecture="(p-1)/(m+p-1)",
-                     measured=measured, verdict=v, why=why))
-    return rows  # speed: the DDP run's row (several GPUs train faster), in the lesson's claims table
+    world = clean["fsdp"]["world_size"]
+    return [
+        ("TP, PP, FSDP2 and DDP train as one process does (max |loss difference| per step)",
+         ", ".join(f"{k} {v:.0e}" for k, v in diffs.items()) + f" (< {tol:g} nats)"
+         + (f"; injected mistakes: {', '.join(caught)}" if caught else "")),
+        (f"FSDP2 holds 1/{world} of DDP's training state per rank (weights, gradients, AdamW moments)",
+         f"{format_bytes(fsdp)} vs {format_bytes(ddp)} ({fsdp / ddp:.2f}x)"),
+    ]
 
 
 # ---- One-process demos: the arithmetic of a split --------------------------------------------------
@@ -740,13 +730,10 @@ def pipeline_forward(model: GPT, idx: torch.Tensor, stages: int, micro_batches: 
         raise ValueError(f"batch {len(idx)} does not split into {micro_batches} equal micro-batches")
     outs = []
     for mb in idx.chunk(micro_batches):
-        T = mb.size(1)
-        x = model.drop(model.wte(mb) + model.wpe(torch.arange(T, device=mb.device)))  # stage 0 also embeds
+        x = model.embed(mb)  # stage 0 also embeds
         for group in groups:  # on real hardware: send x to the next device here
-            for i in group:
-                x = model.h[i](x)
-        logits = model.lm_head(model.ln_f(x))[..., : model.config.vocab_size]  # the last stage unembeds
-        outs.append(logits)
+            x = model.blocks(x, group[0], group[-1] + 1)
+        outs.append(model.unembed(x))  # the last stage unembeds (and crops a padded vocabulary)
     return torch.cat(outs), groups
 
 

@@ -174,39 +174,42 @@ def test_bubble_formula():
         par.bubble_fraction(0, 4)
 
 
-def _pp_run(low_steps, high_steps):
+def _pp_run(*steps_per_m):
     runs = [{"schedule": "gpipe", "m": m, "idle_steps_per_stage": steps}
-            for m, steps in ((1, low_steps), (4, high_steps))]
+            for m, steps in zip((1, 2, 4), steps_per_m)]
     return {"world_size": 2, "runs": runs}
 
 
-def test_bubble_verdict_follows_its_procedure():
+def test_bubble_verdict_judges_every_step_of_m():
     from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    from course_utils.verdicts import Verdict
 
     # the first (warm-up) step of each stage is left out, whatever it measured
-    low, high = [[0.0, 0.5, 0.55], [0.9, 0.45, 0.5]], [[0.9, 0.2, 0.3], [0.0, 0.25, 0.3]]
-    v, measured, _ = par.bubble_verdict(_pp_run(low, high))
-    assert v == HOLDS and "formula 0.50 -> 0.20" in measured
-    assert par.bubble_verdict(_pp_run([[0, 0.2, 0.3]] * 2, [[0, 0.5, 0.6]] * 2))[0] == DOES_NOT_HOLD
-    # one stage overlapping is enough for "inconclusive"
-    v, _, why = par.bubble_verdict(_pp_run([[0, 0.5, 0.55], [0, 0.3, 0.5]], [[0, 0.2, 0.3], [0, 0.25, 0.4]]))
-    assert v == INCONCLUSIVE and "overlap" in why
-    with pytest.raises(ValueError, match="no gpipe run with m=8"):
-        par.bubble_verdict(_pp_run([[0, 0.5]] * 2, [[0, 0.2]] * 2), m_high=8)
+    m1, m2, m4 = [[0.0, 0.5, 0.55], [0.9, 0.45, 0.5]], [[0.9, 0.3, 0.35], [0.0, 0.32, 0.33]], [[0, 0.2, 0.21]] * 2
+    v = par.bubble_verdict(_pp_run(m1, m2, m4))
+    assert isinstance(v, Verdict) and v.verdict == HOLDS
+    assert "formula 0.50, 0.33, 0.20" in v.measured and "every step of m (1 -> 2 -> 4)" in v.bar
+    # idle rises from m=2 to m=4 on every stage step: the claim is refuted, whatever m=1 -> 2 did
+    assert par.bubble_verdict(_pp_run(m1, m2, [[0, 0.6, 0.62], [0, 0.61, 0.63]])).verdict == DOES_NOT_HOLD
+    # mixed signs at one step of m: inconclusive
+    mixed = [[0, 0.36, 0.2], [0, 0.25, 0.4]]
+    assert par.bubble_verdict(_pp_run(m1, m2, mixed)).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="at least two gpipe"):
+        par.bubble_verdict(_pp_run(m1))
 
 
-def test_claim_rows_from_the_runs(runs, ref):
-    from course_utils.claims import HOLDS, ClaimsTable
+def test_parallel_facts_from_the_runs(runs, ref):
+    from course_utils.claims import ClaimsTable
 
-    rows = par.claim_rows(runs, ref, m_high=2)
     claims = ClaimsTable("test")
-    for row in rows:
-        claims.add(**row)
-    verdicts = [c.verdict for c in claims.claims]
-    assert verdicts[0] == HOLDS and "tp:wrong-split" in claims.claims[0].why  # equality, mistakes shown
-    assert verdicts[1] == HOLDS  # FSDP: half of DDP's state per rank
-    assert len(verdicts) == 3  # equality, memory, bubble; speed is the DDP run's row
-    # the tolerance decides: a tolerance below the float32 rounding turns equality into "does not hold"
-    assert par.claim_rows(runs, ref, tol=1e-12, m_high=2)[0]["verdict"] != HOLDS
+    for what, value in par.parallel_facts(runs, ref):
+        claims.fact(what, value)
+    assert not claims.claims and len(claims.facts) == 2  # demonstrations, not verdicts
+    assert "tp:wrong-split" in claims.facts[0].value  # the injected mistakes are shown beside the equality
+    assert "(0.50x)" in claims.facts[1].value  # FSDP: half of DDP's state per rank
+    # a tolerance below the float32 rounding: the equality is broken, which is a bug, not a verdict
+    with pytest.raises(ValueError, match="differ from one process"):
+        par.parallel_facts(runs, ref, tol=1e-12)
     with pytest.raises(ValueError, match="missing"):
-        par.claim_rows({"tp": runs["tp"]}, ref)
+        par.parallel_facts({"tp": runs["tp"]}, ref)
+    assert par.bubble_verdict(runs["pp"]).bar.startswith("idle falls at every step of m (1 -> 2)")
