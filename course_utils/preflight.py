@@ -165,12 +165,9 @@ class Fit:
         """"fits", or what to change, on ``device``; for a CPU, the small profile."""
         if device.memory is None:
             return f"{device.name}: small profile"
-        step = self.lesson
-        fallback = "" if device.fast_bf16 or step.amp == "off" else "fp16 autocast + GradScaler (no bf16); "
+        fallback = "" if device.fast_bf16 or self.lesson.amp == "off" else ", in fp16 autocast + GradScaler"
         budget = USABLE * device.memory
-        if self.peak <= budget:
-            return fallback + "fits"
-        return fallback + self.change(budget)
+        return ("fits" if self.peak <= budget else self.change(budget)) + fallback
 
     def change(self, budget: float) -> str:
         """What to change so that the step fits in ``budget`` bytes (scaled from this fit's peak)."""
