@@ -28,7 +28,7 @@ help:
 	@echo "make lesson NB=02       run one lesson headless; executed copy in runs/"
 	@echo "make browser            JupyterLab in headless Chromium: open and run 00_start_here (Playwright)"
 	@echo "make notebooks          re-execute every notebook in place (small profile): the committed outputs"
-	@echo "make dryrun             every notebook in the full profile's code paths at capped sizes (COURSE_DRY_RUN=1)"
+	@echo "make dryrun             every notebook's full-profile code paths at capped sizes (COURSE_DRY_RUN=1)"
 	@echo "make bench              benchmarks (Model 5 vs Hugging Face, notebook times)"
 
 setup:
@@ -59,9 +59,11 @@ lint:
 	$(PYTHON) -m course_utils.nbtools header
 
 # the full profile's code paths (flags, dtypes, modes) at the small profile's sizes, 4 steps: bugs that only the
-# full profile reaches show up here without a GPU; executed copies in runs/dryrun/
+# full profile reaches show up here without a GPU. Each notebook runs up to its last cell on the full profile's own
+# path (`nbtools.dry_run_cells`); the cells after it are the small profile's paths, which `make test` runs.
+# Executed copies in runs/dryrun/ (`python -m course_utils.nbtools dryrun --all-cells` runs every cell)
 dryrun:
-	$(call timed,dry run of the full profile,COURSE_PROFILE=full COURSE_DRY_RUN=1 $(PYTHON) -m course_utils.nbtools run --out runs/dryrun)
+	$(call timed,dry run of the full profile,$(PYTHON) -m course_utils.nbtools dryrun --out runs/dryrun)
 
 lesson:
 	$(PYTHON) -m course_utils.nbtools run notebooks/$(NB)_*.ipynb

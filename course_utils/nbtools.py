@@ -3,6 +3,7 @@
     python -m course_utils.nbtools run notebooks/02_final_token_dropout.ipynb   # -> runs/02_....ipynb
     python -m course_utils.nbtools regen [notebooks/...]                        # small profile, in place
     python -m course_utils.nbtools header [--fix]                               # Colab badge + install cell
+    python -m course_utils.nbtools dryrun [--all-cells] [notebooks/...]         # the full profile's own paths
     COURSE_PROFILE=full python -m course_utils.nbtools results --out results/<device> [notebooks/...]
         # execute, then write each lesson's claims table as Markdown (with date, versions, device)
 """
@@ -231,6 +232,188 @@ def _around(text: str, at: int, width: int = 60) -> str:
     return repr(text[max(0, at - width):at + width])
 
 
+# ---- The dry run: only the cells the full profile changes -----------------------------------------------------
+
+
+class _Placeholder(dict):
+    """Names a settings cell reads from its imports (``CLAIM_ROUNDS``): an opaque number, enough to tell a flag
+    from a number; builtins (``dict``) stay themselves."""
+
+    def __missing__(self, key):
+        import builtins
+
+        return getattr(builtins, key, 0)
+
+
+def _parse(source: str):
+    import ast
+
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]  # IPython magics
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def _name_of(func) -> str:
+    return getattr(func, "id", getattr(func, "attr", ""))
+
+
+def full_profile_flags(nb) -> tuple[set[str], set[str]]:
+    """``(flags, holders)``: the settings whose full-profile value is a flag, dtype or mode (not a number) and
+    differs from the small profile's, the full profile's own code paths (``env.dry_run_values`` keeps exactly these
+    from the full profile), and the names the settings are assigned to. Read from the cell that calls
+    ``profile_settings(small=..., full=...)``."""
+    import ast
+
+    flags, holders = set(), set()
+    for cell in nb.cells:
+        tree = _parse(cell.source) if cell.cell_type == "code" and "profile_settings(" in cell.source else None
+        if tree is None:
+            continue
+        names = _Placeholder()
+        for node in tree.body:  # the cell's own plain values before the call (``common = {...}``)
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                if isinstance(node.value, ast.Call) and _name_of(node.value.func) == "profile_settings":
+                    holders.add(node.targets[0].id)
+                    continue
+                try:
+                    names[node.targets[0].id] = eval(compile(ast.Expression(node.value), "<settings>", "eval"),
+                                                     {}, names)
+                except Exception:  # noqa: BLE001 - not a plain value: not a setting
+                    pass
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and _name_of(n.func) == "profile_settings"):
+            kw = {k.arg: k.value for k in call.keywords}
+            if "small" not in kw or "full" not in kw:
+                continue
+            small, full = (eval(compile(ast.Expression(kw[k]), "<settings>", "eval"), {}, names)
+                           for k in ("small", "full"))
+            for key, value in full.items():
+                number = isinstance(value, (int, float, tuple)) and not isinstance(value, bool)
+                if not number and small.get(key) != value:
+                    flags.add(key)
+    return flags, holders
+
+
+SHOW_ONLY = {"print", "display", "repr", "str", "format"}
+
+
+def _full_path_reasons(stmt, flags: set[str], holders: set[str], tainted: set[str]) -> list[str]:
+    """Why one top-level statement takes the full profile's own path: it reads a flag (``settings.amp``,
+    ``S["amp"]``), reads the profile (``settings.profile``, ``get_profile()``) other than to print it, hands the
+    whole settings to a function, or reads a name that a statement on the full path bound."""
+    import ast
+
+    shown = set()  # nodes inside f-strings and print/display calls: shown, not branched on
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Call) and _name_of(node.func) in SHOW_ONLY):
+            shown |= {id(n) for n in ast.walk(node) if n is not node or isinstance(node, ast.JoinedStr)}
+    local = set()  # names bound inside the statement's own scopes (arguments, loop and comprehension targets)
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.arg):
+            local.add(node.arg)
+        elif isinstance(node, ast.comprehension) or (isinstance(node, (ast.For, ast.AsyncFor)) and node is not stmt):
+            local |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+    why = []
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Attribute) and node.attr in flags:
+            why.append(f".{node.attr}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in flags:
+            why.append(f"[{node.slice.value!r}]")
+        elif id(node) in shown:
+            continue
+        elif (isinstance(node, ast.Attribute) and node.attr == "profile") or (
+                isinstance(node, ast.Call) and _name_of(node.func) == "get_profile"):
+            why.append("reads the profile")
+        elif isinstance(node, ast.Call) and _name_of(node.func) not in SHOW_ONLY and any(
+                isinstance(a, ast.Name) and a.id in holders for a in [*node.args, *(k.value for k in node.keywords)]):
+            why.append("hands the settings to a function")
+        elif (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in tainted
+              and node.id not in local):
+            why.append(node.id)
+    return sorted(set(why))
+
+
+def _bound(stmt) -> set[str]:
+    """The names a top-level statement binds in the notebook's namespace."""
+    import ast
+
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    out = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda,
+                               ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            break  # their own scopes (walk order makes this approximate; it only ever binds more)
+    return out
+
+
+MUTATORS = {"append", "extend", "update", "insert", "add", "setdefault", "pop", "clear", "remove", "__setitem__"}
+
+
+def _mutated(stmt) -> set[str]:
+    """Names of the notebook's namespace a statement may change in place (``runs[label] = ...``,
+    ``runs[label].append(...)``, ``model.x = ...``), inside a function it defines too (when that runs, on the path)."""
+    import ast
+
+    local = set()
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        local = {a.arg for a in ast.walk(stmt.args) if isinstance(a, ast.arg)}
+        local |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+    def root(node):
+        while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+            node = node.func if isinstance(node, ast.Call) else node.value
+        return node.id if isinstance(node, ast.Name) else None
+
+    out = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, ast.Store):
+            out.add(root(node.value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+            out.add(root(node.func.value))
+    return {n for n in out if n} - local
+
+
+def dry_run_cells(nb) -> tuple[int, dict[int, list[str]]]:
+    """How far a dry run of the full profile must execute a notebook: ``(last, why)``.
+
+    ``why`` maps each code cell on the full profile's own path to what puts it there (``_full_path_reasons``). A
+    name that a statement on the path binds or changes in place (a model trained under ``amp="auto"``, a function
+    that reads a flag, a dict it fills) puts every later statement that reads it on the path too, until a statement
+    off the path binds it anew. The
+    dry run executes the notebook in order up to ``last``, the last cell on the path, or up to its settings cell
+    where no cell is. Past ``last`` no cell reads a flag, the profile or a value made on the path: those cells run
+    the small profile's code paths, which nbval executes (``make test``) at sizes no smaller than the dry run's
+    caps. A cell that does not parse counts as on the path."""
+    flags, holders = full_profile_flags(nb)
+    tainted: set[str] = set()
+    why: dict[int, list[str]] = {}
+    last = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if "profile_settings(" in cell.source:
+            last = max(last, i)
+        tree = _parse(cell.source)
+        if tree is None:
+            why[i], last = ["code that does not parse"], i
+            continue
+        for stmt in tree.body:
+            reasons = _full_path_reasons(stmt, flags, holders, tainted)
+            if reasons:
+                why[i] = sorted(set(why.get(i, [])) | set(reasons))
+                last = i
+                tainted |= _bound(stmt) | (_mutated(stmt) - holders)
+            else:
+                tainted -= _bound(stmt)
+    return last, why
+
+
 # Run in the executed notebook's kernel after its last cell: every ClaimsTable it built, as Markdown.
 CLAIMS_CELL = """
 from course_utils.claims import ClaimsTable as _CT
@@ -243,11 +426,12 @@ print("\\n\\n".join(t.to_markdown() for t in _tables))
 
 
 def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_timeout: int | None = CELL_TIMEOUT,
-            collect_claims: bool = False):
+            collect_claims: bool = False, stop_after: int | None = None):
     """Execute a notebook top to bottom in a fresh kernel; write the executed copy; return seconds.
 
     With ``collect_claims`` return ``(seconds, markdown)``: the claims tables the notebook built, read from its
-    kernel by one extra cell that is not written to the executed copy.
+    kernel by one extra cell that is not written to the executed copy. With ``stop_after`` execute only the cells
+    up to that index (``dry_run_cells``); the executed copy keeps the rest without outputs.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -259,6 +443,11 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
         os.environ["COURSE_PROFILE"] = profile
     use_fast_cpu_env()
     nb = nbformat.read(nb_path, as_version=4)
+    rest = [] if stop_after is None else nb.cells[stop_after + 1:]
+    del nb.cells[len(nb.cells) - len(rest):]
+    for cell in rest:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     n_cells = len(nb.cells)
     if collect_claims:
         nb.cells.append(nbformat.v4.new_code_cell(CLAIMS_CELL))
@@ -271,6 +460,7 @@ def execute(nb_path: Path, out_path: Path, profile: str | None = None, cell_time
         markdown = "".join(o.get("text", "") for o in nb.cells[-1].outputs) if collect_claims else ""
     finally:
         del nb.cells[n_cells:]
+        nb.cells += rest
         tidy_outputs(nb)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_path)
@@ -308,6 +498,12 @@ def main(argv=None) -> int:
     p_run = sub.add_parser("run", help="execute notebooks headless; executed copies go to runs/ (ignored by git)")
     p_run.add_argument("notebooks", nargs="*")
     p_run.add_argument("--out", default=None, help="folder for the executed copies (default runs/)")
+    p_dry = sub.add_parser("dryrun", help="COURSE_PROFILE=full COURSE_DRY_RUN=1: each notebook up to its last cell "
+                                          "on the full profile's own path (dry_run_cells); executed copies in "
+                                          "runs/dryrun/")
+    p_dry.add_argument("notebooks", nargs="*")
+    p_dry.add_argument("--out", default=str(RUNS / "dryrun"))
+    p_dry.add_argument("--all-cells", action="store_true", help="every cell, not only up to the last on the path")
     p_regen = sub.add_parser("regen", help="re-execute notebooks in place in the small profile (committed outputs)")
     p_regen.add_argument("notebooks", nargs="*")
     p_res = sub.add_parser("results", help="execute notebooks (profile from COURSE_PROFILE) and write each one's "
@@ -356,6 +552,28 @@ def main(argv=None) -> int:
             peak, markdown = split_peak(markdown)
             md.write_text(results_header(path.name, seconds, peak) + markdown)
             print(f"  {seconds:6.1f} s -> {md}", flush=True)
+        return 0
+
+    if args.cmd == "dryrun":
+        import nbformat
+
+        os.environ.update({"COURSE_PROFILE": "full", "COURSE_DRY_RUN": "1"})
+        times = {}
+        for path in notebook_paths(args.notebooks):
+            nb = nbformat.read(path, as_version=4)
+            last, why = dry_run_cells(nb)
+            n_code = sum(c.cell_type == "code" for c in nb.cells)
+            stop = None if args.all_cells else last
+            ran = n_code if stop is None else sum(c.cell_type == "code" for c in nb.cells[:last + 1])
+            print(f"dry run of {path.name}: {ran} of {n_code} code cells"
+                  + ("" if ran == n_code else f" (to cell {last}; after it no cell takes a full-profile path: "
+                     "nbval runs them)"), flush=True)
+            for i, reasons in why.items():
+                print(f"  cell {i}: {', '.join(reasons[:6])}{' ...' if len(reasons) > 6 else ''}")
+            out = Path(args.out).resolve() / path.name
+            times[path.name] = execute(path, out, stop_after=stop)
+            print(f"  {times[path.name]:6.1f} s -> {os.path.relpath(out)}", flush=True)
+        print(f"total {sum(times.values()):.1f} s")
         return 0
 
     times = {}

@@ -1,0 +1,65 @@
+"""The dry run executes each notebook up to its last cell on the full profile's own path (``dry_run_cells``)."""
+import nbformat
+
+from course_utils.nbtools import dry_run_cells, full_profile_flags
+
+SETTINGS = '''common = {"seeds": 3}
+S = profile_settings(
+    small=dict(**common, steps=80, amp="off", compile=True, dtype="float32", rounds=CLAIM_ROUNDS),
+    full=dict(**common, steps=800, amp="auto", compile=True, dtype="bfloat16", rounds=20),
+)
+print(S)'''
+
+
+def _nb(*sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell("import torch"),
+                nbformat.v4.new_code_cell(SETTINGS)] + [nbformat.v4.new_code_cell(s) for s in sources]
+    return nb
+
+
+def test_flags_are_the_non_numbers_that_differ():
+    assert full_profile_flags(_nb()) == ({"amp", "dtype"}, {"S"})
+
+
+def test_no_flag_read_stops_at_the_settings_cell():
+    last, why = dry_run_cells(_nb("x = S.steps * 2", "print(f'{S.profile} profile, {x}')", "y = S.compile"))
+    assert last == 2 and why == {}
+
+
+def test_a_flag_and_what_it_made_are_on_the_path_until_rebound():
+    last, why = dry_run_cells(_nb(
+        "model = train(amp=S.amp)",  # 3: reads a flag
+        "loss = model.loss",  # 4: reads what the path made
+        "other = 1",  # 5: off the path
+        "model = fresh()",  # 6: rebinds model off the path
+        "print(model, other)",  # 7: off the path again
+    ))
+    assert why == {3: [".amp"], 4: ["model"]} and last == 4
+
+
+def test_a_function_that_reads_a_flag_and_fills_a_dict():
+    last, why = dry_run_cells(_nb(
+        "runs = {}\ndef go(name):\n    runs[name] = train(dtype=S['dtype'])",  # 3
+        "go('a')",  # 4: calls it
+        "n = len(runs)",  # 5: reads what it filled (printing it alone would not count)
+        "table = summary(runs)",  # 6
+        "exercise = 1",  # 7
+    ))
+    assert 3 in why and 4 in why and why[5] == ["runs"] and why[6] == ["runs"] and last == 6
+
+
+def test_profile_branches_and_settings_handed_over():
+    last, why = dry_run_cells(_nb("if S.profile == 'full':\n    z = 1", "w = run(S)", "v = 2"))
+    assert why == {3: ["reads the profile"], 4: ["hands the settings to a function"]} and last == 4
+
+
+def test_local_names_do_not_read_the_path():
+    last, why = dry_run_cells(_nb("model = train(amp=S.amp)", "xs = [model for model in range(3)]",
+                                  "def f(model):\n    return model"))
+    assert last == 3 and list(why) == [3]
+
+
+def test_code_that_does_not_parse_counts_as_on_the_path():
+    last, why = dry_run_cells(_nb("x = (", "y = 1"))
+    assert why == {3: ["code that does not parse"]} and last == 3
