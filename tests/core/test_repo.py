@@ -63,3 +63,23 @@ def test_results_header_reports_the_peak_gpu_memory_the_claims_cell_printed():
     assert split_peak("### Lesson X\n") == (None, "### Lesson X\n")
     assert "peak GPU memory 2.00 GiB" in results_header("01_x.ipynb", 12.0, peak)
     assert "peak GPU memory" not in results_header("01_x.ipynb", 12.0, None)
+
+
+def test_readme_is_the_learners_page_and_its_commands_are_real():
+    """README names the two set-up commands and the one that runs a lesson; every `make X` it names is a target;
+    the figures of the speed rule are the code's; benchmarks and maintainers' notes live in their own files."""
+    from course_utils.measure import CLAIM_ROUNDS
+    from course_utils.verdicts import _median_interval_ranks
+
+    readme = (ROOT / "README.md").read_text()
+    for command in ("make setup", "make test", "make lesson NB=02"):
+        assert command in readme, f"README does not name `{command}`"
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    named = set(re.findall(r"`make ([a-z][\w-]*)", readme))
+    assert named <= targets, f"README names make targets that do not exist: {named - targets}"
+    _, coverage = _median_interval_ranks(CLAIM_ROUNDS)
+    assert f"{CLAIM_ROUNDS} for a claim" in readme and f"{coverage:.1%}" in readme
+    assert "2.5%" in readme and "budget_short" in readme
+    for path in ("CONTRIBUTING.md", "benchmarks/README.md"):
+        assert (ROOT / path).exists() and f"]({path})" in readme
+    assert "tokens/s" not in readme and "## Benchmarks" not in readme  # measured figures live in benchmarks/
