@@ -168,6 +168,8 @@ NEEDLES = ("kernels-community", "site-packages", "FutureWarning", "DeprecationWa
 #: URLs ("example.com/home/") and relative paths ("notebooks/tmp/").
 MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:home|root|tmp|work|Users|private/var|var/folders)/")
 BAR_AT_ZERO = re.compile(r"\b0%\|")
+#: a torch module's repr, "(embed_tokens): Embedding(49152, 576)": three such lines make a dump of a model
+MODULE_LINE = re.compile(r"^\s*\([\w.]+\): [A-Z]\w*\(", re.M)
 MAX_CODE_LINES = 25
 MAX_OUTPUT_LINES = 80
 
@@ -196,8 +198,9 @@ def is_claims_table(out) -> bool:
 def saved_output_problems(nb, root: str | None = None) -> list[str]:
     """Everything in a notebook's saved outputs and code that a learner should not have to read past (issue 30):
     the ``NEEDLES``, an absolute path of the machine (``MACHINE_PATH``, or ``root``, the checkout, where given),
-    an error output, a saved progress bar at 0%, an output over ``MAX_OUTPUT_LINES`` lines (a claims table
-    excepted) and a code cell over ``MAX_CODE_LINES`` lines. One message per problem, naming the cell."""
+    an error output, a module's repr (``MODULE_LINE``), a saved progress bar at 0%, an output over
+    ``MAX_OUTPUT_LINES`` lines (a claims table excepted) and a code cell over ``MAX_CODE_LINES`` lines. One message
+    per problem, naming the cell."""
     problems = []
     root = root or str(REPO_ROOT)
     for i, cell in enumerate(nb.cells):
@@ -218,6 +221,9 @@ def saved_output_problems(nb, root: str | None = None) -> list[str]:
                 problems.append(f"cell {i}: output shows a path of this machine: {_around(raw, m.start())}")
             if out.get("output_type") == "error":
                 problems.append(f"cell {i}: an error output ({out.get('ename')})")
+            if len(MODULE_LINE.findall(text)) >= 3:
+                problems.append(f"cell {i}: a module's repr (end the cell with `;` or print what matters): "
+                                f"{_around(text, MODULE_LINE.search(text).start())}")
             m = BAR_AT_ZERO.search(raw)
             if m:
                 problems.append(f"cell {i}: a saved progress bar at 0%: {_around(raw, m.start())}")

@@ -85,6 +85,15 @@ def test_a_bar_at_zero_in_a_widget_fallback_fails_and_a_finished_one_passes():
     assert not _problems(_nb(outputs=[bar("train: 100%|██████████| 40/40 [00:41<00:00]")]))
 
 
+def test_a_module_repr_fails():
+    tree = ("LlamaForCausalLM(\n  (model): LlamaModel(\n    (embed_tokens): Embedding(49152, 576)\n"
+            "    (layers): ModuleList(\n")
+    out = nbformat.v4.new_output("execute_result", data={"text/plain": tree})
+    assert any("module's repr" in p for p in _problems(_nb(outputs=[out])))
+    table = nbformat.v4.new_output("execute_result", data={"text/plain": "(a): 1\n(b): 2\n(c): Note(x)\n"})
+    assert not _problems(_nb(outputs=[table]))
+
+
 def test_an_error_output_fails():
     err = nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
     assert any("error output" in p for p in _problems(_nb(outputs=[err])))
