@@ -103,6 +103,7 @@ class TrainingCase:
     make_model: Callable[[], nn.Module]
     batches: Callable[[torch.Generator], object]
     train_kwargs: dict | None = None
+    loss_fn: Callable | None = None  # None: train()'s default (all_token_loss); e.g. losses.fused_all_token_loss
 
 
 def time_training_interleaved(cases: dict, rounds: int = 15, warmup: int = 1, per_token: bool = True,
@@ -131,10 +132,11 @@ def time_training_interleaved(cases: dict, rounds: int = 15, warmup: int = 1, pe
         cfg = TrainConfig(steps=1, progress=False, **(case.train_kwargs or {}))
         model = case.make_model().to(device)
         optimizer = make_optimizer(model, cfg, device)
-        hist = train(model, case.batches, cfg, optimizer=optimizer, device=device)  # creates the optimizer state
+        loss = {"loss_fn": case.loss_fn} if case.loss_fn is not None else {}
+        hist = train(model, case.batches, cfg, optimizer=optimizer, device=device, **loss)  # the optimizer state
         tokens[label] = hist.tokens_seen[-1]
-        steps[label] = (lambda m=model, c=case, o=optimizer, cfg=cfg:
-                        train(m, c.batches, cfg, optimizer=o, device=device))
+        steps[label] = (lambda m=model, c=case, o=optimizer, cfg=cfg, loss=loss:
+                        train(m, c.batches, cfg, optimizer=o, device=device, **loss))
     timings = time_interleaved(steps, warmup=warmup, repeats=rounds, device=device)
     if not per_token:
         return timings
@@ -142,15 +144,17 @@ def time_training_interleaved(cases: dict, rounds: int = 15, warmup: int = 1, pe
 
 
 def training_step_peak(make_model: Callable[[], nn.Module], batches: Callable[[torch.Generator], object],
-                       device=None, **train_kwargs) -> tuple[int, str]:
+                       device=None, loss_fn: Callable | None = None, **train_kwargs) -> tuple[int, str]:
     """The memory procedure alone: the exact peak (bytes, method) of one training step of a fresh model taken
     after its optimizer state exists (``course_utils.memory.step_peak_memory``), without timing anything.
-    ``train_kwargs`` go to ``TrainConfig`` (``amp``, ``grad_accum``, ...)."""
+    ``train_kwargs`` go to ``TrainConfig`` (``amp``, ``grad_accum``, ...); ``loss_fn`` to ``train`` (None: its
+    default)."""
     device = resolve_device(device)
     model: nn.Module = make_model().to(device)
     one = TrainConfig(steps=1, progress=False, **train_kwargs)
     optimizer = make_optimizer(model, one, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return step_peak_memory(lambda: train(model, batches, one, optimizer=optimizer, device=device),
+    loss = {"loss_fn": loss_fn} if loss_fn is not None else {}
+    return step_peak_memory(lambda: train(model, batches, one, optimizer=optimizer, device=device, **loss),
                             model, optimizer, device=device)

@@ -14,7 +14,6 @@ tokens/s per process, and a fingerprint of every rank's weights (equal copies, e
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -24,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-import torch
 import torch.distributed as dist
 
 from course_utils.lessons.l1_ddp import (
@@ -32,18 +30,15 @@ from course_utils.lessons.l1_ddp import (
     exit_without_teardown,
     load_token_stream,
     rank_record,
+    script_device,
+    script_parser,
     summarize,
     train_shard,
 )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="where rank 0 writes the run's JSON")
-    parser.add_argument("--tokens", default="alice", help="a torch.save'd 1-D token tensor, or a course text name")
-    parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    DDPSettings.add_arguments(parser)
+    parser = script_parser(__doc__, DDPSettings)  # --out, --tokens, --backend, --device + the settings' flags
     args = parser.parse_args(argv)
     settings = DDPSettings.from_namespace(args)
 
@@ -51,18 +46,7 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if args.backend == "nccl" and args.device != "cuda":
-        parser.error("the nccl backend needs --device cuda (one GPU per process)")
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda, but this machine has no CUDA GPU; use --device cpu --backend gloo")
-        n_gpu = torch.cuda.device_count()
-        if args.backend == "nccl" and world_size > n_gpu:
-            parser.error(f"nccl needs one GPU per process: {world_size} processes, {n_gpu} GPUs")
-        device = torch.device("cuda", local_rank % n_gpu)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = script_device(parser, args, world_size, local_rank)
 
     # 2. Join the process group (torchrun's rendezvous tells every process where rank 0 listens).
     distributed = "RANK" in os.environ

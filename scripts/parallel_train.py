@@ -13,7 +13,6 @@ would; rank 0 writes {"modes": {mode: result}} as JSON to --out. The per-process
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -23,21 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-import torch
 import torch.distributed as dist
 
-from course_utils.lessons.l1_ddp import exit_without_teardown
+from course_utils.lessons.l1_ddp import exit_without_teardown, script_device, script_parser
 from course_utils.lessons.l1_parallel import ParallelSettings, combine, load_tokens, run_mode, validate
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, ParallelSettings)  # the flags ddp_train.py has, and the settings' own
     parser.add_argument("--modes", default="tp,pp,fsdp,ddp", help="comma-separated: tp, pp, fsdp, ddp")
-    parser.add_argument("--out", required=True, help="where rank 0 writes the run's JSON")
-    parser.add_argument("--tokens", default="alice", help="a torch.save'd 1-D token tensor, or a course text name")
-    parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ParallelSettings.add_arguments(parser)
     args = parser.parse_args(argv)
     settings = ParallelSettings.from_namespace(args)
 
@@ -45,15 +38,7 @@ def main(argv=None) -> int:
         parser.error("start this script with torchrun (python -m torch.distributed.run --nproc_per_node=2 ...)")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     modes = validate(args.modes.split(","), settings, world)
-    if args.backend == "nccl" and args.device != "cuda":
-        parser.error("the nccl backend needs --device cuda (one GPU per process)")
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda, but this machine has no CUDA GPU; use --device cpu --backend gloo")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    device = script_device(parser, args, world, int(os.environ.get("LOCAL_RANK", 0)))
 
     dist.init_process_group(backend=args.backend)
     data = load_tokens(args.tokens, settings.vocab_size)

@@ -33,9 +33,11 @@ from ..data import get_batch
 from ..measure import median
 from ..model import GPT, GPTConfig
 from ..paths import REPO_ROOT
+from ..validate import at_least, positive
 
 SCRIPT = REPO_ROOT / "scripts" / "ddp_train.py"
 BACKENDS = ("auto", "gloo", "nccl")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 
 
 class ArgvSettings:
@@ -55,11 +57,12 @@ class ArgvSettings:
 
 
 @dataclass
-class DDPSettings(ArgvSettings):
-    """One data-parallel training run: the model, the global batch and the optimizer settings."""
+class RunSettings(ArgvSettings):
+    """What every Lesson 1 torchrun run shares: Model 5's size, the steps and the optimizer (the data-parallel
+    ``DDPSettings`` and ``l1_parallel.ParallelSettings`` extend it). Every field is validated on creation, so a
+    bad value fails in the notebook, not inside torchrun's processes."""
 
     steps: int = 8
-    global_batch: int = 8  # sequences per optimizer step, summed over all processes
     block_size: int = 32
     n_layer: int = 2
     n_head: int = 2
@@ -67,19 +70,35 @@ class DDPSettings(ArgvSettings):
     vocab_size: int = 50257
     lr: float = 1e-3
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
+            at_least(self, name, 1)
+        at_least(self, "seed", 0)
+        positive(self, "lr", "e.g. 1e-3")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"{type(self).__name__}.n_embd = {self.n_embd} does not split into n_head = "
+                             f"{self.n_head} heads; use a width that is a multiple of the head count")
+
+    def model_config(self, **overrides) -> GPTConfig:
+        # dropout off: its random masks would differ between one process and several, and the lesson compares
+        # the runs number by number
+        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, **overrides)
+
+
+@dataclass
+class DDPSettings(RunSettings):
+    """One data-parallel training run: the model, the global batch and the optimizer settings."""
+
+    global_batch: int = 8  # sequences per optimizer step, summed over all processes
     amp: str = "off"
 
     def __post_init__(self):
-        for f in ("steps", "global_batch", "block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"DDPSettings.{f} must be >= 1, got {getattr(self, f)}")
-
-    def model_config(self) -> GPTConfig:
-        # dropout off: its random masks would differ between one process and two, and the lesson
-        # compares the two runs number by number.
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0)
-
+        super().__post_init__()
+        at_least(self, "global_batch", 1)
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"DDPSettings.amp = {self.amp!r}: it must be one of {AMP_MODES}")
 
 
 @dataclass
@@ -144,10 +163,10 @@ def param_fingerprint(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().abs().sum().item() for p in model.parameters()))
 
 
-def train_shard(settings: DDPSettings, data: torch.Tensor, rank: int = 0, world_size: int = 1,
-                device: str | torch.device = "cpu"):
+def train_shard(settings: DDPSettings, data: torch.Tensor, rank: int, world_size: int, device: torch.device):
     """Build Model 5 (same seed on every rank), wrap it in DDP when a process group is running, and
-    train on this rank's slices with ``course_utils.train.train``. Returns (model, history)."""
+    train on this rank's slices with ``course_utils.train.train`` on ``device`` (resolved by the caller: the
+    script from its flags, ``reference_run`` from the plan). Returns (model, history)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from ..train import TrainConfig, train
@@ -193,11 +212,45 @@ def rank_record(model, history, skip: int = 1) -> dict:
             "fingerprint": param_fingerprint(model)}
 
 
-def reference_run(settings: DDPSettings, data: torch.Tensor, device: str | torch.device = "cpu") -> dict:
-    """One process, no DDP, the same global batch: what the data-parallel run must reproduce."""
+def reference_run(settings: DDPSettings, data: torch.Tensor, device: torch.device | str | None = None) -> dict:
+    """One process, no DDP, the same global batch: what the data-parallel run must reproduce. ``device``: None
+    runs where ``launch_plan()`` puts the data-parallel processes (gloo runs on the CPU by design when there are
+    fewer than 2 GPUs), so that the two runs compare on the same hardware."""
+    device = torch.device(device if device is not None else launch_plan().device)
     t0 = time.perf_counter()
     model, history = train_shard(settings, data, 0, 1, device)
     return summarize(settings, [rank_record(model, history)], "none", str(device), time.perf_counter() - t0)
+
+
+def script_parser(doc: str, settings_cls: type[ArgvSettings]) -> argparse.ArgumentParser:
+    """The argument parser both torchrun scripts share (``scripts/ddp_train.py``, ``scripts/parallel_train.py``):
+    ``--out``, ``--tokens``, ``--backend``, ``--device`` and one flag per field of ``settings_cls``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where rank 0 writes the run's JSON")
+    parser.add_argument("--tokens", default="alice", help="a torch.save'd 1-D token tensor, or a course text name")
+    parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cpu: gloo on the CPU (by design, where there are fewer than 2 GPUs); cuda: one GPU "
+                             "per process")
+    settings_cls.add_arguments(parser)
+    return parser
+
+
+def script_device(parser: argparse.ArgumentParser, args: argparse.Namespace, world_size: int,
+                  local_rank: int) -> torch.device:
+    """This process's device from the shared flags, checked (``parser.error`` explains a bad combination)."""
+    if args.backend == "nccl" and args.device != "cuda":
+        parser.error("the nccl backend needs --device cuda (one GPU per process)")
+    if args.device != "cuda":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        parser.error("--device cuda, but this machine has no CUDA GPU; use --device cpu --backend gloo")
+    n_gpu = torch.cuda.device_count()
+    if args.backend == "nccl" and world_size > n_gpu:
+        parser.error(f"nccl needs one GPU per process: {world_size} processes, {n_gpu} GPUs")
+    device = torch.device("cuda", local_rank % n_gpu)
+    torch.cuda.set_device(device)
+    return device
 
 
 def torchrun_command(

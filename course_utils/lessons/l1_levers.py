@@ -3,7 +3,8 @@
 What lives here is what Lesson 1 needs to *measure* a lever, so the notebook keeps only the idea
 and the experiment:
 
-- the hand-written attention (matmul, causal mask, softmax) next to ``F.scaled_dot_product_attention``;
+- the hand-written attention (``course_utils.model.manual_attention``, swapped in through ``set_attention``) next
+  to the fused ``F.scaled_dot_product_attention``;
 - gradient accumulation checked against one big batch, numerically;
 - dtype memory tables, matmul speed per dtype, contiguous vs strided, pinned vs pageable copies;
 - weight-tying arithmetic and the "Your turn" checker ``check_accumulation``.
@@ -15,19 +16,18 @@ tables from ``course_utils.tables``; parallelism lives in ``l1_parallel`` (one p
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..claims import CheckResult
+from ..claims import CheckResult, ClaimsTable
 from ..env import resolve_device
 from ..losses import all_token_loss
 from ..measure import Timing, time_interleaved
 from ..memory import ADAMW_FP32_BYTES_PER_PARAM, BYTES_PER_PARAM, format_bytes, tensor_bytes, tensor_peak_memory
-from ..model import GPT, CausalSelfAttention, GPTConfig
+from ..model import GPT, CausalSelfAttention, GPTConfig, manual_attention, sdpa_attention
 from ..tables import Table
 
 SECONDS_PER_DAY = 86_400
@@ -43,7 +43,8 @@ def cumulative_savings(seconds_per_step: float, iterations: float) -> dict:
 
 
 # ---- Data types ----------------------------------------------------------------------------------
-def dtype_memory_table(n: int, dtypes: Sequence[torch.dtype] = (torch.int64, torch.int32, torch.float32)) -> Table:
+def dtype_memory_table(n: int, dtypes: Sequence[torch.dtype] = (torch.int64, torch.int32, torch.float32, torch.uint16)
+                       ) -> Table:
     """Memory of ``n`` numbers in each dtype (real tensors, ``element_size() * numel()``)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -179,36 +180,13 @@ def pinned_copy_benchmark(n_bytes: int, device=None, warmup: int = 2, repeats: i
 
 
 # ---- Attention by hand vs the fused kernel -------------------------------------------------------
-def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal attention written out: softmax(q k^T / sqrt(d) + mask) v. Materializes the T x T scores."""
-    T, d = q.size(-2), q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # B x H x T x T
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~causal, float("-inf"))  # no peeking at later tokens
-    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ v
-
-
-def _manual_attention_forward(self: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    # The same steps as CausalSelfAttention.forward, with the hand-written attention in the middle.
-    B, T, C = x.shape
-    q, k, v = self.c_attn(x).split(C, dim=2)
-    q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-    p = self.dropout_p if (self.training or not self.gate_dropout_on_training) else 0.0
-    y = manual_attention(q, k, v, dropout_p=p)
-    y = y.transpose(1, 2).reshape(B, T, C)
-    return self.resid_dropout(self.c_proj(y))
-
-
-def use_manual_attention(model: nn.Module) -> nn.Module:
-    """Make every attention layer of a Model 5 use ``manual_attention`` (in place; returns the model)."""
-    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    if not layers:
-        raise ValueError("this model has no course_utils.model.CausalSelfAttention layers (is it Model 5?)")
-    for m in layers:
-        m.forward = types.MethodType(_manual_attention_forward, m)
+def with_attention(model: GPT, fn) -> GPT:
+    """``model`` with every block's attention function swapped through Model 5's seam (``set_attention``):
+    ``course_utils.model.manual_attention`` (written out, the T x T scores materialized) or ``sdpa_attention``.
+    Returns the model, so that it fits in a ``make_model`` lambda."""
+    if not hasattr(model, "set_attention"):
+        raise ValueError("this model has no set_attention seam (is it Model 5, course_utils.model.GPT?)")
+    model.set_attention(fn)
     return model
 
 
@@ -239,7 +217,7 @@ def attention_benchmark(seq_lens: Sequence[int], batch: int, n_head: int, head_d
         )
         impls = {
             "manual": lambda q=q, k=k, v=v: manual_attention(q, k, v),
-            "sdpa": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            "sdpa": lambda q=q, k=k, v=v: sdpa_attention(q, k, v),
         }
         with torch.no_grad():
             diff = (impls["manual"]().float() - impls["sdpa"]().float()).abs().max().item()
@@ -274,42 +252,62 @@ def tying_report(tied: GPT, untied: GPT) -> dict:
 
 
 # ---- "Your turn": the gradient-accumulation exercise ---------------------------------------------
-def check_accumulation(
-    accumulate: Callable, k: int = 4, batch: int = 8, seed: int = 0, tol: float = 1e-5
-) -> CheckResult:
+#: The exercise's micro-batches, in sequences of 16 tokens: unequal on purpose (the last micro-batch of an epoch,
+#: or packed batches of varying length, are never all the same size).
+EXERCISE_SIZES = (1, 3, 2, 2)
+
+
+def _weighted_by_k(model: nn.Module, micro_batches: list) -> None:
+    for xm, ym in micro_batches:
+        (all_token_loss(model(xm), ym) / len(micro_batches)).backward()
+
+
+def check_accumulation(accumulate: Callable, sizes: Sequence[int] = EXERCISE_SIZES, seed: int = 0,
+                       tol: float = 1e-5) -> CheckResult:
     """Check a learner's ``accumulate(model, micro_batches)``.
 
-    It receives a tiny Model 5 (dropout off) and a list of ``k`` micro-batches ``(x, y)``, and must
-    leave in ``p.grad`` the gradient of the whole batch's mean loss (``all_token_loss``), as one big
-    batch would. The checker compares with one big batch and explains what is off.
-    """
+    It receives a tiny Model 5 (dropout off) and a list of micro-batches ``(x, y)`` holding ``sizes`` sequences
+    of 16 tokens each (unequal by default), and must leave in ``p.grad`` the gradient of the whole batch's mean
+    loss (``all_token_loss`` over every token), as one big batch would. The checker compares with one big batch
+    and explains what is off."""
     if not callable(accumulate):
         raise TypeError("pass your function itself: check_accumulation(my_accumulate), not its result")
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be micro-batch sizes >= 1, got {sizes}")
     torch.manual_seed(seed)
     model = no_dropout(GPT(GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32)))
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 97, (batch, 16), generator=gen)
-    y = torch.randint(0, 97, (batch, 16), generator=gen)
+    x = torch.randint(0, 97, (sum(sizes), 16), generator=gen)
+    y = torch.randint(0, 97, (sum(sizes), 16), generator=gen)
+    micro = list(zip(x.split(list(sizes)), y.split(list(sizes))))
     ref = big_batch_gradients(model, x, y)
     model.zero_grad(set_to_none=True)
-    accumulate(model, list(zip(x.chunk(k), y.chunk(k))))
+    _weighted_by_k(model, micro)
+    by_k = gradients(model)
+    model.zero_grad(set_to_none=True)
+    accumulate(model, micro)
     if all(p.grad is None for p in model.parameters()):
         return CheckResult(False, "no gradients were left in the model; call loss.backward() for each micro-batch")
     got = gradients(model)
     diff = max_grad_difference(ref, got)
+    shown = ", ".join(map(str, sizes))
     if diff < tol:
-        return CheckResult(True, f"{k} accumulated micro-batches give the big batch's gradient "
+        return CheckResult(True, f"micro-batches of {shown} sequences give the big batch's gradient "
                                  f"(max |difference| below {tol:g})")
+    k = len(sizes)
+    if len(set(sizes)) > 1 and max_grad_difference(by_k, got) < tol:
+        return CheckResult(False, f"you divided each micro-batch's loss by k={k}: right only when every micro-batch "
+                                  f"holds as many tokens; here they hold {shown} sequences, so a token of the "
+                                  "small one counts more than a token of a big one. Weight each micro-batch's mean "
+                                  "loss by its share of all the tokens")
     ratio = grad_norm(got) / grad_norm(ref)
-    if abs(ratio - k) < 0.01 * k:
-        hint = f"divide each micro-batch's loss by k={k} before backward()"
-    elif abs(ratio - 1 / k) < 0.01 / k:
-        hint = "the loss is divided by k twice, or the gradients are averaged after summing"
-    elif abs(ratio - 1 / k) < 0.5 / k or ratio < 0.5:
+    if ratio > 1.5:
+        hint = "the gradient is too large: each micro-batch's mean loss needs a weight below 1 before backward()"
+    elif ratio < 0.5:
         hint = "only part of the micro-batches reached backward(), or zero_grad() ran between them"
     else:
-        hint = "compare with accumulated_gradients() in course_utils.lessons.l1_levers"
-    return CheckResult(False, f"your gradient is {ratio:.2f}x the big batch's; {hint}")
+        hint = "compare with one big batch: all_token_loss(model(x), y) over every sequence at once"
+    return CheckResult(False, f"your gradient is {ratio:.2f}x the big batch's (max |difference| {diff:.1e}); {hint}")
 
 
 # ---- Alignment: a pure matrix product --------------------------------------------------------------
@@ -460,3 +458,89 @@ def embedding_vs_onehot(vocab: int, dim: int, n_tokens: int, rounds: int = 15, d
     return {"timings": timings, "peak bytes": peaks, "max |diff|": diff,
             "one-hot bytes": n_tokens * vocab * w.element_size()}
 
+
+
+# ---- bf16 on this CPU -------------------------------------------------------------------------------
+def cpu_bf16_units(cpuinfo: str | None = None) -> str:
+    """Which bf16 matrix instructions this CPU has, in one sentence: AMX (Intel Sapphire Rapids and later: tile
+    units, the CPU's counterpart of tensor cores) and AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 and later) run bf16
+    dot products in hardware; without them PyTorch converts to fp32 and the products gain nothing. ``cpuinfo``:
+    the text of ``/proc/cpuinfo`` (read when None; other systems report "unknown")."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return "unknown: this system has no /proc/cpuinfo to read the CPU's instruction sets from"
+    flags = set(cpuinfo.split())
+    units = [name for flag, name in (("amx_bf16", "AMX (bf16 tiles)"), ("avx512_bf16", "AVX512-BF16"))
+             if flag in flags]
+    if units:
+        return f"{' and '.join(units)}: bf16 matrix products run in hardware here"
+    return "no AMX or AVX512-BF16: bf16 products are converted to fp32 here, so they gain little or lose"
+
+
+# ---- "Fewer steps": steps to a target loss -------------------------------------------------------------
+def steps_to_target(losses: Sequence[float], target: float, window: int = 3) -> int:
+    """The first optimizer step (1-based) at which the mean of the last ``window`` training losses is at or
+    below ``target``; ``len(losses) + 1`` when the run never gets there (censored: "more than the budget")."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    for i in range(window - 1, len(losses)):
+        if sum(losses[i - window + 1:i + 1]) / window <= target:
+            return i + 1
+    return len(losses) + 1
+
+
+# ---- The claims table -----------------------------------------------------------------------------------
+#: key -> (the claim, the lecture's words: ../shared/seeds/lesson1-optimization-options.vi.md, sections 3-4).
+CLAIMS = {
+    "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
+    "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
+    "align": ("an aligned matrix product is faster per row (a power of two vs not)",
+              "power-of-two sizes: vectorization, memory alignment"),
+    "pad": ("vocabulary padded to 50,304 trains faster than 50,257", "power-of-two sizes are faster"),
+    "ids": ("integer token ids take less memory than float ids", "int instead of float for indices saves memory"),
+    "bf16_matmul": ("bf16 matrix products are faster than fp32", "16-bit types: faster transfers and compute"),
+    "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
+    "mp_memory": ("mixed precision training needs less memory", "mixed precision reduces memory"),
+    "mp_quality": ("mixed precision costs little quality (held-out loss)", "mixed precision: quality impact low"),
+    "accum_memory": ("gradient accumulation needs less memory than the big batch",
+                     "simulates a large batch without more memory"),
+    "schedule": ("warmup + cosine reaches a target loss in fewer steps", "schedulers: fewer epochs needed"),
+    "clip": ("gradient clipping improves held-out loss", "clipping and normalization help the model learn"),
+    "weight_decay": ("weight decay 0.1 improves held-out loss", "regularization helps the model learn"),
+    "dropout": ("dropout 0.1 improves held-out loss", "regularization helps the model learn"),
+    "early_dropout": ("early dropout (off after 25% of the steps) beats dropout all along, held out",
+                      "dynamic regularization"),
+    "contiguous": ("contiguous tensors are faster to process", "contiguous memory: fewer cache misses"),
+    "pinned": ("pinned host memory speeds up host-to-GPU copies", "memory pinning"),
+    "attention": ("fused attention is faster (attention alone, longest T)", "kernel fusion: speed impact high"),
+    "attention_step": ("fused attention makes the training step faster", "kernel fusion: speed impact high"),
+    "attention_memory": ("fused attention needs less memory (longest T)", "FlashAttention: fewer memory passes"),
+    "adamw": ("fused AdamW step is faster than the for-loop", "fused kernels: speed impact high"),
+    "compile": ("torch.compile makes a training step faster", "fused kernels: speed impact high"),
+    "tensor_cores": ("tensor cores: bf16 matmul far above fp32", "tensor cores raise FLOPS"),
+    "tying_memory": ("weight tying lowers a training step's peak memory", "tying saves memory"),
+    "tying_compute": ("weight tying makes a training step cheaper", "tying also lowers the compute cost"),
+    "stack": ("the single-device levers together train faster", "each small saving adds up"),
+    "bubble": ("more micro-batches shrink the pipeline bubble", "pipeline parallelism (GPipe's (p-1)/(m+p-1))"),
+    "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
+}
+
+
+def claims_table(verdicts: dict, facts: Sequence[tuple[str, str]], context: str = "",
+                 title: str = "Lesson 1: optimization options") -> ClaimsTable:
+    """The lesson's table: one row per ``CLAIMS`` key, in that order, with the ``Verdict`` a
+    ``course_utils.verdicts`` procedure returned for it; then the facts (``(what, value)`` pairs)."""
+    unknown = set(verdicts) - set(CLAIMS)
+    missing = set(CLAIMS) - set(verdicts)
+    if unknown or missing:
+        raise ValueError(f"claims_table needs one Verdict per claim: unknown keys {sorted(unknown)}, "
+                         f"missing {sorted(missing)} (see l1_levers.CLAIMS)")
+    table = ClaimsTable(title, context=context)
+    for key, (claim, lecture) in CLAIMS.items():
+        table.add(claim, lecture, verdicts[key])
+    for what, value in facts:
+        table.fact(what, value)
+    return table

@@ -48,8 +48,9 @@ from ..memory import format_bytes
 from ..model import GPT, GPTConfig
 from ..paths import REPO_ROOT
 from ..tables import Table
+from ..validate import at_least
 from ..verdicts import Verdict, all_of, paired_difference
-from .l1_ddp import ArgvSettings, LaunchPlan, launch_plan, load_token_stream, max_loss_difference, run_torchrun
+from .l1_ddp import LaunchPlan, RunSettings, launch_plan, load_token_stream, max_loss_difference, run_torchrun
 
 SCRIPT = REPO_ROOT / "scripts" / "parallel_train.py"
 MODES = ("tp", "pp", "fsdp", "ddp")
@@ -60,7 +61,8 @@ CPU_SPEED_NOTE = "speed: not measurable here on CPU (2 gloo processes share 2 co
 __all__ = [
     "CPU_SPEED_NOTE", "INJECTIONS", "LOSS_TOL", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction",
     "bubble_table", "bubble_verdict", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
-    "max_loss_difference", "parallel_facts", "parallel_plan", "parallel_table", "pipeline_forward", "pipeline_schedule", "plot_bubble",
+    "max_loss_difference", "parallel_facts", "parallel_plan", "parallel_table", "pipeline_forward",
+    "pipeline_schedule", "plot_bubble",
     "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "tp_weights_table", "validate",
 ]
 
@@ -78,11 +80,11 @@ def parallel_plan() -> LaunchPlan:
 
 # ---- Settings and checks -------------------------------------------------------------------------
 @dataclass
-class ParallelSettings(ArgvSettings):
-    """One small training run, shared by every mode and by the one-process reference."""
+class ParallelSettings(RunSettings):
+    """One small training run, shared by every mode and by the one-process reference (``l1_ddp.RunSettings``
+    holds the model's size, the steps and the optimizer, validated)."""
 
     steps: int = 3
-    batch: int = 16  # global batch: sequences per optimizer step over all processes
     block_size: int = 64
     n_layer: int = 2
     n_head: int = 4
@@ -91,14 +93,13 @@ class ParallelSettings(ArgvSettings):
     n_embd: int = 256
     vocab_size: int = 128
     lr: float = 3e-3
-    seed: int = 0
+    batch: int = 16  # global batch: sequences per optimizer step over all processes
     micro_batches: str = "1,2,4,8"  # pipeline micro-batch counts m, comma-separated
     schedules: str = "gpipe,1f1b"
 
     def __post_init__(self):
-        for f in ("steps", "batch", "block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"ParallelSettings.{f} must be >= 1, got {getattr(self, f)}")
+        super().__post_init__()
+        at_least(self, "batch", 1)
         self.micro_batch_counts()  # parse now: a bad string fails here, not inside torchrun
         bad = [s for s in self.schedule_names() if s not in SCHEDULES]
         if bad:
@@ -118,12 +119,9 @@ class ParallelSettings(ArgvSettings):
         return [s.strip() for s in str(self.schedules).split(",") if s.strip()]
 
     def model_config(self) -> GPTConfig:
-        # dropout off: random masks would differ between layouts, and the runs are compared number by number.
         # Untied unembedding: the pipeline's first and last stages would otherwise share one matrix (real
         # pipelines keep two copies and all-reduce their gradients; that is left out here).
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=0.0, tie_weights=False)
-
+        return super().model_config(tie_weights=False)
 
 
 def parse_mode(mode: str) -> tuple[str, str]:
@@ -185,7 +183,7 @@ def global_batches(settings: ParallelSettings, data: torch.Tensor) -> list[tuple
     return [get_batch(data, settings.batch, settings.block_size, generator=gen) for _ in range(settings.steps)]
 
 
-def build_model(settings: ParallelSettings, device: torch.device | str = "cpu") -> GPT:
+def build_model(settings: ParallelSettings, device: torch.device) -> GPT:
     torch.manual_seed(settings.seed)  # the same initial weights in every process
     return GPT(settings.model_config()).to(device)
 
@@ -219,8 +217,11 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
 
 
 # ---- One process: the reference ------------------------------------------------------------------
-def reference_run(settings: ParallelSettings, data: torch.Tensor, device: torch.device | str = "cpu") -> dict:
-    """One process, the whole model, the same global batches: what every mode must reproduce."""
+def reference_run(settings: ParallelSettings, data: torch.Tensor, device: torch.device | str | None = None) -> dict:
+    """One process, the whole model, the same global batches: what every mode must reproduce. ``device``: None
+    runs where ``parallel_plan()`` puts the modes (gloo on the CPU by design unless there are 2+ GPUs), so the
+    two compare on the same hardware."""
+    device = torch.device(device if device is not None else parallel_plan().device)
     model = build_model(settings, device)
     opt = make_optimizer(model.parameters(), settings)
     losses = []

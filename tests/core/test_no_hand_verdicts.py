@@ -22,7 +22,6 @@ ALLOWED = {
     "course_utils/lessons/l2_final_token.py": 6,
     "course_utils/lessons/l3_xfactor.py": 15,
     "course_utils/lessons/l4_freeze.py": 6,
-    "notebooks/01_optimization_options.ipynb": 16,
     "notebooks/02_final_token_dropout.ipynb": 11,
     "notebooks/03_x_factor_kl.ipynb": 10,
     "notebooks/04_freeze_attention.ipynb": 5,

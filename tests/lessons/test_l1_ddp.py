@@ -60,7 +60,7 @@ def test_a_missing_all_reduce_is_caught(tokens):
     # Step 1's loss still agrees (same weights, the two slices' mean is the batch mean); every later step must not.
     data = ddp.load_token_stream(tokens)
     ref = ddp.reference_run(SETTINGS, data)
-    per_rank = [ddp.rank_record(*ddp.train_shard(SETTINGS, data, rank, 2)) for rank in range(2)]
+    per_rank = [ddp.rank_record(*ddp.train_shard(SETTINGS, data, rank, 2, torch.device("cpu"))) for rank in range(2)]
     broken = ddp.summarize(SETTINGS, per_rank, "none (no all-reduce)", "cpu", 0.0)
     assert abs(broken["loss"][0] - ref["loss"][0]) < TOL
     assert ddp.max_loss_difference(broken, ref) > 10 * TOL
@@ -78,6 +78,16 @@ def test_bad_inputs_are_clear(tmp_path):
         ddp.load_token_stream(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="steps"):
         ddp.DDPSettings(steps=0)
+    with pytest.raises(ValueError, match="DDPSettings.lr = nan"):
+        ddp.DDPSettings(lr=float("nan"))
+    with pytest.raises(ValueError, match="n_head"):
+        ddp.DDPSettings(n_embd=64, n_head=3)
+    with pytest.raises(ValueError, match="amp"):
+        ddp.DDPSettings(amp="fp8")
+    from course_utils.lessons.l1_parallel import ParallelSettings
+
+    with pytest.raises(ValueError, match="ParallelSettings.batch = 0"):
+        ParallelSettings(batch=0)  # the shared base validates, and each settings class its own fields
     with pytest.raises(ValueError, match="backend"):
         ddp.launch(SETTINGS, ddp.LaunchPlan(2, "mpi", "cpu", ""), tmp_path / "x.json", tmp_path / "bad.pt")
 
@@ -95,5 +105,10 @@ def test_settings_round_trip_through_the_command_line():
     parser = argparse.ArgumentParser()
     ddp.DDPSettings.add_arguments(parser)
     assert ddp.DDPSettings.from_namespace(parser.parse_args(SETTINGS.to_argv())) == SETTINGS
+    # the scripts' shared head: the common flags, then the settings' own
+    head = ddp.script_parser("doc", ddp.DDPSettings)
+    args = head.parse_args(["--out", "o.json", *SETTINGS.to_argv()])
+    assert (args.tokens, args.backend, args.device) == ("alice", "gloo", "cpu")
+    assert ddp.script_device(head, args, 2, 0) == torch.device("cpu")
     cmd = ddp.torchrun_command(SETTINGS, ddp.LaunchPlan(2, "gloo", "cpu", ""), "o.json", "t.pt")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -11,7 +11,7 @@ from course_utils.lessons import l1_levers as levers
 from course_utils.lessons import l1_parallel
 from course_utils.measure import Timing
 from course_utils.memory import ADAMW_FP32_BYTES_PER_PARAM
-from course_utils.model import GPT, GPTConfig
+from course_utils.model import GPT, GPTConfig, manual_attention
 from course_utils.train import TrainConfig, make_optimizer
 from course_utils.verdicts import speed_verdict
 
@@ -39,17 +39,18 @@ def test_manual_attention_equals_sdpa_and_in_the_model(tiny, batches):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=g) for _ in range(3))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert (levers.manual_attention(q, k, v) - ref).abs().max() < 1e-5
+    assert (manual_attention(q, k, v) - ref).abs().max() < 1e-5
     # causality: changing a later token must not change earlier outputs
     v2 = v.clone()
     v2[:, :, -1] += 1.0
-    assert torch.equal(levers.manual_attention(q, k, v2)[:, :, :-1], levers.manual_attention(q, k, v)[:, :, :-1])
+    assert torch.equal(manual_attention(q, k, v2)[:, :, :-1], manual_attention(q, k, v)[:, :, :-1])
     x, _ = batches(2)(torch.Generator().manual_seed(0))
-    a, b = tiny().eval(), levers.use_manual_attention(tiny()).eval()
+    a, b = tiny().eval(), levers.with_attention(tiny(), manual_attention).eval()
+    assert all(blk.attn.attention_fn is manual_attention for blk in b.h)  # through the seam, no patched forward
     with torch.no_grad():
         assert (a(x) - b(x)).abs().max() < 1e-4
     with pytest.raises(ValueError, match="Model 5"):
-        levers.use_manual_attention(torch.nn.Linear(2, 2))
+        levers.with_attention(torch.nn.Linear(2, 2), manual_attention)
 
 
 def test_accumulated_gradients_equal_the_big_batch_and_unscaled_are_k_times(tiny, batches):
@@ -64,29 +65,58 @@ def test_accumulated_gradients_equal_the_big_batch_and_unscaled_are_k_times(tiny
         levers.accumulated_gradients(model, x, y, 3)
 
 
-def test_check_accumulation_passes_the_right_answer_and_explains_the_bug():
+def test_check_accumulation_wants_token_weights_and_explains_the_bugs():
     from course_utils.losses import all_token_loss
 
-    def right(model, mbs):
+    def by_tokens(model, mbs):
+        total = sum(y.numel() for _, y in mbs)
+        for x, y in mbs:
+            (all_token_loss(model(x), y) * y.numel() / total).backward()
+
+    def by_k(model, mbs):  # section 5's recipe: right for equal micro-batches only
         for x, y in mbs:
             (all_token_loss(model(x), y) / len(mbs)).backward()
 
-    def forgot_k(model, mbs):
+    def summed(model, mbs):
         for x, y in mbs:
             all_token_loss(model(x), y).backward()
 
     def zeroed(model, mbs):
         for x, y in mbs:
             model.zero_grad()
-            (all_token_loss(model(x), y) / len(mbs)).backward()
+            (all_token_loss(model(x), y) * y.numel() / sum(t.numel() for _, t in mbs)).backward()
 
-    assert levers.check_accumulation(right).passed
-    bad = levers.check_accumulation(forgot_k)
-    assert not bad.passed and "4.00x" in bad.message and "divide" in bad.message
+    assert levers.check_accumulation(by_tokens).passed
+    assert levers.check_accumulation(by_k, sizes=(2, 2, 2, 2)).passed  # equal sizes: 1/k is right
+    bad = levers.check_accumulation(by_k)
+    assert not bad.passed and "divided each micro-batch's loss by k=4" in bad.message and "1, 3, 2, 2" in bad.message
+    too_big = levers.check_accumulation(summed)
+    assert not too_big.passed and "too large" in too_big.message
     assert not levers.check_accumulation(zeroed).passed
     assert "no gradients" in levers.check_accumulation(lambda m, mbs: None).message
     with pytest.raises(TypeError, match="function itself"):
         levers.check_accumulation(None)
+    with pytest.raises(ValueError, match="sizes"):
+        levers.check_accumulation(by_tokens, sizes=(0, 2))
+
+
+def test_steps_to_target_and_cpu_bf16_units():
+    assert levers.steps_to_target([10, 9, 8, 7, 6], target=8.0) == 4  # mean of 9, 8, 7
+    assert levers.steps_to_target([10, 9, 8.5], target=8.0) == 4  # never reached: the budget + 1
+    assert levers.steps_to_target([7.0], target=8.0, window=1) == 1
+    assert "AMX" in levers.cpu_bf16_units("flags : fpu amx_bf16 avx512_bf16")
+    assert levers.cpu_bf16_units("flags : fpu avx512_bf16").startswith("AVX512-BF16")
+    assert levers.cpu_bf16_units("flags : fpu avx2").startswith("no AMX")
+
+
+def test_claims_table_needs_one_verdict_per_claim():
+    from course_utils.verdicts import level
+
+    vs = {key: level(0.5, high=1.0) for key in levers.CLAIMS}
+    table = levers.claims_table(vs, [("a fact", "1")], "ctx")
+    assert len(table.claims) == len(levers.CLAIMS) and table.facts[0].what == "a fact"
+    with pytest.raises(ValueError, match="missing"):
+        levers.claims_table({k: x for k, x in list(vs.items())[1:]}, [])
 
 
 def test_tying_counts_at_gpt2_small_on_the_meta_device():
@@ -104,7 +134,7 @@ def test_tying_counts_at_gpt2_small_on_the_meta_device():
 
 def test_dtype_tables_are_exact():
     t = levers.dtype_memory_table(1000)
-    assert t.column("bytes") == [8000, 4000, 4000]
+    assert t.column("bytes") == [8000, 4000, 4000, 2000]  # int64, int32, float32, uint16 (nanoGPT)
     assert levers.exact_integer_limit(torch.float16) == 2048
     assert levers.exact_integer_limit(torch.bfloat16) == 256
     assert levers.exact_integer_limit(torch.float32) == 2**24
