@@ -11,6 +11,12 @@ five lessons. For each lesson, the **peak memory of the largest training step of
   ``10h + 4f`` (SwiGLU's gate and up projections, rotary copies of q and k), and the output layer keeps the
   logits, their log-softmax and its gradient (3 x V values, fp32). ``tests/core/test_preflight.py`` checks it
   against an exact measured step (``runs.training_step_peak``) at small sizes, where it is within 0.67-1.5x.
+  On a GPU: the H100 results of 2026-11-23 (older code, ``results/nvidia-h100-80gb/01_*.ipynb``) show 18.8 GiB
+  for Lesson 1's fp32 step at batch 64 x 255, counted then above the weights and AdamW moments that existed
+  before the step (about 1.4 GiB): about 20 GiB in all; the formula gives 19.4 GiB.
+
+The model is the one the lecture uses, which a learner with the hub (Colab) gets; offline, the smaller
+SmolLM2-135M stands in for GPT-2 medium and GPT-Neo 125M, so the figure is an upper bound there.
 
 Against a device: the estimate must fit in 90% of its memory (the CUDA context, the allocator's caching and
 fragmentation take the rest); if it does not, the line says what to change: a smaller micro-batch with gradient
