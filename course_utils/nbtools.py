@@ -292,8 +292,11 @@ def full_profile_flags(nb) -> tuple[set[str], set[str]]:
             kw = {k.arg: k.value for k in call.keywords}
             if "small" not in kw or "full" not in kw:
                 continue
-            small, full = (eval(compile(ast.Expression(kw[k]), "<settings>", "eval"), {}, names)
-                           for k in ("small", "full"))
+            try:
+                small, full = (dict(eval(compile(ast.Expression(kw[k]), "<settings>", "eval"), {}, names))
+                               for k in ("small", "full"))
+            except Exception as e:  # noqa: BLE001 - not literal settings: the caller runs every cell
+                raise ValueError(f"the settings cell's small/full profiles are not literal: {e}") from e
             for key, value in full.items():
                 number = isinstance(value, (int, float, tuple)) and not isinstance(value, bool)
                 if not number and small.get(key) != value:
@@ -395,8 +398,12 @@ def dry_run_cells(nb) -> tuple[int, dict[int, list[str]]]:
     dry run executes the notebook in order up to ``last``, the last cell on the path, or up to its settings cell
     where no cell is. Past ``last`` no cell reads a flag, the profile or a value made on the path: those cells run
     the small profile's code paths, which nbval executes (``make test``) at sizes no smaller than the dry run's
-    caps. A cell that does not parse counts as on the path."""
-    flags, holders = full_profile_flags(nb)
+    caps. A cell that does not parse counts as on the path; settings that are not literal make every cell run."""
+    try:
+        flags, holders = full_profile_flags(nb)
+    except ValueError as e:
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        return (code[-1] if code else 0), {i: [f"every cell runs: {e}"] for i in code[-1:]}
     tainted: set[str] = set()
     why: dict[int, list[str]] = {}
     last = 0

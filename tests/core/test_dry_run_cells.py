@@ -63,3 +63,10 @@ def test_local_names_do_not_read_the_path():
 def test_code_that_does_not_parse_counts_as_on_the_path():
     last, why = dry_run_cells(_nb("x = (", "y = 1"))
     assert why == {3: ["code that does not parse"]} and last == 3
+
+
+def test_settings_that_are_not_literal_run_every_cell():
+    nb = _nb("y = 1", "z = 2")
+    nb.cells[2].source = "S = profile_settings(small=SMALL, full=FULL)"
+    last, why = dry_run_cells(nb)
+    assert last == 4 and "every cell runs" in why[4][0]
