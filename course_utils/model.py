@@ -201,13 +201,9 @@ class GPT(nn.Module):
                 f"sequence length {T} is longer than the model's context (block_size={self.config.block_size}); "
                 f"crop the input to its last {self.config.block_size} tokens, e.g. idx[:, -{self.config.block_size}:]"
             )
-        if idx.device != self.wte.weight.device:
-            raise RuntimeError(
-                "Expected all tensors to be on the same device: the batch is on "
-                f"{idx.device} but the model is on {self.wte.weight.device}. "
-                f"Move the batch with `x = x.to({str(self.wte.weight.device)!r})` (or pass device= to get_batch)."
-            )
-        self._check_token_ids(idx)  # after the device check: a batch on another device fails there first
+        # A batch on another device than the model fails in the embedding with PyTorch's own message
+        # ("Expected all tensors to be on the same device, ..."): the course does not rewrite it.
+        self._check_token_ids(idx)
         x = self.blocks(self.embed(idx))
         if targets is not None:
             return self.loss(x, targets)

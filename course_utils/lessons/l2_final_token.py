@@ -9,7 +9,8 @@ and the checker for the "Your turn" exercise (a loss on the last k tokens).
     check_last_k_loss(my_last_k_loss)                     # PASSED, or NOT YET and what is wrong
     FinalTokenHead(model)                                 # Model 5 with the head at the last position only
     step_flops(model, final_position_loss, x, y)          # FLOPs of one forward + backward
-    course_utils.runs.compare_runs(baseline, candidate)   # a difference between two trainings, over seeds
+    on_each_text({"Alice": v1, "web": v2})                # one claim measured on both texts (all_of)
+    reference_nll(scorer, scorer_tok, prompt, texts)      # nats per character under a reference model
     readable(ids, tokenizer)                              # decoded text without cut multi-byte characters
 
 The point is that "missing spaces, tokens run together" and "the curve is noisier" become numbers.
@@ -18,20 +19,20 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
+from ..claims import CheckResult
 from ..env import device_of
 from ..losses import all_token_loss, final_token_loss
 from ..model import GPT, eval_mode
 from ..plots import smooth
+from ..verdicts import Verdict, all_of, compare_runs
 
 #: A word: letters, optionally with an apostrophe part ("alice's", "don't").
 WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -256,47 +257,91 @@ def evaluate_losses(model, batches: Callable, loss_fns: dict, n_batches: int = 8
     return {name: total / n_batches for name, total in totals.items()}
 
 
-# ---- Verdicts from samples and from seeds ---------------------------------------------------------------
+# ---- Claims measured on both texts, and text scored by a reference model ------------------------------------
 
-@dataclass
-class Comparison:
-    """A difference candidate - baseline and the verdict on "candidate is lower" (or higher)."""
-
-    verdict: str  # one of course_utils.claims.VERDICTS
-    difference: float  # mean(candidate) - mean(baseline)
-    noise: float  # what the difference must exceed (see the function that made it)
-    note: str
-
-    def __str__(self) -> str:
-        return f"{self.verdict}: {self.note}"
+def on_each_text(parts: dict, figures: dict | None = None) -> Verdict:
+    """One claim measured on each text (``{"Alice": Verdict, "web": Verdict}``): ``verdicts.all_of`` (holds when
+    it holds on every text, does not hold when it fails on any), each part's sentence named by its text.
+    ``figures`` (``{text: "6.29 vs 6.98"}``) puts the raw figures in front of each part's measurement."""
+    named = [replace(v, why=f"{d}: {v.why}") for d, v in parts.items()]
+    shown = "; ".join(f"{d}: {(figures or {}).get(d, '')}{' -> ' if figures else ''}{v.measured}"
+                      for d, v in parts.items())
+    return all_of(*named, measured=shown)
 
 
-def _direction(lower: bool) -> int:
-    if not isinstance(lower, bool):
-        raise TypeError(f"lower must be True (claim: the candidate is lower) or False (higher), got {lower!r}")
-    return -1 if lower else 1
+def per_seed(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """Per-seed figures as the table shows them: ``6.21/6.22/6.45``."""
+    return "/".join(fmt.format(v) for v in values)
 
 
-def mean_difference_verdict(baseline: Sequence[float], candidate: Sequence[float], lower: bool = True,
-                            z: float = 2.0) -> Comparison:
-    """Is the candidate's mean lower (``lower=True``) or higher than the baseline's, beyond sampling noise?
+def sample_continuations(model: nn.Module, tokenizer, prompt: str, n: int, new_tokens: int, seed: int = 0,
+                         top_k: int = 50) -> list[list[int]]:
+    """``n`` sampled continuations of ``prompt`` (temperature 1, top-k, from a generator seeded with ``seed``):
+    the new token ids only, one list per sample. Works for Model 5 and ``FinalTokenHead``."""
+    device = device_of(model)
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
+    out = model.generate(ids.repeat(n, 1), new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
+    return out[:, ids.size(1):].cpu().tolist()
 
-    For independent samples (e.g. one value per generated text): holds when the difference in the claimed
-    direction exceeds ``z`` standard errors of the difference (Welch), does not hold when it exceeds them in the
-    other direction, inconclusive otherwise.
-    """
-    a, b = [float(v) for v in baseline], [float(v) for v in candidate]
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least 2 values on each side, got {len(a)} and {len(b)}: take more samples")
-    sign = _direction(lower)
-    diff = statistics.fmean(b) - statistics.fmean(a)
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    text = f"difference {diff:+.3f}, {z:g} standard errors = {z * se:.3f} ({len(b)} vs {len(a)} samples)"
-    if sign * diff > z * se:
-        return Comparison(HOLDS, diff, z * se, f"{text}: beyond the noise, as claimed")
-    if -sign * diff > z * se:
-        return Comparison(DOES_NOT_HOLD, diff, z * se, f"{text}: beyond the noise, against the claim")
-    return Comparison(INCONCLUSIVE, diff, z * se, f"{text}: within the sampling noise")
+
+def compare_on_each_text(figures: dict, texts: Iterable[str], baseline: str, candidate: str, **kwargs) -> Verdict:
+    """``verdicts.compare_runs`` on each text, paired by seed, as one claim (``on_each_text``):
+    ``figures[f"{text} | {arm}"]`` holds one figure per seed; ``kwargs`` go to ``compare_runs``."""
+    parts = {d: compare_runs(figures[f"{d} | {baseline}"], figures[f"{d} | {candidate}"], **kwargs) for d in texts}
+    shown = {d: f"{per_seed(figures[f'{d} | {baseline}'])} vs {per_seed(figures[f'{d} | {candidate}'])}"
+             for d in parts}
+    return on_each_text(parts, shown)
+
+
+def load_reference_scorer(device=None):
+    """The reference model of real English for ``reference_nll``: SmolLM2-135M-Instruct through
+    ``pretrained.load_pretrained`` (the hub's copy when reachable, else the course's offline copy), without the
+    weight-loading progress bar. Returns ``(model, tokenizer, info)``."""
+    from transformers.utils import logging as hf_logging
+
+    from ..pretrained import load_pretrained
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load_pretrained("SmolLM2-135M-Instruct", device=device, verbose=False)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@torch.no_grad()
+def reference_nll(scorer, scorer_tokenizer, prompts: str | Sequence[str], texts: Sequence[str]) -> list[float]:
+    """How unlike real text each continuation is: nats per character of ``text`` after its prompt under a
+    reference language model (``scorer``, e.g. SmolLM2-135M from ``pretrained.load_pretrained``), one value per
+    text. Word soup, run-together tokens and missing spaces are unlikely under a model of real English, so they
+    score high; real prose scores low. Per character, not per token, so that two tokenizers compare fairly.
+    ``prompts``: one prompt for every text, or one per text."""
+    if not texts:
+        raise ValueError("no texts to score: generate some continuations first")
+    prompts = [prompts] * len(texts) if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts: give one prompt, or one per text")
+    starts = [len(scorer_tokenizer(p)["input_ids"]) for p in prompts]
+    rows = [scorer_tokenizer(p + t)["input_ids"] for p, t in zip(prompts, texts)]
+    width = max(map(len, rows))
+    pad = scorer_tokenizer.pad_token_id or 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device_of(scorer))
+    logp = F.log_softmax(scorer(ids).logits[:, :-1].float(), dim=-1)  # right padding: real tokens unaffected
+    tok_nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    return [float(tok_nll[i, start - 1 : len(r) - 1].sum()) / max(1, len(t))
+            for i, (start, r, t) in enumerate(zip(starts, rows, texts))]
+
+
+def real_pieces(ids: torch.Tensor, tokenizer, n: int, new_tokens: int, prompt_tokens: int = 5) -> tuple[list, list]:
+    """``n`` pieces of real text spread evenly over ``ids`` (held-out token ids), cut like a generation:
+    (prompts of ``prompt_tokens`` tokens, continuations of ``new_tokens``), decoded. The reference for
+    ``reference_nll``: what real text of this kind scores."""
+    if len(ids) < prompt_tokens + new_tokens + 1:
+        raise ValueError(f"{len(ids)} tokens are too few for pieces of {prompt_tokens} + {new_tokens} tokens")
+    starts = torch.linspace(0, len(ids) - prompt_tokens - new_tokens - 1, n).long().tolist()
+    return ([readable(ids[s : s + prompt_tokens], tokenizer) for s in starts],
+            [readable(ids[s + prompt_tokens : s + prompt_tokens + new_tokens], tokenizer) for s in starts])
 
 
 # ---- Final-token training the cheap way: the unembedding at the last position only ----------------------
@@ -304,10 +349,10 @@ def mean_difference_verdict(baseline: Sequence[float], candidate: Sequence[float
 def final_token_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """Model 5's logits at the LAST position only: (B, T) token ids -> (B, 1, V).
 
-    Declared copy of ``course_utils.model.GPT.forward`` (embeddings, dropout, blocks, final LayerNorm) with one
-    change, nanoGPT's inference trick ``lm_head(x[:, [-1], :])``: the unembedding, a C x V matrix multiply per
-    position, runs once per sequence instead of T times. ``tests/lessons/test_l2_final_token.py`` keeps the copy
-    true (same logits as ``model(idx)[:, [-1], :]``, same gradients).
+    Model 5's own seams (``embed``, ``blocks``, ``unembed``) with nanoGPT's inference trick ``lm_head(x[:, [-1], :])``:
+    the unembedding, a C x V matrix multiply per position, runs once per sequence instead of T times.
+    ``tests/lessons/test_l2_final_token.py`` checks the same logits as ``model(idx)[:, [-1], :]`` and the same
+    gradients. A batch on another device than the model fails with PyTorch's own message.
     """
     if not isinstance(model, GPT):
         raise TypeError(f"final_token_logits needs a course_utils.model.GPT (Model 5), got {type(model).__name__}")
@@ -317,15 +362,8 @@ def final_token_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     if T > model.config.block_size:
         raise ValueError(f"sequence length {T} is longer than the model's context ({model.config.block_size}); "
                          f"crop it, e.g. idx[:, -{model.config.block_size}:]")
-    if idx.device != model.wte.weight.device:
-        raise RuntimeError(f"Expected all tensors to be on the same device: the batch is on {idx.device} but the "
-                           f"model is on {model.wte.weight.device}. Move the batch with "
-                           f"`x = x.to({str(model.wte.weight.device)!r})`.")
-    x = model.drop(model.wte(idx) + model.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
-    for block in model.h:
-        x = block(x)  # (B, T, C): every position still feeds the attention of the last one
-    logits = model.lm_head(model.ln_f(x[:, [-1], :]))  # (B, 1, V): the head at the last position only
-    return logits[..., : model.config.vocab_size]
+    x = model.blocks(model.embed(idx))  # (B, T, C): every position still feeds the attention of the last one
+    return model.unembed(x[:, [-1], :])  # (B, 1, V): the head at the last position only
 
 
 class FinalTokenHead(nn.Module):
@@ -396,7 +434,7 @@ def final_position_test_loss(model: GPT, ids: torch.Tensor, n_sequences: int, bl
     from ..data import get_batch
 
     gen = torch.Generator().manual_seed(seed)
-    device = model.wte.weight.device
+    device = device_of(model)
     total, done = 0.0, 0
     with eval_mode(model):
         while done < n_sequences:

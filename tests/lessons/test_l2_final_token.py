@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from course_utils import verdicts
+from course_utils.claims import VERDICTS
 from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
     FinalTokenHead,
@@ -17,10 +18,13 @@ from course_utils.lessons.l2_final_token import (
     known_word_share,
     last_k_loss_reference,
     loss_noise,
-    mean_difference_verdict,
     nll_on_raw_logits,
+    on_each_text,
+    per_seed,
     per_sequence_quality,
     readable,
+    reference_nll,
+    sample_continuations,
     space_token_share,
     step_flops,
     text_quality,
@@ -202,15 +206,27 @@ def test_final_token_head_trains_model5_like_the_full_path(tiny_gpt, token_strea
 
 
 def test_final_token_logits_errors(tiny_gpt):
+    model = tiny_gpt().to("meta")
+    out = final_token_logits(model, torch.zeros(2, 4, dtype=torch.long))  # the course adds no device check of its own
+    with pytest.raises(RuntimeError, match="device"):  # PyTorch's own message, where the tensors meet
+        final_position_loss(out, torch.zeros(2, 4, dtype=torch.long))
     model = tiny_gpt()
-    with pytest.raises(RuntimeError, match="same device"):
-        final_token_logits(model, torch.zeros(2, 4, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match="longer than the model's context"):
         final_token_logits(model, torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(TypeError, match="GPT"):
         FinalTokenHead(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="targets"):
         final_position_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_final_token_logits_call_model5s_seams(tiny_gpt, monkeypatch):
+    model = tiny_gpt()
+    calls = []
+    for seam in ("embed", "blocks", "unembed"):
+        original = getattr(model, seam)
+        monkeypatch.setattr(model, seam, lambda *a, _f=original, _n=seam, **k: calls.append(_n) or _f(*a, **k))
+    final_token_logits(model, torch.zeros(2, 4, dtype=torch.long))
+    assert calls == ["embed", "blocks", "unembed"]
 
 
 def test_step_flops_count_the_head_at_every_position_or_at_one(tiny_gpt):
@@ -247,16 +263,56 @@ def test_final_position_test_loss_is_the_same_yardstick_for_every_model(tiny_gpt
 
 # ---- verdicts ---------------------------------------------------------------------------------------------
 
-def test_mean_difference_verdict_three_outcomes():
-    gen = torch.Generator().manual_seed(0)
-    real = (0.9 + 0.05 * torch.randn(16, generator=gen)).tolist()
-    worse = (0.6 + 0.05 * torch.randn(16, generator=gen)).tolist()
-    same = (0.9 + 0.05 * torch.randn(16, generator=gen)).tolist()
-    assert mean_difference_verdict(real, worse, lower=True).verdict == HOLDS
-    assert mean_difference_verdict(worse, real, lower=True).verdict == DOES_NOT_HOLD
-    assert mean_difference_verdict(real, same, lower=True).verdict == INCONCLUSIVE
-    with pytest.raises(ValueError, match="at least 2"):
-        mean_difference_verdict([1.0], [1.0, 2.0])
+def test_on_each_text_is_all_of_the_texts_verdicts():
+    up = verdicts.compare_runs([1.0, 1.1, 1.2], [2.0, 2.1, 2.3], lower=False)
+    down = verdicts.compare_runs([2.0, 2.1, 2.3], [1.0, 1.1, 1.2], lower=False)
+    mixed = verdicts.compare_runs([1.0, 2.0, 1.5], [1.2, 1.7, 1.6], lower=False)
+    assert on_each_text({"Alice": up, "web": up}).verdict == up.verdict == VERDICTS[0]
+    assert on_each_text({"Alice": up, "web": down}).verdict == down.verdict
+    assert on_each_text({"Alice": up, "web": mixed}).verdict == mixed.verdict
+    both = on_each_text({"Alice": up, "web": down}, figures={"Alice": "1.10 vs 2.13", "web": "2.13 vs 1.10"})
+    assert both.measured.startswith("Alice: 1.10 vs 2.13 -> +1.033") and "web: 2.13 vs 1.10 -> " in both.measured
+    assert "Alice: candidate higher" in both.why and "web: candidate higher" in both.why
+    assert per_seed([6.211, 6.2, 6.45]) == "6.21/6.20/6.45"
+
+
+def test_reference_nll_scores_real_text_below_word_soup(tiny_gpt, token_stream):
+    from course_utils.model import GPTConfig
+
+    class Scorer(torch.nn.Module):  # a tiny Model 5 trained on a repeating text, with an HF-like output
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return type("Out", (), {"logits": self.model(ids)})()
+
+    text = "the cat sat on the mat. " * 40
+    chars = sorted(set(text))
+
+    def tok(s):
+        return {"input_ids": [chars.index(c) if c in chars else 0 for c in s]}
+
+    tok.pad_token_id = 0
+    torch.manual_seed(0)
+    from course_utils.model import GPT
+
+    model = GPT(GPTConfig(vocab_size=len(chars), block_size=64, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    ids = torch.tensor(tok(text)["input_ids"])
+    train(model, lambda g: get_batch(ids, 8, 32, generator=g), TrainConfig(steps=60, lr=1e-2, progress=False))
+    model.eval()
+    real, soup = reference_nll(Scorer(model), tok, "the cat ", ["sat on the mat.", "mat the on.sat t"])
+    assert real < soup
+    with pytest.raises(ValueError, match="no texts"):
+        reference_nll(Scorer(model), tok, "the", [])
+
+
+def test_sample_continuations_returns_new_tokens_only(tiny_gpt):
+    tok = gpt2_tokenizer()
+    model = tiny_gpt(vocab_size=50257)
+    a = sample_continuations(FinalTokenHead(model), tok, "Alice was", 3, 5, seed=1)
+    assert len(a) == 3 and all(len(s) == 5 for s in a)
+    assert a == sample_continuations(model, tok, "Alice was", 3, 5, seed=1)  # the cheap head samples alike
 
 
 # ---- repetition and display ---------------------------------------------------------------------------
