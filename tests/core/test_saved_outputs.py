@@ -115,3 +115,23 @@ def test_long_outputs_fail_except_a_claims_table():
     claims = nbformat.v4.new_output("display_data", data={
         "text/plain": long_text, "text/html": "<table><tr><th style='x'>claim</th><th>lecture</th></tr></table>"})
     assert not _problems(_nb(outputs=[claims]))
+
+
+def test_lessons_0_to_3_load_neither_peft_nor_bitsandbytes():
+    """The cause of bitsandbytes' "kernels-community" line in every lesson's stderr was an import of peft just to
+    print its version: the core and the modules of lessons 1-3 must not import peft or bitsandbytes."""
+    import os
+    import subprocess
+    import sys
+
+    modules = ["env", "data", "tokenizer", "model", "pretrained", "losses", "train", "runs", "measure", "memory",
+               "verdicts", "claims", "tables", "plots", "preflight", "lessons.l1_levers", "lessons.l1_parallel",
+               "lessons.l1_ddp", "lessons.l2_final_token", "lessons.l3_xfactor"]
+    code = ("import sys\n" + "".join(f"import course_utils.{m}\n" for m in modules)
+            + "from course_utils.env import report_env\nreport_env()\n"
+            + "print(sorted(m for m in ('peft', 'bitsandbytes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "kernels-community" not in out.stderr
