@@ -90,8 +90,10 @@ class LessonStep:
 
 
 LESSONS = {
-    "01": LessonStep("01", "Optimization options", GPT2_SMALL, batch=128, context=255,
-                     where="step timing: settings.batch_sizes[-1] x settings.timing_seq_len, fp32"),
+    "01": LessonStep("01", "Optimization options", GPT2_SMALL, batch=16, context=1024,
+                     where="training runs and the accumulation memory step: settings.batch_size x "
+                           "settings.block_size, fp32, logits and loss apart (the batch-size timing, up to 128 x "
+                           "255 with the fused loss, needs a little less)"),
     "02": LessonStep("02", "Final-token training, dropout", GPT2_SMALL, batch=32, context=256, amp="auto",
                      where="S.batch_size x S.context, S.amp"),
     "03": LessonStep("03", "X factor, KL loss", GPT2_MEDIUM, batch=4, context=64, frozen_copies=1,

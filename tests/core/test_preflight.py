@@ -157,7 +157,7 @@ def _value(source: str, key: str) -> str:
 
 
 # lesson -> (batch, context) settings, and the other settings the step depends on
-SHAPES = {"01": ("batch_sizes", "timing_seq_len", {}), "02": ("batch_size", "context", {"amp": '"auto"'}),
+SHAPES = {"01": ("batch_size", "block_size", {}), "02": ("batch_size", "context", {"amp": '"auto"'}),
           "03": ("batch_size", "seq_len", {}), "04": ("batch_size", "block_size", {}),
           "05": ("batch_size", "max_len", {"amp": '"auto"', "grad_checkpointing": "True"})}
 
