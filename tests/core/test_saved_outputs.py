@@ -12,9 +12,6 @@ from course_utils.nbtools import MAX_CODE_LINES, MAX_OUTPUT_LINES, notebook_path
 #: Notebooks whose owners are still cleaning them (issue 30). Their cases are expected to fail (xfail, not strict);
 #: this set only shrinks, and is empty once every notebook is clean.
 NOT_YET_CLEAN = {
-    "01_optimization_options.ipynb",
-    "02_final_token_dropout.ipynb",
-    "03_x_factor_kl.ipynb",
     "04_freeze_attention.ipynb",
     "05_sft_lora_qlora.ipynb",
 }
