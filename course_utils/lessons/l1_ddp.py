@@ -303,7 +303,10 @@ def launch(settings: DDPSettings, plan: LaunchPlan, out: str | os.PathLike, toke
     result, wall, threads = run_torchrun(cmd, plan, out, timeout, threads_per_process)
     result["launch_wall_s"] = wall
     result["threads_per_process"] = threads if plan.device == "cpu" else None
-    result["command"] = shlex.join(["torchrun"] + cmd[3:])
+    # shown without this machine's paths: the script relative to the repository, the run's files by name
+    shown = [str(SCRIPT.relative_to(REPO_ROOT)) if a == str(SCRIPT) else a.replace(str(out.parent), "RUN_DIR")
+             for a in cmd[3:]]
+    result["command"] = shlex.join(["torchrun", *shown])
     return result
 
 

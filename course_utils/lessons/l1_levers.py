@@ -16,6 +16,7 @@ tables from ``course_utils.tables``; parallelism lives in ``l1_parallel`` (one p
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -40,6 +41,14 @@ def cumulative_savings(seconds_per_step: float, iterations: float) -> dict:
         raise ValueError(f"seconds_per_step and iterations must be >= 0, got {seconds_per_step} and {iterations}")
     seconds = seconds_per_step * iterations
     return {"seconds": seconds, "days": seconds / SECONDS_PER_DAY, "years": seconds / SECONDS_PER_DAY / 365.25}
+
+
+def paired_speedup(baseline: Timing, candidate: Timing) -> float:
+    """The speed-up of ``candidate`` over ``baseline`` as ``speed_verdict`` measures it: the median of the paired
+    rounds' ratios (baseline / candidate), so that a table and the verdict show the same figure."""
+    if len(baseline.times) != len(candidate.times):
+        raise ValueError("the two timings must come from one time_interleaved call (equal rounds)")
+    return statistics.median(b / c for b, c in zip(baseline.times, candidate.times))
 
 
 # ---- Data types ----------------------------------------------------------------------------------
@@ -69,8 +78,8 @@ def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup:
                      seed: int = 0) -> tuple[Table, dict]:
     """An ``n x n @ n x n`` product per dtype, timed in ONE ``time_interleaved`` call (``repeats`` rounds).
 
-    Returns the table (median ms, GFLOP/s, speed-up of the medians, memory of the two operands, error against
-    float64) and ``{dtype name: Timing}`` for ``speed_verdict``."""
+    Returns the table (median ms, GFLOP/s, speed-up (median of the paired rounds' ratios), memory of the two
+    operands, error against float64) and ``{dtype name: Timing}`` for ``speed_verdict``."""
     device = resolve_device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     a32 = torch.randn(n, n, generator=gen)
@@ -86,7 +95,7 @@ def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup:
         err = ((a @ b).double().cpu() - ref).norm() / ref.norm()
         rows.append({"dtype": name, "ms (median)": timing.median * 1e3,
                      "spread ms": timing.iqr * 1e3, "GFLOP/s": 2 * n**3 / timing.median / 1e9,
-                     "speed-up": base.median / timing.median, "operands": format_bytes(2 * tensor_bytes(a)),
+                     "speed-up": paired_speedup(base, timing), "operands": format_bytes(2 * tensor_bytes(a)),
                      "rel. error": float(err)})
     return Table(rows, f"{n} x {n} matrix product on {device}, {repeats} interleaved rounds"), timings
 
@@ -156,7 +165,7 @@ def contiguity_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 15
     timings = time_interleaved(cases, warmup=warmup, repeats=repeats, device=device)
     first = timings["contiguous"]
     rows = [{"layout": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
-             "slow-down": t.median / first.median} for name, t in timings.items()]
+             "slow-down": paired_speedup(t, first)} for name, t in timings.items()]
     title = f"softmax over the rows of a {n} x {n} matrix on {device}, {repeats} interleaved rounds"
     return Table(rows, title), timings
 
@@ -228,7 +237,7 @@ def attention_benchmark(seq_lens: Sequence[int], batch: int, n_head: int, head_d
             row[f"{name} ms"] = timings[T][name].median * 1e3
             row[f"{name} spread ms"] = timings[T][name].iqr * 1e3
             row[f"{name} peak bytes"], _ = tensor_peak_memory(run, q, k, v, device=device)
-        row["speed-up"] = row["manual ms"] / row["sdpa ms"]
+        row["speed-up"] = paired_speedup(timings[T]["manual"], timings[T]["sdpa"])
         row["memory ratio"] = row["manual peak bytes"] / max(1, row["sdpa peak bytes"])
         row["max |diff|"] = diff
         rows.append(row)

@@ -289,3 +289,10 @@ def test_embedding_gather_equals_one_hot_and_needs_less_memory():
     assert r["max |diff|"] == 0.0 and r["one-hot bytes"] == 64 * 500 * 4
     assert r["peak bytes"]["one-hot @ W"] >= r["one-hot bytes"] > r["peak bytes"]["gather (F.embedding)"]
     assert set(r["timings"]) == {"gather (F.embedding)", "one-hot @ W"}
+
+
+def test_paired_speedup_is_the_figure_speed_verdict_judges():
+    base, cand = Timing([2.0, 4.0, 3.0, 2.0, 9.0]), Timing([1.0, 1.0, 3.0, 1.0, 3.0])
+    assert levers.paired_speedup(base, cand) == pytest.approx(speed_verdict(base, cand).speedup) == 2.0
+    with pytest.raises(ValueError, match="equal rounds"):
+        levers.paired_speedup(base, Timing([1.0]))
