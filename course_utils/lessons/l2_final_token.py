@@ -284,12 +284,14 @@ def sample_continuations(model: nn.Module, tokenizer, prompt: str, n: int, new_t
     return out[:, ids.size(1):].cpu().tolist()
 
 
-def compare_on_each_text(figures: dict, texts: Iterable[str], baseline: str, candidate: str, **kwargs) -> Verdict:
+def compare_on_each_text(figures: dict, texts: Iterable[str], baseline: str, candidate: str,
+                         shown_fmt: str = "{:.2f}", **kwargs) -> Verdict:
     """``verdicts.compare_runs`` on each text, paired by seed, as one claim (``on_each_text``):
-    ``figures[f"{text} | {arm}"]`` holds one figure per seed; ``kwargs`` go to ``compare_runs``."""
+    ``figures[f"{text} | {arm}"]`` holds one figure per seed (shown with ``shown_fmt``); ``kwargs`` go to
+    ``compare_runs``."""
     parts = {d: compare_runs(figures[f"{d} | {baseline}"], figures[f"{d} | {candidate}"], **kwargs) for d in texts}
-    shown = {d: f"{per_seed(figures[f'{d} | {baseline}'])} vs {per_seed(figures[f'{d} | {candidate}'])}"
-             for d in parts}
+    shown = {d: f"{per_seed(figures[f'{d} | {baseline}'], shown_fmt)} vs "
+                f"{per_seed(figures[f'{d} | {candidate}'], shown_fmt)}" for d in parts}
     return on_each_text(parts, shown)
 
 
