@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -216,6 +216,56 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return {"parameters": p, "gradients": g, "optimizer": opt, "total": p + g + opt}
 
 
+# ---- What one process reports (typed; they cross torchrun pickled, and rank 0 writes them with ``asdict``) ----
+@dataclass
+class TPRecord:
+    """One tensor-parallel rank: its losses, the output difference from the full model, its shards."""
+
+    loss: list[float]
+    output_max_diff: float
+    split_layers: list[str]
+    weights: list[dict]  # block 0's split layers: full and local shapes and bytes
+    split_bytes_local: int
+    split_bytes_full: int
+    collectives_forward: dict
+    collectives_backward: dict
+    bytes: dict  # state_bytes: parameters, gradients, optimizer, total
+    mode_wall_s: float = 0.0
+
+
+@dataclass
+class PPRun:
+    """One pipeline schedule at one micro-batch count, on one stage (``skipped`` says why it did not run)."""
+
+    schedule: str
+    m: int
+    skipped: str | None = None
+    loss: list[float] = field(default_factory=list)
+    idle: list[float] = field(default_factory=list)  # per step: 1 - busy / wall
+    idle_median: float = 0.0
+    bubble_formula: float = 0.0
+    bytes: dict = field(default_factory=dict)
+
+
+@dataclass
+class PPRecord:
+    """One pipeline stage: the blocks it holds and its runs."""
+
+    blocks: list[int]
+    runs: list[PPRun]
+    mode_wall_s: float = 0.0
+
+
+@dataclass
+class DPRecord:
+    """One data-parallel rank (DDP or FSDP2): the global loss, its own slice's loss, its state's bytes."""
+
+    loss: list[float]
+    local_loss: list[float]
+    bytes: dict
+    mode_wall_s: float = 0.0
+
+
 # ---- One process: the reference ------------------------------------------------------------------
 def reference_run(settings: ParallelSettings, data: torch.Tensor, device: torch.device | str | None = None) -> dict:
     """One process, the whole model, the same global batches: what every mode must reproduce. ``device``: None
@@ -273,7 +323,7 @@ def _counts(comm) -> dict:
     return {str(k).split(".")[-1].replace("_functional", ""): int(v) for k, v in comm.get_comm_counts().items()}
 
 
-def run_tp(settings, data, rank, world, device, inject="none") -> dict:
+def run_tp(settings, data, rank, world, device, inject="none") -> TPRecord:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.debug import CommDebugMode
 
@@ -309,10 +359,8 @@ def run_tp(settings, data, rank, world, device, inject="none") -> dict:
                         + (lin.bias.numel() * lin.bias.element_size() if lin.bias is not None else 0)})
     split_local = sum(_nbytes(p) for n, p in model.named_parameters() if hasattr(p, "to_local"))
     split_full = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if hasattr(p, "to_local"))
-    return {"loss": losses, "output_max_diff": out_diff, "split_layers": split, "weights": weights,
-            "split_bytes_local": split_local, "split_bytes_full": split_full,
-            "collectives_forward": comm_fwd, "collectives_backward": comm_bwd,
-            "bytes": state_bytes(model, opt)}
+    return TPRecord(losses, out_diff, split, weights, split_local, split_full, comm_fwd, comm_bwd,
+                    state_bytes(model, opt))
 
 
 # ---- Pipeline parallelism ------------------------------------------------------------------------
@@ -386,7 +434,7 @@ def bubble_fraction(stages: int, micro_batches: int) -> float:
     return (stages - 1) / (micro_batches + stages - 1)
 
 
-def run_pp(settings, data, rank, world, device, inject="none") -> dict:
+def run_pp(settings, data, rank, world, device, inject="none") -> PPRecord:
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -396,7 +444,7 @@ def run_pp(settings, data, rank, world, device, inject="none") -> dict:
     for schedule_name in settings.schedule_names():
         for m in settings.micro_batch_counts():
             if schedule_name == "1f1b" and m < world:
-                runs.append({"schedule": schedule_name, "m": m, "skipped": f"1F1B needs m >= {world} stages"})
+                runs.append(PPRun(schedule_name, m, skipped=f"1F1B needs m >= {world} stages"))
                 continue
             model = build_model(settings, device)
             stage_mod = PipelineStageModule(model, groups[rank], rank == 0, rank == world - 1)
@@ -425,14 +473,13 @@ def run_pp(settings, data, rank, world, device, inject="none") -> dict:
                 idle.append(1 - stage_mod.busy_seconds() / wall)
                 loss = torch.stack(mb_losses).mean().item() if mb_losses else float("nan")
                 losses.append(loss)
-            runs.append({"schedule": schedule_name, "m": m, "loss": losses, "idle": idle,
-                         "idle_median": median(idle[1:] or idle), "bubble_formula": bubble_fraction(world, m),
-                         "bytes": state_bytes(stage_mod, opt)})
-    return {"blocks": groups[rank], "runs": runs}
+            runs.append(PPRun(schedule_name, m, loss=losses, idle=idle, idle_median=median(idle[1:] or idle),
+                              bubble_formula=bubble_fraction(world, m), bytes=state_bytes(stage_mod, opt)))
+    return PPRecord(groups[rank], runs)
 
 
 # ---- Sharded data parallelism (FSDP2) and DDP ----------------------------------------------------
-def run_data_parallel(settings, data, rank, world, device, inject="none", sharded=True) -> dict:
+def run_data_parallel(settings, data, rank, world, device, inject="none", sharded=True) -> DPRecord:
     import torch.distributed as dist
 
     model = build_model(settings, device)
@@ -462,11 +509,11 @@ def run_data_parallel(settings, data, rank, world, device, inject="none", sharde
         dist.all_reduce(total)  # equal slices: the mean of the ranks' means is the global batch's mean
         losses.append(total.item() / world)
         local.append(loss.item())
-    return {"loss": losses, "local_loss": local, "bytes": state_bytes(model, opt)}
+    return DPRecord(losses, local, state_bytes(model, opt))
 
 
 def run_mode(mode: str, settings: ParallelSettings, data: torch.Tensor, rank: int, world: int,
-             device: torch.device) -> dict:
+             device: torch.device) -> TPRecord | PPRecord | DPRecord:
     """What one process does for one mode (called by ``scripts/parallel_train.py`` in every process)."""
     name, inject = parse_mode(mode)
     if name == "tp":
@@ -476,38 +523,38 @@ def run_mode(mode: str, settings: ParallelSettings, data: torch.Tensor, rank: in
     return run_data_parallel(settings, data, rank, world, device, inject, sharded=name == "fsdp")
 
 
-def combine(mode: str, records: list[dict], settings: ParallelSettings) -> dict:
-    """Every rank's record of one mode -> the mode's result (rank 0 writes it)."""
+def combine(mode: str, records: list, settings: ParallelSettings) -> dict:
+    """Every rank's typed record of one mode -> the mode's result, a plain dict that rank 0 writes as JSON."""
     name, inject = parse_mode(mode)
     out = {"mode": mode, "kind": name, "inject": inject, "world_size": len(records),
-           "mode_wall_s": max(r.get("mode_wall_s", 0.0) for r in records),
-           "bytes_per_rank": [r.get("bytes") for r in records]}
+           "mode_wall_s": max(r.mode_wall_s for r in records)}
     if name == "pp":
-        last = records[-1]
-        out["blocks_per_rank"] = [r["blocks"] for r in records]
+        out["blocks_per_rank"] = [r.blocks for r in records]
         out["runs"] = []
-        for i, run in enumerate(last["runs"]):
-            merged = {"schedule": run["schedule"], "m": run["m"]}
-            if "skipped" in run:
-                merged["skipped"] = run["skipped"]
+        for i, run in enumerate(records[-1].runs):
+            merged = {"schedule": run.schedule, "m": run.m}
+            if run.skipped:
+                merged["skipped"] = run.skipped
             else:
-                merged.update(loss=run["loss"], bubble_formula=run["bubble_formula"],
-                              idle_per_stage=[r["runs"][i]["idle_median"] for r in records],
-                              idle_steps_per_stage=[r["runs"][i]["idle"] for r in records],
-                              bytes_per_rank=[r["runs"][i]["bytes"] for r in records])
+                merged.update(loss=run.loss, bubble_formula=run.bubble_formula,
+                              idle_per_stage=[r.runs[i].idle_median for r in records],
+                              idle_steps_per_stage=[r.runs[i].idle for r in records],
+                              bytes_per_rank=[r.runs[i].bytes for r in records])
             out["runs"].append(merged)
         done = [r for r in out["runs"] if "loss" in r]
         out["loss"] = done[0]["loss"] if done else []
         out["bytes_per_rank"] = done[0]["bytes_per_rank"] if done else []
         return out
-    out["loss"] = records[0]["loss"]
-    out["rank_loss"] = [r.get("local_loss", r["loss"]) for r in records]  # each rank's own loss
+    out["bytes_per_rank"] = [r.bytes for r in records]
+    out["loss"] = records[0].loss
+    out["rank_loss"] = [getattr(r, "local_loss", r.loss) for r in records]  # each rank's own loss
     if name == "tp":
+        first = asdict(records[0])
         for k in ("output_max_diff", "split_layers", "collectives_forward", "collectives_backward",
                   "split_bytes_full"):
-            out[k] = records[0][k]
-        out["weights_per_rank"] = [r["weights"] for r in records]
-        out["split_bytes_local"] = [r["split_bytes_local"] for r in records]
+            out[k] = first[k]
+        out["weights_per_rank"] = [r.weights for r in records]
+        out["split_bytes_local"] = [r.split_bytes_local for r in records]
     return out
 
 
