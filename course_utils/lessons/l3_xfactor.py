@@ -14,8 +14,13 @@
   tilted toward the letter).
 - ``kl_by_position`` / ``start_loss_by_ratio``: where the starting loss comes from (the position in the
   sequence, and the alpha/beta ratio the lecture does not give).
-- ``loss_level_verdict`` / ``behaviour_verdict`` / ``start_loss_verdict`` / ``TiltRule``: the claims table's
-  procedures (a run that had fewer steps than the lecture and fell short is inconclusive, never "does not hold").
+- ``sample_nll`` / ``paired_samples``: each sample's NLL under the judge and its R, paired sample by sample
+  between two models (same prompts, same sampling seed): the items the claims' paired tests compare.
+- ``run_verdicts`` / ``recorded_verdicts`` / ``lecture_verdicts`` / ``tilt_verdict``: the claims table's Verdicts,
+  from ``course_utils.verdicts`` procedures with the bars of ``BARS`` (fixed from the notes' words); short of the
+  notes' 300 epochs (``LECTURE_BUDGET``) a run is inconclusive both ways, and the course's recorded H100 run
+  (``H100_RUN``) decides the lecture's claims.
+- ``x_spread``: how evenly a model spreads its mass over the letter's tokens (forward KL's mass covering).
 - ``plot_run_scores``: R and readability per run, in neutral colours (no holds/does-not-hold semantics).
 - ``generation_widget``: try prompts and temperatures on the base and fine-tuned models.
 - ``check_letter_target``: the checker of the lesson's exercise.
@@ -25,14 +30,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 
-from ..claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, CheckResult
+from ..claims import CheckResult
 from ..model import eval_mode
 from ..plots import bar_chart
 from ..tables import Table
+from ..verdicts import Verdict, all_of, level, paired_difference
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
 DEFAULT_PROMPTS = (
@@ -189,9 +196,17 @@ class GenerationResult:
     n_tokens: int = 0  # generated tokens counted
     n_letter: int = 0  # of which contain the letter
     perplexity: float | None = None  # the judge's perplexity on the generated tokens
+    nll: list | None = None  # the judge's mean NLL per token of each sample (None for an empty one)
+    mask: torch.Tensor | None = field(default=None, repr=False)  # the letter's (V,) mask R was counted with
 
     def texts(self) -> list[str]:
         return [s.text for s in self.samples]
+
+    def sample_rates(self) -> list:
+        """R of each sample on its own (None for an empty sample): the items that paired tests compare."""
+        if self.mask is None:
+            raise ValueError("this result has no mask: build it with evaluate_generations")
+        return [x_rate([s.ids], self.mask)[0] if s.ids else None for s in self.samples]
 
 
 def _check_model(model) -> torch.device:
@@ -261,52 +276,44 @@ def generate_samples(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS,
     return samples
 
 
-@torch.no_grad()
 def judge_perplexity(judge, tokenizer, samples: Sequence[Sample]) -> float:
-    """The ``judge`` model's perplexity on the generated tokens (given their prompts): exp(mean NLL).
+    """The ``judge`` model's perplexity on the generated tokens (given their prompts): exp(mean NLL per token).
 
     With the frozen original model as the judge, this measures how far the text has drifted from
     natural language: around 10-30 for ordinary text, hundreds or thousands for word salad.
     """
-    device = _check_model(judge)
-    nll, count = 0.0, 0
-    with eval_mode(judge):
-        for s in samples:
-            if not s.ids:
-                continue
-            prompt_ids = tokenizer(s.prompt, return_tensors="pt")["input_ids"][0].tolist()
-            ids = torch.tensor([prompt_ids + list(s.ids)], device=device)
-            logp = F.log_softmax(judge(ids).logits[0, :-1].float(), dim=-1)
-            tgt = ids[0, 1:]
-            token_logp = logp.gather(1, tgt[:, None])[:, 0][len(prompt_ids) - 1:]  # generated tokens only
-            nll -= token_logp.sum().item()
-            count += token_logp.numel()
-    if count == 0:
+    per_sample = sample_nll(judge, tokenizer, samples)
+    counts = [len(s.ids) for s in samples]
+    total = sum(c for c, v in zip(counts, per_sample) if v is not None)
+    if total == 0:
         raise ValueError("no generated tokens to judge (every sample is empty)")
-    return math.exp(nll / count)
+    return math.exp(sum(c * v for c, v in zip(counts, per_sample) if v is not None) / total)
 
 
 def evaluate_generations(model, tokenizer, prompts: Sequence[str], mask: torch.Tensor, judge=None,
                          max_new_tokens: int = 32, temperature: float = 1.0, top_k: int | None = None,
                          seed: int = 0) -> GenerationResult:
-    """Seeded samples from every prompt, their R (``x_rate``) and, with a ``judge``, its perplexity."""
+    """Seeded samples from every prompt, their R (``x_rate``) and, with a ``judge``, its perplexity (and each
+    sample's NLL). Repeat a prompt in ``prompts`` to draw several samples of it in one batch."""
     samples = generate_samples(model, tokenizer, prompts, max_new_tokens, temperature, top_k, seed)
-    res = GenerationResult(samples=samples)
+    res = GenerationResult(samples=samples, mask=mask)
     if any(s.ids for s in samples):
         res.rate, res.n_letter, res.n_tokens = x_rate([s.ids for s in samples], mask)
         if judge is not None:
-            res.perplexity = judge_perplexity(judge, tokenizer, samples)
+            res.nll = sample_nll(judge, tokenizer, samples)
+            res.perplexity = math.exp(sum(len(s.ids) * v for s, v in zip(samples, res.nll) if v is not None)
+                                      / res.n_tokens)
     return res
 
 
 class SideBySide:
     """Generated text of several models, one row per prompt, one column per model (HTML in Jupyter)."""
 
-    def __init__(self, results: dict):
+    def __init__(self, results: dict, rows: int | None = None):
         if not results:
             raise ValueError("give at least one {label: GenerationResult}")
         self.results = results
-        self.prompts = [s.prompt for s in next(iter(results.values())).samples]
+        self.prompts = [s.prompt for s in next(iter(results.values())).samples][:rows]  # the first ``rows``
 
     def table(self) -> Table:
         """One row per prompt, one column per model; the first row gives each model's R and judged perplexity."""
@@ -362,112 +369,192 @@ def tilted_target(ref_logits: torch.Tensor, mask: torch.Tensor, log_bonus: float
 
 
 # ---- The claims table's procedures ---------------------------------------------------------------
-def _check_steps(steps, lecture_steps):
-    for name, v in (("steps", steps), ("lecture_steps", lecture_steps)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int (optimizer steps), got {v!r}")
+#: The lecture's budget, quoted from its notes (section 4.1's setup table): one random batch per "epoch".
+LECTURE_STEPS = 300
+LECTURE_BUDGET = 'the notes\' setup table: "Epochs | 300" (one random batch per epoch)'
+
+#: The bars, fixed before the runs from the lecture's words (section 4.2-4.3 of the notes). Perplexities are the
+#: frozen original model's on each model's samples; a ratio of perplexities is a difference of mean NLL per token.
+BARS = {
+    "about 2": (1.5, 2.5),  # "Loss giảm: 6 -> 2": within 25% of 2
+    "about 0.001": (0.0005, 0.002),  # "Loss -> 0.001": within 2x of 0.001
+    "few x": 0.2,  # "ít token chứa X": R at most 0.2
+    "natural": 2.0,  # "văn bản còn tự nhiên": perplexity within 2x the original model's own samples
+    "R about 1": 0.9,  # "R ≈ 1": R at least 0.9 (the target itself allows 0.996 at most)
+    "nonsense": 10.0,  # "văn bản vô nghĩa": perplexity over 10x the original's
+    "taken over": 0.5,  # the learning rates' R gap, 1e-4 over 1e-6
+    "raises R": 0.02,  # beyond the lecture (no figure): R up by more than 0.02, double the original's ~0.01
+}
+
+#: The course's full-profile run of this notebook on an NVIDIA H100 (results/nvidia-h100-80gb/03_x_factor_kl.md,
+#: 2026-11-23, older code than today's: one training run per learning rate, 300 Adam steps on 4 x 64 random tokens,
+#: one sampling seed, 6 prompts x 64 new tokens). ``tests/lessons/test_l3_xfactor.py`` checks these against the file.
+H100_RUN = MappingProxyType({
+    "date": "2026-11-23",
+    "steps": 300,
+    "start_loss": 6.998,
+    "low_loss": 3.922,  # lr 1e-6, mean of the last 5 steps
+    "high_loss": 0.032,  # lr 1e-4
+    "original": (2, 357, 38.2),  # x tokens, generated tokens, perplexity under the original model
+    "low": (12, 384, 118.6),
+    "high": (383, 384, 270_500.7),
+    "tilted": (275, 384, 14.7),
+})
 
 
-def loss_level_verdict(final_loss: float, level: float, steps: int, lecture_steps: int) -> tuple[str, str]:
-    """Did a run reach the lecture's loss level? Returns ``(verdict, why)``.
+def budget_short(steps: int) -> str | None:
+    """``budget_short`` for the lecture's claims about its 300-epoch runs: None once a run has the lecture's steps."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int (optimizer steps), got {steps!r}")
+    return None if steps >= LECTURE_STEPS else f"{LECTURE_BUDGET}; this run: {steps} steps"
 
-    Holds when ``final_loss <= level``, however few steps it took (reaching the figure sooner confirms it).
-    Falling short with fewer steps than the lecture's is INCONCLUSIVE (the budget, not the claim); falling
-    short with the lecture's steps or more does not hold.
+
+def sample_nll(judge, tokenizer, samples: Sequence[Sample]) -> list:
+    """The ``judge``'s mean negative log-likelihood per generated token of each sample (given its prompt), one
+    batched forward; ``None`` for an empty sample. exp of a sample's value is its perplexity."""
+    device = _check_model(judge)
+    seqs, starts = [], []
+    for s in samples:
+        prompt_ids = tokenizer(s.prompt, return_tensors="pt")["input_ids"][0].tolist()
+        seqs.append(prompt_ids + list(s.ids))
+        starts.append(len(prompt_ids))
+    out = [None] * len(seqs)
+    todo = [i for i, s in enumerate(samples) if s.ids]
+    if not todo:
+        return out
+    width = max(len(seqs[i]) for i in todo)
+    ids = torch.zeros(len(todo), width, dtype=torch.long)
+    for row, i in enumerate(todo):  # right padding: a causal model's earlier positions never see it
+        ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+    with torch.no_grad(), eval_mode(judge):
+        logp = F.log_softmax(judge(ids.to(device)).logits[:, :-1].float(), dim=-1)
+    token_logp = logp.gather(2, ids[:, 1:, None].to(device))[..., 0].cpu()
+    for row, i in enumerate(todo):
+        out[i] = -token_logp[row, starts[i] - 1: len(seqs[i]) - 1].mean().item()
+    return out
+
+
+def _scored(result: GenerationResult, what: str) -> list:
+    if not isinstance(result, GenerationResult) or not result.samples:
+        raise ValueError(f"{what} must be a GenerationResult with samples (from evaluate_generations)")
+    if what == "nll" and result.nll is None:
+        raise ValueError("the samples need the judge's NLL: evaluate_generations(..., judge=original_model)")
+    return result.sample_rates() if what == "rate" else list(result.nll)
+
+
+def paired_samples(a: GenerationResult, b: GenerationResult, what: str) -> tuple[list, list]:
+    """Per-sample figures (``what``: "rate" for R, "nll" for the judge's NLL per token) of two models' generations
+    from the same prompts and sampling seed, paired sample by sample; samples empty in either are dropped."""
+    xa, xb = _scored(a, what), _scored(b, what)
+    if len(xa) != len(xb):
+        raise ValueError(f"{len(xa)} and {len(xb)} samples: generate both from the same prompts and seed")
+    pairs = [(u, v) for u, v in zip(xa, xb) if u is not None and v is not None]
+    return [u for u, _ in pairs], [v for _, v in pairs]
+
+
+def _rates(result: GenerationResult) -> list:
+    return [r for r in _scored(result, "rate") if r is not None]
+
+
+def _nll_gap(a, b, *, lower: bool, min_gain: float, budget: str | None, pairs: str) -> Verdict:
+    """Paired NLL per token (nats); a perplexity ratio is exp of the NLL difference."""
+    return paired_difference(*paired_samples(a, b, "nll"), lower=lower, min_gain=min_gain, budget_short=budget,
+                             unit="nats/token", pairs=pairs)
+
+
+def run_verdicts(hists: dict, results: dict, steps: int, pairs: str = "samples") -> dict:
+    """The lecture's claims about its two runs, decided on this notebook's runs: ``{claim key: Verdict}``.
+
+    ``hists`` maps "lr 1e-6" / "lr 1e-4" to a ``train`` history; ``results`` maps "original", "lr 1e-6",
+    "lr 1e-4" to ``evaluate_generations`` results from the same prompts and seed, judged by the original model.
+    Short of the lecture's 300 steps every claim is inconclusive in both directions (``budget_short``).
     """
-    _check_steps(steps, lecture_steps)
-    if not (isinstance(level, (int, float)) and math.isfinite(level) and level > 0):
-        raise ValueError(f"level must be a finite loss > 0 (the lecture's figure, with its tolerance), got {level!r}")
-    if not math.isfinite(final_loss):
-        raise ValueError(f"final_loss is {final_loss}: the run diverged; lower the learning rate and rerun it")
-    if final_loss <= level:
-        return HOLDS, ""
-    if steps < lecture_steps:
-        return INCONCLUSIVE, (f"{final_loss:.3g} after {steps} of the lecture's {lecture_steps} steps "
-                              "(this profile's budget): run the full profile (a GPU) to decide")
-    return DOES_NOT_HOLD, f"{final_loss:.3g} > {level:g} after {steps} steps (the lecture's {lecture_steps})"
+    budget = budget_short(steps)
+    orig, low, high = results["original"], results["lr 1e-6"], results["lr 1e-4"]
+    lo2, hi2 = BARS["about 2"]
+    lo3, hi3 = BARS["about 0.001"]
+    return {
+        "low loss": level(hists["lr 1e-6"].final_train_loss(5), low=lo2, high=hi2, budget_short=budget),
+        "low text": all_of(level(_rates(low), high=BARS["few x"], budget_short=budget, fmt="{:.2f}", what="R"),
+                           _nll_gap(orig, low, lower=True, min_gain=-math.log(BARS["natural"]), budget=budget,
+                                    pairs=pairs)),
+        "high loss": level(hists["lr 1e-4"].final_train_loss(5), low=lo3, high=hi3, budget_short=budget),
+        "R about 1": level(_rates(high), low=BARS["R about 1"], high=1.0, budget_short=budget, fmt="{:.2f}",
+                           what="R"),
+        "nonsense": _nll_gap(orig, high, lower=False, min_gain=math.log(BARS["nonsense"]), budget=budget,
+                             pairs=pairs),
+        "lr decides": all_of(
+            paired_difference(*paired_samples(low, high, "rate"), lower=False, min_gain=BARS["taken over"],
+                              budget_short=budget, unit="in R", fmt="{:+.2f}", pairs=pairs),
+            _nll_gap(low, high, lower=False, min_gain=math.log(BARS["nonsense"]), budget=budget, pairs=pairs)),
+    }
 
 
-def behaviour_verdict(condition: bool, loss_reached: bool, why_not_reached: str,
-                      confirms_early: bool = False) -> tuple[str, str]:
-    """A claim about a model at the end of the lecture's run, judged only once the run got there.
-
-    ``condition`` is the measured claim (e.g. few x tokens and natural text); ``loss_reached`` whether the run's
-    loss reached the lecture's level (``loss_level_verdict(...)[0] == HOLDS``). Before that, the model is not
-    yet the one the lecture describes: INCONCLUSIVE, with ``why_not_reached`` as the reason. With
-    ``confirms_early=True`` (a claim about where training leads, e.g. "R is about 1"), a condition already met
-    before the lecture's level holds; one not yet met is still inconclusive.
+def recorded_verdicts(run=H100_RUN) -> dict:
+    """The same claims decided on the course's recorded 300-step GPU run (``H100_RUN``): one run per learning rate
+    and one sampling seed, so each figure is a single exact figure (aggregate R and perplexity, no per-sample pairs).
     """
-    if not all(isinstance(v, bool) for v in (condition, loss_reached, confirms_early)):
-        raise ValueError("condition, loss_reached and confirms_early must be bools "
-                         "(what was measured; whether the loss got there; whether an early result confirms)")
-    if loss_reached or (confirms_early and condition):
-        return (HOLDS if condition else DOES_NOT_HOLD), ""
-    if not why_not_reached:
-        raise ValueError("say why the run is not at the lecture's level (why_not_reached), e.g. its step budget")
-    return INCONCLUSIVE, why_not_reached
+    where = f"H100 run of {run['date']} (older code than today's), {run['steps']} steps"
+    r = {k: run[k][0] / run[k][1] for k in ("original", "low", "high")}
+    ppl = {k: run[k][2] for k in ("original", "low", "high")}
+    lo2, hi2 = BARS["about 2"]
+    lo3, hi3 = BARS["about 0.001"]
+    n = lambda k: f" ({run[k][0]}/{run[k][1]})"
+    out = {
+        "low loss": level(run["low_loss"], low=lo2, high=hi2, what=f"from {run['start_loss']:.2f} to"),
+        "low text": all_of(level(r["low"], high=BARS["few x"], fmt="{:.2f}", what="R" + n("low")),
+                           level(ppl["low"] / ppl["original"], high=BARS["natural"], fmt="{:.2f}", unit="x",
+                                 what=f"perplexity {ppl['low']:.1f} vs the original's {ppl['original']:.1f}:")),
+        "high loss": level(run["high_loss"], low=lo3, high=hi3),
+        "R about 1": level(r["high"], low=BARS["R about 1"], high=1.0, fmt="{:.3f}", what="R" + n("high")),
+        "nonsense": level(ppl["high"] / ppl["original"], low=BARS["nonsense"], fmt="{:,.0f}", unit="x",
+                          what=f"perplexity {ppl['high']:,.0f} vs the original's {ppl['original']:.1f}:"),
+        "lr decides": all_of(
+            level(r["high"] - r["low"], low=BARS["taken over"], fmt="{:+.2f}", what="R gap (1e-4 minus 1e-6)"),
+            level(ppl["high"] / ppl["low"], low=BARS["nonsense"], fmt="{:,.0f}", unit="x",
+                  what="perplexity ratio (1e-4 over 1e-6)")),
+    }
+    shown = {"low loss": f"{run['start_loss']:.2f} -> {run['low_loss']:.2f}",
+             "low text": f"R {r['low']:.2f}, perplexity {ppl['low'] / ppl['original']:.1f}x the original's",
+             "high loss": f"{run['high_loss']:.3f}",
+             "R about 1": f"R {r['high']:.3f}{n('high')}",
+             "nonsense": f"perplexity {ppl['high'] / ppl['original']:,.0f}x the original's",
+             "lr decides": f"R {r['low']:.2f} vs {r['high']:.2f}; perplexity {ppl['low']:,.0f} vs {ppl['high']:,.0f}"}
+    where += "; one run per learning rate and one sampling seed: single figures, no interval"
+    return {k: v.with_measured(f"H100, 300 steps: {shown[k]}").with_note(where) for k, v in out.items()}
 
 
-def start_loss_verdict(figure: float, by_ratio: dict, lecture_model: bool, tolerance: float = 0.15
-                       ) -> tuple[str, str]:
-    """The lecture's starting loss against ``start_loss_by_ratio``: ``(verdict, why)``; never holds.
-
-    The lecture does not give alpha and beta, so a figure inside the range the ratios span (within
-    ``tolerance``, relative) is INCONCLUSIVE: some ratio gives it, and nothing says which one the lecture used.
-    Outside that range it does not hold on the lecture's own model (``lecture_model=True``); on another model
-    it is inconclusive too (the start depends on the model).
-    """
-    if not by_ratio or not all(math.isfinite(v) for v in by_ratio.values()):
-        raise ValueError("by_ratio must be the non-empty {ratio: loss} of start_loss_by_ratio, with finite losses")
-    if not (isinstance(figure, (int, float)) and figure > 0 and 0 <= tolerance < 1):
-        raise ValueError(f"figure must be a loss > 0 and 0 <= tolerance < 1, got {figure!r}, {tolerance!r}")
-    lo, hi = min(by_ratio.values()), max(by_ratio.values())
-    span = (f"alpha/beta from {min(by_ratio):g} to {max(by_ratio):g} gives a starting loss from {lo:.2f} to "
-            f"{hi:.2f}")
-    if lo * (1 - tolerance) <= figure <= hi * (1 + tolerance):
-        return INCONCLUSIVE, f"the lecture does not give alpha/beta; {span}, which includes {figure:g}"
-    if lecture_model:
-        return DOES_NOT_HOLD, f"{span}: no ratio gives {figure:g}"
-    return INCONCLUSIVE, f"{span}, but on another model than the lecture's: the start depends on the model"
+def lecture_verdicts(here: dict, steps: int, recorded: dict | None = None) -> dict:
+    """One verdict per claim about the lecture's 300-epoch runs: this notebook's own when it ran the lecture's
+    steps; otherwise the recorded GPU run's (``recorded_verdicts()``), with this run's figures in the note."""
+    if budget_short(steps) is None or recorded is None:
+        return dict(here)
+    return {k: recorded[k].with_note(f"this machine, {steps} steps: {v.measured} ({v.why})")
+            for k, v in here.items()}
 
 
-@dataclass(frozen=True)
-class TiltRule:
-    """The rule for "a KL-regularised objective raises R and keeps the text readable", fixed before the run.
+def tilt_verdict(original: GenerationResult, tilted: GenerationResult, pairs: str = "samples") -> Verdict:
+    """"A KL-regularised objective raises R and keeps the text readable" (beyond the lecture, which gives no
+    figure or budget): R up by more than ``BARS["raises R"]`` AND a perplexity within ``BARS["natural"]`` x the
+    original's, both paired sample by sample (same prompts, same sampling seed). Scoped to the run's steps."""
+    return all_of(
+        paired_difference(*paired_samples(original, tilted, "rate"), lower=False, min_gain=BARS["raises R"],
+                          unit="in R", fmt="{:+.3f}", pairs=pairs),
+        _nll_gap(original, tilted, lower=True, min_gain=-math.log(BARS["natural"]), budget=None, pairs=pairs))
 
-    Perplexities are the original model's, on each model's own samples from the same prompts and seed.
-    Holds: R reaches ``min_rate`` and at least ``min_gain`` times the original's, with a perplexity within
-    ``readable`` times the original's. Does not hold: R did not rise, or the perplexity is over ``nonsense``
-    times the original's (the lecture's "nonsense"). Anything between: inconclusive.
-    """
 
-    min_rate: float = 0.05
-    min_gain: float = 2.0
-    readable: float = 2.0
-    nonsense: float = 10.0
-
-    def __post_init__(self):
-        if not (0 < self.min_rate <= 1 and self.min_gain >= 1 and 1 <= self.readable <= self.nonsense):
-            raise ValueError(f"need 0 < min_rate <= 1, min_gain >= 1 and 1 <= readable <= nonsense, got {self}")
-
-    def __str__(self) -> str:
-        return (f"holds if R >= max({self.min_gain:g} x the original's R, {self.min_rate:g}) and the perplexity is "
-                f"within {self.readable:g}x the original's; does not hold if R does not rise or the perplexity is "
-                f"over {self.nonsense:g}x; otherwise inconclusive")
-
-    def verdict(self, original: GenerationResult, tilted: GenerationResult) -> tuple[str, str]:
-        """``(verdict, why)`` for the tilted model's generations against the original model's."""
-        for name, r in (("original", original), ("tilted", tilted)):
-            if not isinstance(r, GenerationResult) or r.perplexity is None or not r.n_tokens:
-                raise ValueError(f"{name} must be a GenerationResult with a judged perplexity "
-                                 "(evaluate_generations(..., judge=original_model))")
-        ratio = tilted.perplexity / original.perplexity
-        if tilted.rate <= original.rate or ratio > self.nonsense:
-            return DOES_NOT_HOLD, f"rule fixed before the run: {self}"
-        if tilted.rate >= max(self.min_gain * original.rate, self.min_rate) and ratio <= self.readable:
-            return HOLDS, f"rule fixed before the run: {self}"
-        return INCONCLUSIVE, (f"R rose to {tilted.rate:.2f} with a perplexity {ratio:.1f}x the original's: between "
-                              f"the rule's bounds ({self})")
+def x_spread(model, logits_input: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How a model spreads its probability over the letter's tokens, on a batch of inputs: the mass on them, and
+    their effective number exp(entropy of Q restricted to them), between 1 (one token) and ``mask.sum()``
+    (evenly over all: forward KL toward a flat target pulls every one of them up, the mass-covering optimum)."""
+    device = _check_model(model)
+    with torch.no_grad(), eval_mode(model):
+        q = F.softmax(model(logits_input.to(device)).logits.float(), dim=-1).reshape(-1, mask.numel()).cpu()
+    qx = q[:, mask]
+    mass = qx.sum(-1)
+    within = qx / mass[:, None]
+    entropy = -(within * within.clamp_min(1e-30).log()).sum(-1)
+    return {"mass": mass.mean().item(), "effective": entropy.exp().mean().item(), "of": int(mask.sum())}
 
 
 # ---- The plot ------------------------------------------------------------------------------------

@@ -5,24 +5,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from course_utils.claims import VERDICTS
 from course_utils.lessons.l3_xfactor import (
+    BARS,
+    H100_RUN,
     RUN_COLOURS,
     GenerationResult,
     Sample,
-    TiltRule,
-    behaviour_verdict,
+    budget_short,
     check_letter_target,
     generation_widget,
     judge_perplexity,
     kl_by_position,
     kl_to_target,
     letter_token_mask,
-    loss_level_verdict,
+    lecture_verdicts,
+    paired_samples,
     plot_run_scores,
     random_token_batches,
+    recorded_verdicts,
+    run_verdicts,
+    sample_nll,
     start_loss_by_ratio,
-    start_loss_verdict,
+    tilt_verdict,
     tilted_target,
     x_factor_target,
     x_rate,
@@ -283,67 +288,118 @@ def test_start_loss_depends_only_on_the_ratio_and_grows_with_it():
 
 
 # ---- The claims' procedures -----------------------------------------------------------------------
-def test_loss_level_short_budget_is_inconclusive_never_does_not_hold():
-    assert loss_level_verdict(1.9, level=2.5, steps=40, lecture_steps=300) == (HOLDS, "")  # reached early
-    verdict, why = loss_level_verdict(8.0, level=2.5, steps=40, lecture_steps=300)
-    assert verdict == INCONCLUSIVE and "40 of the lecture's 300 steps" in why
-    verdict, why = loss_level_verdict(8.0, level=2.5, steps=300, lecture_steps=300)
-    assert verdict == DOES_NOT_HOLD and "8 > 2.5" in why
-    assert loss_level_verdict(2.5, 2.5, 300, 300)[0] == HOLDS
-    with pytest.raises(ValueError, match="diverged"):
-        loss_level_verdict(float("nan"), 2.5, 40, 300)
-    with pytest.raises(ValueError, match="steps must be"):
-        loss_level_verdict(1.0, 2.5, 0, 300)
-    with pytest.raises(ValueError, match="level must be"):
-        loss_level_verdict(1.0, -1, 40, 300)
-
-
-def test_behaviour_is_judged_only_once_the_loss_got_there():
-    assert behaviour_verdict(True, True, "") == (HOLDS, "")
-    assert behaviour_verdict(False, True, "") == (DOES_NOT_HOLD, "")
-    for condition in (True, False):  # a model that barely moved says nothing about the claim, either way
-        assert behaviour_verdict(condition, False, "budget") == (INCONCLUSIVE, "budget")
-    # where training leads (R about 1): reached early confirms; not yet reached is still the budget
-    assert behaviour_verdict(True, False, "budget", confirms_early=True) == (HOLDS, "")
-    assert behaviour_verdict(False, False, "budget", confirms_early=True) == (INCONCLUSIVE, "budget")
-    with pytest.raises(ValueError, match="why_not_reached"):
-        behaviour_verdict(True, False, "")
-    with pytest.raises(ValueError, match="bools"):
-        behaviour_verdict(0.3, True, "")
-
-
-def test_start_loss_inside_the_ratio_range_is_inconclusive():
-    by_ratio = {1: 3.3, 100: 5.3, 10000: 7.0}
-    verdict, why = start_loss_verdict(6.0, by_ratio, lecture_model=True)
-    assert verdict == INCONCLUSIVE and "does not give alpha/beta" in why and "3.30 to 7.00" in why
-    assert start_loss_verdict(12.0, by_ratio, lecture_model=True)[0] == DOES_NOT_HOLD
-    verdict, why = start_loss_verdict(12.0, by_ratio, lecture_model=False)
-    assert verdict == INCONCLUSIVE and "another model" in why
-    assert start_loss_verdict(7.9, by_ratio, lecture_model=True)[0] == INCONCLUSIVE  # within 15% of the top
-    with pytest.raises(ValueError, match="by_ratio"):
-        start_loss_verdict(6.0, {}, lecture_model=True)
-    with pytest.raises(ValueError, match="figure must be"):
-        start_loss_verdict(-1, by_ratio, lecture_model=True)
+# ---- The claims' procedures: figures in, a course_utils.verdicts Verdict out ------------------------
+HOLDS_, DOES_NOT_HOLD_, INCONCLUSIVE_ = VERDICTS[:3]  # the words, read from the core (never written here)
 
 
 def _gen(rate, perplexity, n=100):
     return GenerationResult(samples=[], rate=rate, n_tokens=n, n_letter=round(rate * n), perplexity=perplexity)
 
 
-def test_tilt_rule_has_three_outcomes():
-    rule, orig = TiltRule(), _gen(0.01, 20.0)
-    assert rule.verdict(orig, _gen(0.23, 25.0))[0] == HOLDS
-    assert rule.verdict(orig, _gen(0.01, 20.0))[0] == DOES_NOT_HOLD  # R did not rise
-    assert rule.verdict(orig, _gen(0.9, 20.0 * 11))[0] == DOES_NOT_HOLD  # nonsense
-    assert rule.verdict(orig, _gen(0.04, 20.0))[0] == INCONCLUSIVE  # rose, but under min_rate
-    verdict, why = rule.verdict(orig, _gen(0.3, 20.0 * 5))  # more x, less readable, not nonsense
-    assert verdict == INCONCLUSIVE and "5.0x" in why
-    assert rule.verdict(_gen(0.0, 20.0), _gen(0.05, 20.0))[0] == HOLDS  # from R = 0, min_rate decides
-    assert "within 2x" in str(rule) and "over 10x" in str(rule)
-    with pytest.raises(ValueError, match="judged perplexity"):
-        rule.verdict(orig, _gen(0.3, None))
-    with pytest.raises(ValueError, match="readable <= nonsense"):
-        TiltRule(readable=20.0)
+def _samples(x_counts, nlls, length=10):
+    """A GenerationResult with one sample per entry: ``x_counts[j]`` x tokens of ``length``, judged NLL ``nlls[j]``
+    (an empty sample where x_counts[j] is None)."""
+    mask = letter_token_mask(TOK, "x")  # ids 1, 2, 4 contain x
+    samples = [Sample("p", [] if k is None else [1] * k + [3] * (length - k), "") for k in x_counts]
+    nll = [None if k is None else v for k, v in zip(x_counts, nlls)]
+    n = sum(len(s.ids) for s in samples)
+    hits = sum(k or 0 for k in x_counts)
+    return GenerationResult(samples=samples, rate=hits / n, n_tokens=n, n_letter=hits, nll=nll, mask=mask,
+                            perplexity=math.exp(sum(v for v in nll if v is not None) / len([v for v in nll if v])))
+
+
+class _Hist:
+    def __init__(self, final):
+        self.final = final
+
+    def final_train_loss(self, last=10):
+        return self.final
+
+
+def test_budget_short_quotes_the_notes_and_ends_at_their_300_epochs():
+    assert '"Epochs | 300"' in budget_short(40) and "this run: 40 steps" in budget_short(40)
+    assert budget_short(300) is None and budget_short(500) is None
+    with pytest.raises(ValueError, match="positive int"):
+        budget_short(0)
+
+
+def test_paired_samples_pair_by_position_and_drop_empty_samples():
+    a = _samples([0, 1, None, 2], [2.0, 2.1, 0, 2.2])
+    b = _samples([5, None, 6, 7], [3.0, 0, 3.1, 3.2])
+    assert paired_samples(a, b, "rate") == ([0.0, 0.2], [0.5, 0.7])
+    assert paired_samples(a, b, "nll") == ([2.0, 2.2], [3.0, 3.2])
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_samples(a, _samples([1], [1.0]), "rate")
+    with pytest.raises(ValueError, match="judge"):
+        paired_samples(a, GenerationResult(samples=a.samples, mask=a.mask), "nll")
+
+
+def _lecture_like(low_x, low_nll, high_x, high_nll, n=12):
+    orig = _samples([0, 1] * (n // 2), [3.0 + 0.01 * j for j in range(n)])
+    low = _samples([low_x + j % 2 for j in range(n)], [low_nll + 0.02 * j for j in range(n)])
+    high = _samples([high_x - j % 2 for j in range(n)], [high_nll + 0.02 * j for j in range(n)])
+    return {"original": orig, "lr 1e-6": low, "lr 1e-4": high}
+
+
+def test_run_verdicts_decide_both_ways_at_the_lecture_budget_and_neither_below_it():
+    hists = {"lr 1e-6": _Hist(2.1), "lr 1e-4": _Hist(0.0011)}
+    as_lecture = run_verdicts(hists, _lecture_like(0, 3.2, 10, 12.0), steps=300)  # what the lecture describes
+    assert {k: v.verdict for k, v in as_lecture.items()} == dict.fromkeys(as_lecture, HOLDS_)
+    refuted = run_verdicts({"lr 1e-6": _Hist(3.9), "lr 1e-4": _Hist(0.03)},
+                           _lecture_like(4, 5.0, 4, 4.0), steps=300)  # too many x at 1e-6, 1e-4 not taken over
+    assert {k: v.verdict for k, v in refuted.items()} == dict.fromkeys(refuted, DOES_NOT_HOLD_)
+    for finals, figures in (((2.1, 0.0011), (0, 3.2, 10, 12.0)), ((3.9, 0.03), (4, 5.0, 4, 4.0))):
+        short = run_verdicts({"lr 1e-6": _Hist(finals[0]), "lr 1e-4": _Hist(finals[1])}, _lecture_like(*figures),
+                             steps=40)  # 40 steps: a clear result and a clear miss alike decide nothing
+        assert {v.verdict for v in short.values()} == {INCONCLUSIVE_}
+        assert all('"Epochs | 300"' in v.why for v in short.values())
+    assert as_lecture["low text"].bar == "<= 0.20 and lower by > -0.693 nats/token"
+
+
+def test_recorded_h100_figures_match_the_course_results_file():
+    from pathlib import Path
+
+    md = (Path(__file__).resolve().parents[2] / "results/nvidia-h100-80gb/03_x_factor_kl.md").read_text()
+    assert H100_RUN["date"] in md
+    for shown in ("7.00 -> 3.92 in 300 steps", "0.032 after 300 steps", "R 0.03, perplexity 119 (original 38)",
+                  "R = 1.00 (383/384)", "perplexity 270,501", "R 0.01 -> 0.72, perplexity 15"):
+        assert shown in md
+    v = recorded_verdicts()
+    assert {k: x.verdict for k, x in v.items()} == {
+        "low loss": DOES_NOT_HOLD_, "low text": DOES_NOT_HOLD_, "high loss": DOES_NOT_HOLD_,
+        "R about 1": HOLDS_, "nonsense": HOLDS_, "lr decides": HOLDS_}
+    assert "3.1x the original's" in v["low text"].measured and "older code" in v["low loss"].why
+
+
+def test_lecture_verdicts_use_the_recorded_run_only_when_short():
+    here = run_verdicts({"lr 1e-6": _Hist(8.0), "lr 1e-4": _Hist(0.9)}, _lecture_like(0, 3.2, 9, 12.0), steps=40)
+    v = lecture_verdicts(here, 40, recorded_verdicts())
+    assert v["low loss"].verdict == DOES_NOT_HOLD_ and "this machine, 40 steps: 8" in v["low loss"].why
+    assert lecture_verdicts(here, 40, None) == here
+    full = run_verdicts({"lr 1e-6": _Hist(2.1), "lr 1e-4": _Hist(0.0011)}, _lecture_like(0, 3.2, 10, 12.0), 300)
+    assert lecture_verdicts(full, 300, recorded_verdicts()) == full  # a full run decides for itself
+
+
+def test_tilt_verdict_has_three_outcomes():
+    n = 12
+    orig = _samples([0, 1] * (n // 2), [3.0 + 0.01 * j for j in range(n)])
+    more_x = lambda nll: _samples([3 + j % 2 for j in range(n)], [nll + 0.02 * j for j in range(n)])
+    assert tilt_verdict(orig, more_x(3.1)).verdict == HOLDS_
+    assert tilt_verdict(orig, more_x(5.0)).verdict == DOES_NOT_HOLD_  # perplexity e^2 = 7x the original's
+    assert tilt_verdict(orig, orig).verdict == DOES_NOT_HOLD_  # R did not rise
+    noisy = _samples([j % 2 for j in range(n)], [3.0 + 0.01 * j for j in range(n)])  # R as the original's
+    assert tilt_verdict(orig, _samples([2 * (j % 2) for j in range(n)], [3.0] * n)).verdict == INCONCLUSIVE_
+    assert tilt_verdict(orig, noisy).verdict == DOES_NOT_HOLD_
+    assert BARS["raises R"] == 0.02 and BARS["natural"] == 2.0
+
+
+def test_sample_nll_batched_equals_one_sample_at_a_time(tiny_llama):
+    m = tiny_llama(vocab=6)
+    samples = [Sample("hi", [3, 4, 5], ""), Sample("yo", [1], ""), Sample("e", [], ""), Sample("a", [2, 2], "")]
+    batched = sample_nll(m, ToyEncode(), samples)
+    alone = [sample_nll(m, ToyEncode(), [s])[0] for s in samples]
+    assert batched[2] is None and alone[2] is None
+    assert [round(v, 5) for v in batched if v is not None] == [round(v, 5) for v in alone if v is not None]
 
 
 def test_run_scores_use_one_neutral_colour_per_run():
