@@ -197,15 +197,19 @@ def report_env() -> dict:
 class ProfileSettings(dict):
     """The numbers of the active profile, readable as attributes, shown as one small table."""
 
-    def __init__(self, profile: str, values: dict, dry: bool = False):
+    def __init__(self, profile: str, values: dict, dry: bool = False, capped: dict | None = None):
         super().__init__(values)
         self.profile = profile
         self.dry = dry  # a dry run of the full profile (COURSE_DRY_RUN=1): its code paths, capped numbers
+        self.capped = capped or {}  # setting -> the profile's own value, where COURSE_STEP_CAP lowered it
 
     @property
     def title(self) -> str:
-        return f"Profile: {self.profile}" + (" (dry run: its code paths, the small profile's numbers capped)"
-                                              if self.dry else "")
+        return (f"Profile: {self.profile}"
+                + (" (dry run: its code paths, the small profile's numbers capped)" if self.dry else "")
+                + (f" (steps capped by {STEP_CAP_VAR}: " + ", ".join(f"{k} {self[k]} of {v}"
+                                                                    for k, v in self.capped.items()) + ")"
+                   if self.capped else ""))
 
     def __getattr__(self, name):
         try:
@@ -229,6 +233,21 @@ class ProfileSettings(dict):
 DRY_RUN_VAR = "COURSE_DRY_RUN"
 # setting-name ending -> at most this
 DRY_CAPS = (("steps", 4), ("seeds", 2), ("batches", 2), ("rounds", 5), ("heldout", 4), ("eval", 2), ("tokens", 8))
+
+
+#: ``COURSE_STEP_CAP=N`` with the full profile: every "...steps" setting at most N (a GPU sitting too short for the
+#: lecture's step counts); the profile's title and the results header say so.
+STEP_CAP_VAR = "COURSE_STEP_CAP"
+
+
+def step_cap() -> int | None:
+    """The cap ``COURSE_STEP_CAP`` sets on the full profile's step counts, or None."""
+    value = os.environ.get(STEP_CAP_VAR, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{STEP_CAP_VAR}={value!r}: give a whole number of steps >= 1, or unset it")
+    return int(value)
 
 
 def dry_run() -> bool:
@@ -278,4 +297,9 @@ def profile_settings(small: dict, full: dict, profile: str | None = None) -> Pro
         raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
     if profile == "full" and dry_run():
         return ProfileSettings(profile, dry_run_values(small, full), dry=True)
+    cap = step_cap() if profile == "full" else None
+    if cap:
+        capped = {k: v for k, v in full.items() if k.endswith("steps") and isinstance(v, int)
+                  and not isinstance(v, bool) and v > cap}
+        return ProfileSettings(profile, {**full, **{k: cap for k in capped}}, capped=capped)
     return ProfileSettings(profile, small if profile == "small" else full)

@@ -491,7 +491,7 @@ def results_header(nb_name: str, seconds: float, peak_gpu_bytes: int | None = No
     """Where a claims table was measured: date, profile, device, versions, wall time, peak GPU memory."""
     from datetime import date
 
-    from .env import _version, env_facts, get_profile
+    from .env import _version, env_facts, get_profile, step_cap
 
     f = env_facts()
     f["bitsandbytes"] = _version("bitsandbytes")
@@ -499,7 +499,9 @@ def results_header(nb_name: str, seconds: float, peak_gpu_bytes: int | None = No
     facts = " | ".join(f"{k} {f[k]}" for k in keys if k in f)
     return (f"# {nb_name}: claims measured in the {get_profile()} profile\n\n"
             f"{date.today().isoformat()} | {facts} | executed in {seconds:.0f} s"
-            + (f" | peak GPU memory {peak_gpu_bytes / 2**30:.2f} GiB" if peak_gpu_bytes is not None else "") + "\n\n"
+            + (f" | peak GPU memory {peak_gpu_bytes / 2**30:.2f} GiB" if peak_gpu_bytes is not None else "")
+            + (f" | steps capped at {step_cap()} (COURSE_STEP_CAP): the lecture's counts did not fit the sitting"
+               if step_cap() else "") + "\n\n"
             f"Made with `COURSE_PROFILE={get_profile()} python -m course_utils.nbtools results`; the executed "
             f"notebook is next to this file. The model each lesson actually used is in its table's first line.\n\n")
 

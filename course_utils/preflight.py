@@ -207,6 +207,36 @@ def fit(lesson: str, results=None) -> Fit:
                                          step.frozen_copies), "estimate (formula)")
 
 
+def slug(gpu_name: str) -> str:
+    """A GPU's name as a results folder: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
+def measured_t4(lesson: str, results=None) -> dict | None:
+    """The T4 check's record for a lesson (``scripts/t4_check.py``: the step run under a 15 GiB cap in fp16 on a
+    bigger GPU), newest file first, or None where it has not run."""
+    import json
+
+    results = results or REPO_ROOT / "results"
+    for path in sorted(results.glob("*/t4_check.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for rec in data.get("lessons", []):
+            if rec.get("lesson") == lesson:
+                return {**rec, "where": f"{path.parent.name} {data.get('date', '')}".strip()}
+    return None
+
+
+def on_t4(f: Fit, results=None) -> str:
+    """The T4 column: the T4 check's measurement where it ran, else the estimate's "fits" or what to change."""
+    rec = measured_t4(f.lesson.lesson, results)
+    if rec is None:
+        return f.on(T4)
+    if rec["fits"]:
+        return f"fits: measured {rec['peak_bytes'] / GiB:.1f} GiB under a 15 GiB cap, {rec['amp']} ({rec['where']})"
+    return (f"does not fit: out of memory under a 15 GiB cap, {rec['amp']} ({rec['where']}); "
+            f"{f.change(USABLE * T4.memory)}")
+
+
 def table(device: Device | None = None, results=None):
     """One row per lesson: the full profile's largest step, its peak in GiB, this device, a free Colab T4."""
     from .tables import Table
@@ -218,7 +248,7 @@ def table(device: Device | None = None, results=None):
         f = fit(lesson, results)
         rows.append({"lesson": f"{lesson} {f.lesson.title}", "full profile's largest step": f.lesson.shape,
                      "peak GiB": f"{f.peak / GiB:.1f}", "from": f.source, here: f.on(device),
-                     "Colab T4 (15 GiB, no bf16)": f.on(T4)})
+                     "Colab T4 (15 GiB, no bf16)": on_t4(f, results)})
     return Table(rows, "Does each lesson's full profile fit?", note=(
         "peak: one training step of the full profile (weights, gradients, AdamW moments, activations); "
         f"'fits' leaves {1 - USABLE:.0%} of the GPU's memory free. On a CPU the lessons run the small profile."))
@@ -231,5 +261,5 @@ def check(lesson: str, device: Device | None = None) -> Fit:
     here = (f"{device.name} ({device.memory / GiB:.0f} GiB): {f.on(device)}" if device.memory else
             f"{device.name}: this lesson runs its small profile here")
     print(f"Preflight, lesson {f.lesson.lesson}'s full profile: about {f.peak / GiB:.1f} GiB at its peak "
-          f"({f.source})\n  this device: {here}\n  a free Colab T4 (15 GiB): {f.on(T4)}")
+          f"({f.source})\n  this device: {here}\n  a free Colab T4 (15 GiB): {on_t4(f)}")
     return f

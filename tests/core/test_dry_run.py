@@ -32,3 +32,17 @@ def test_profile_settings_dry_run_only_for_the_full_profile(monkeypatch):
     monkeypatch.setenv("COURSE_DRY_RUN", "yes")
     with pytest.raises(ValueError, match="COURSE_DRY_RUN='yes'"):
         profile_settings(SMALL, FULL, profile="full")
+
+
+def test_step_cap_lowers_the_full_profiles_step_counts_and_says_so(monkeypatch):
+    from course_utils.env import profile_settings
+
+    small, full = {"steps": 10, "eval_steps": 2, "lr": 1e-3}, {"steps": 300, "eval_steps": 20, "lr": 1e-4}
+    monkeypatch.setenv("COURSE_STEP_CAP", "40")
+    s = profile_settings(small, full, profile="full")
+    assert (s.steps, s.eval_steps, s.lr) == (40, 20, 1e-4) and s.capped == {"steps": 300}
+    assert "steps 40 of 300" in s.title
+    assert profile_settings(small, full, profile="small").steps == 10  # the small profile is never capped
+    monkeypatch.setenv("COURSE_STEP_CAP", "zero")
+    with pytest.raises(ValueError, match="COURSE_STEP_CAP"):
+        profile_settings(small, full, profile="full")
