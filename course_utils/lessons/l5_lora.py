@@ -178,6 +178,20 @@ def lora_count_from_shapes(shapes: Sequence[tuple[int, int]], n_layers: int, r: 
     return n_layers * sum(r * (i + o) for i, o in shapes)
 
 
+def qlora_bytes(n_params: int, n_lora: int, n_kept_16bit: int, bytes_per_weight: float) -> dict:
+    """QLoRA's memory before activations, as the QLoRA paper keeps it: the linear layers' weights in NF4
+    (``bytes_per_weight``, e.g. 0.516 with double quantization), the ``n_kept_16bit`` parameters it does not
+    quantize (LLaMA's untied input embeddings and output head, norms) in bf16 (2 bytes), and the LoRA adapter at 16
+    bytes per parameter (bf16 weight and gradient, fp32 master copy and two Adam moments). Returns the parts and
+    ``total`` in bytes."""
+    if not 0 <= n_kept_16bit < n_params or n_lora < 1:
+        raise ValueError(f"need 0 <= n_kept_16bit < n_params and n_lora >= 1, got {n_kept_16bit}, {n_params}, "
+                         f"{n_lora}")
+    parts = {"NF4 weights": bytes_per_weight * (n_params - n_kept_16bit), "16-bit weights": 2.0 * n_kept_16bit,
+             "adapter and its Adam state": 16.0 * n_lora}
+    return {**parts, "total": sum(parts.values())}
+
+
 # ---- Comparing LoRA with full fine-tuning ----------------------------------------------------------
 
 def improvement_recovered(base_loss: float, lora_loss: float, full_loss: float) -> float:
@@ -205,9 +219,11 @@ def recovers_share(base_loss: float, reference: Sequence[float], candidate: Sequ
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1] (e.g. 0.9: at least 90% of the improvement), got {share}")
     gain = base_loss - statistics.fmean(ref)
-    if not gain > 0:
-        raise ValueError(f"the reference did not improve on the base model ({statistics.fmean(ref):.4f} vs "
-                         f"{base_loss:.4f}): there is no improvement to recover")
+    if not gain > 0:  # nothing to recover: the claim reduces to "the candidate is no worse than the reference"
+        v = compare_runs(ref, cand, lower=True, min_gain=0.0, budget_short=budget_short)
+        v = Verdict(v.verdict, v.measured, v.why, {**v.figures, "recovered": float("nan")}, v.bar)
+        return v.with_note(f"the reference did not improve on the base model ({statistics.fmean(ref):.4f} vs "
+                           f"{base_loss:.4f}): no gain to share, so the bar is the reference itself")
     v = compare_runs(ref, cand, lower=True, min_gain=-(1 - share) * gain, budget_short=budget_short)
     recovered = (base_loss - statistics.fmean(cand)) / gain
     per_seed = ", ".join(f"{(base_loss - c) / gain:.0%}" for c in cand)
@@ -266,6 +282,18 @@ def _peft_layer(peft_model, name: str):
         except AttributeError:
             continue
     raise ValueError(f"the peft model has no layer {name!r}; were the same target_modules used?")
+
+
+def peft_model(model: nn.Module, config):
+    """``peft.get_peft_model(model, config)``, without the deprecation notice transformers prints from inside peft
+    (``is_gradient_checkpointing``): a library's internal call that a learner can do nothing about."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def copy_lora_to_peft(model: nn.Module, peft_model, adapter: str = "default") -> int:
@@ -437,6 +465,20 @@ def load_4bit(info, double_quant: bool = False, device=None, compute_dtype: torc
     else:
         raise ValueError(f"load_4bit needs the ModelInfo from load_pretrained; got {info!r}")
     return load_4bit_from(where, double_quant, device, compute_dtype)
+
+
+def prepare_qlora(q_model: nn.Module, lora_config, gradient_checkpointing: bool = False) -> nn.Module:
+    """QLoRA's model: ``peft.prepare_model_for_kbit_training`` (4-bit weights frozen, norms in float32, optional
+    gradient checkpointing), the 4-bit layers kept on their trainable path (``make_4bit_trainable``), then the LoRA
+    adapter of ``lora_config`` (``peft_model``). peft draws ``A`` from the global generator: seed it first."""
+    import warnings
+
+    from peft import prepare_model_for_kbit_training
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        q_model = prepare_model_for_kbit_training(q_model, use_gradient_checkpointing=gradient_checkpointing)
+    return peft_model(make_4bit_trainable(q_model), lora_config)
 
 
 def paged_adamw_or_adamw(params, lr: float, device, betas=(0.9, 0.95)):

@@ -487,9 +487,32 @@ def normalize_answer(text: str) -> str:
 
 
 @torch.no_grad()
+def example_losses(model, examples: Sequence[dict], collator: Callable, batch_size: int = 16,
+                   device=None) -> list[float]:
+    """Cross-entropy per counted label of each example on its own (``mean_label_loss`` example by example), in
+    order: paired figures for ``course_utils.verdicts.paired_difference`` (the same examples under two models)."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    device = (torch.device(device) if device is not None else device_of(model))
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collator(examples[i:i + batch_size]).items()}
+            labels = batch.pop("labels")[:, 1:]
+            logits = model(**batch).logits[:, :-1].float()
+            loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                                     reduction="none")
+            counted = (labels != IGNORE_INDEX).sum(1)
+            out += (loss.sum(1) / counted).tolist()
+    return out
+
+
+@torch.no_grad()
 def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 32,
-                       template: str = "auto", system: str | None = None) -> list[str]:
-    """Greedy answers to ``prompts`` (formatted like the training data), batched with left padding."""
+                       template: str = "auto", system: str | None = None, mark_cut: bool = False) -> list[str]:
+    """Greedy answers to ``prompts`` (formatted like the training data), batched with left padding.
+    ``mark_cut``: an answer that reached ``max_new_tokens`` before its end-of-text token ends with
+    `` [cut at N tokens]`` (for display: a reader must know an answer is unfinished)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
@@ -504,7 +527,12 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], max_new_tokens:
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-            answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            new = out[:, width:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            if mark_cut:
+                ended = (new == tokenizer.eos_token_id).any(dim=1).tolist()
+                texts = [t if e else f"{t} [cut at {max_new_tokens} tokens]" for t, e in zip(texts, ended)]
+            answers += texts
     return answers
 
 

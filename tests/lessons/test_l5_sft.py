@@ -275,3 +275,31 @@ def test_corrupt_responses_moves_an_exact_share_and_keeps_the_prompts():
         corrupt_responses(pairs, 1 / 40, seed=0)
     with pytest.raises(ValueError, match="duplicate responses"):
         corrupt_responses([("a", "same"), ("b", "same")], 1.0, seed=0)
+
+
+def test_example_losses_score_each_example_as_mean_label_loss_would(tiny_llama):
+    from course_utils.lessons.l5_sft import example_losses, mean_label_loss
+
+    model = tiny_llama(hidden=64, layers=2)
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for n in (10, 14, 7):
+        ids = torch.randint(0, 100, (n,), generator=g)
+        labels = ids.clone()
+        labels[:3] = IGNORE_INDEX
+        examples.append({"input_ids": ids, "attention_mask": torch.ones(n, dtype=torch.long), "labels": labels})
+    got = example_losses(model, examples, SFTCollator(0), batch_size=2)
+    want = [mean_label_loss(model, [e], SFTCollator(0)) for e in examples]
+    assert got == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="no examples"):
+        example_losses(model, [], SFTCollator(0))
+
+
+def test_generated_answers_say_when_they_are_cut(smol, tiny_llama):
+    from course_utils.lessons.l5_sft import generate_responses
+
+    model = tiny_llama(vocab=len(smol), hidden=64, layers=1)
+    plain = generate_responses(model, smol, ["Name a colour."], 3, system="Be brief.")
+    marked = generate_responses(model, smol, ["Name a colour."], 3, system="Be brief.", mark_cut=True)
+    # a random tiny model almost surely does not emit the end-of-turn token within 3 tokens
+    assert marked == [plain[0] + " [cut at 3 tokens]"]
