@@ -15,6 +15,8 @@ from course_utils.lessons.l2_final_token import (
     final_position_test_loss,
     final_token_logits,
     first_step_below,
+    generation_lengths,
+    generation_position_loss,
     known_word_share,
     last_k_loss_reference,
     loss_noise,
@@ -29,6 +31,7 @@ from course_utils.lessons.l2_final_token import (
     step_flops,
     text_quality,
     word_vocabulary,
+    word_start_share,
     words,
 )
 from course_utils.losses import all_token_loss, final_token_loss
@@ -260,6 +263,32 @@ def test_final_position_test_loss_is_the_same_yardstick_for_every_model(tiny_gpt
     with pytest.raises(ValueError, match="n_sequences"):
         final_position_test_loss(model, token_stream, 0, 16)
 
+
+
+def test_generation_position_loss_scores_the_lengths_generation_uses(tiny_gpt, token_stream):
+    assert generation_lengths(4, 24) == [4, 12, 19, 27]  # from the prompt's length to the last generated token's
+    assert generation_lengths(4, 1) == [4]
+    model = tiny_gpt(vocab_size=41)
+    got = generation_position_loss(model, token_stream, 6, [5, 9], seed=2)
+    want = (final_position_test_loss(model, token_stream, 6, 5, seed=7)
+            + final_position_test_loss(model, token_stream, 6, 9, seed=11)) / 2
+    assert got == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="context"):
+        generation_position_loss(model, token_stream, 6, [model.config.block_size + 1])
+    with pytest.raises(ValueError, match="no lengths"):
+        generation_position_loss(model, token_stream, 6, [])
+
+
+def test_word_start_share_skips_blank_tokens_and_sees_glued_ones():
+    tok = gpt2_tokenizer()
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert word_start_share(enc(" the cat sat"), tok) == 1.0
+    assert word_start_share([enc(" the\n\ncat"), enc(" sat")], tok) == 1.0  # a newline before a word starts it
+    blanks = enc(" the" + "   " * 10 + " cat")  # runs of blanks neither help nor hurt
+    assert word_start_share(blanks, tok) == 1.0
+    assert word_start_share(torch.tensor(enc(" thecatsatonthemat")), tok) < 0.5
+    with pytest.raises(ValueError, match="letter"):
+        word_start_share(enc("   ..."), tok)
 
 # ---- verdicts ---------------------------------------------------------------------------------------------
 
