@@ -540,11 +540,14 @@ def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int 
                 system: str | None = None) -> dict:
     """Greedy answers scored per task: ``accuracy`` (exact match after ``normalize_answer``), ``nocase`` (the
     same, ignoring case), ``terse`` (the share of answers that are as short as the reference: no more words than
-    it, i.e. the requested format, right or wrong) and the raw ``answers``."""
+    it, i.e. the requested format, right or wrong), the raw ``answers`` and the answers as ``shown`` to a reader
+    (``generate_responses(..., mark_cut=True)``: an answer cut by ``max_new_tokens`` says so)."""
     if not examples:
         raise ValueError("no examples to evaluate")
-    answers = generate_responses(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens, batch_size,
-                                 system=system)
+    shown = generate_responses(model, tokenizer, [e["prompt"] for e in examples], max_new_tokens, batch_size,
+                               system=system, mark_cut=True)
+    cut = f" [cut at {max_new_tokens} tokens]"
+    answers = [a[:-len(cut)] if a.endswith(cut) else a for a in shown]
     hits: dict = {}
     nocase: dict = {}
     terse: dict = {}
@@ -554,7 +557,8 @@ def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int 
         nocase.setdefault(e["task"], []).append(got.lower() == e["answer"].lower())
         terse.setdefault(e["task"], []).append(0 < len(got.split()) <= len(e["answer"].split()))
     mean = lambda d: {t: sum(v) / len(v) for t, v in d.items()}
-    return {"accuracy": mean(hits), "nocase": mean(nocase), "terse": mean(terse), "answers": answers}
+    return {"accuracy": mean(hits), "nocase": mean(nocase), "terse": mean(terse), "answers": answers,
+            "shown": shown}
 
 
 def generalization_verdict(trained_before: float, trained_after: float, held_before: Sequence[bool],

@@ -216,6 +216,13 @@ def test_exact_match_scores_case_and_format_separately(smol):
     assert out["accuracy"]["uppercase"] == 0  # case counts
     assert out["nocase"]["uppercase"] == 0.5  # "cat" is right ignoring case
     assert out["terse"]["uppercase"] == 0.5  # "The word is DOG" is not in the requested format
+    fake = ["CAT [cut at 12 tokens]", "DOG"]  # an answer that hit the token limit: scored without the marker
+    l5_sft.generate_responses = lambda *a, **k: fake
+    try:
+        out = l5_sft.exact_match(None, smol, examples)
+    finally:
+        l5_sft.generate_responses = orig
+    assert out["accuracy"]["uppercase"] == 1 and out["shown"] == fake and out["answers"] == ["CAT", "DOG"]
 
 
 def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
