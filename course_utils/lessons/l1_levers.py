@@ -501,32 +501,52 @@ def steps_to_target(losses: Sequence[float], target: float, window: int = 3) -> 
     return len(losses) + 1
 
 
+def first_eval_at(eval_steps: Sequence[int], losses: Sequence[float], target: float, budget: int) -> int:
+    """The first evaluated step at which a held-out loss is at or below ``target``; ``budget + 1`` when no
+    evaluation gets there (censored: "more than the budget")."""
+    if len(eval_steps) != len(losses):
+        raise ValueError(f"one loss per evaluated step: {len(eval_steps)} steps, {len(losses)} losses")
+    return next((s for s, x in zip(eval_steps, losses) if x <= target), budget + 1)
+
+
+def diverged_seeds(test_losses: Sequence[float], vocab_size: int) -> list[int]:
+    """The seeds whose held-out loss ends above an untrained model's (ln V nats: uniform over the vocabulary)."""
+    return [i for i, x in enumerate(test_losses) if x > math.log(vocab_size)]
+
+
 # ---- The claims table -----------------------------------------------------------------------------------
 #: key -> (the claim, the lecture's words: ../shared/seeds/lesson1-optimization-options.vi.md, sections 3-4).
+#: Rows whose lecture column says "not a lecture claim" are the course's additions, judged the same way.
+COURSE_EXTRA = "not a lecture claim: the course adds it (section 3.6 names regularization only as dynamic)"
 CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
     "align": ("an aligned matrix product is faster per row (a power of two vs not)",
               "power-of-two sizes: vectorization, memory alignment"),
     "pad": ("vocabulary padded to 50,304 trains faster than 50,257", "power-of-two sizes are faster"),
-    "ids": ("integer token ids take less memory than float ids", "int instead of float for indices saves memory"),
-    "bf16_matmul": ("bf16 matrix products are faster than fp32", "16-bit types: faster transfers and compute"),
+    "bf16_matmul": ("bf16 matrix products are faster than fp32", "float16 or bfloat16: faster transfers and compute"),
+    "fp16_matmul": ("fp16 matrix products are faster than fp32", "float16 or bfloat16: faster transfers and compute"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
-    "mp_memory": ("mixed precision training needs less memory", "mixed precision reduces memory"),
+    "mp_memory": ("mixed precision needs less memory in an activation-heavy step (context 256, vocabulary 128)",
+                  "mixed precision reduces memory"),
     "mp_quality": ("mixed precision costs little quality (held-out loss)", "mixed precision: quality impact low"),
     "accum_memory": ("gradient accumulation needs less memory than the big batch",
                      "simulates a large batch without more memory"),
-    "schedule": ("warmup + cosine reaches a target loss in fewer steps", "schedulers: fewer epochs needed"),
+    "schedule": ("warmup + cosine reaches a held-out target loss in fewer steps",
+                 "schedulers: learn faster, fewer epochs needed"),
+    "schedule_quality": ("warmup + cosine gives a lower held-out loss than a constant lr",
+                         "scheduler: quality impact high"),
     "clip": ("gradient clipping improves held-out loss", "clipping and normalization help the model learn"),
-    "weight_decay": ("weight decay 0.1 improves held-out loss", "regularization helps the model learn"),
-    "dropout": ("dropout 0.1 improves held-out loss", "regularization helps the model learn"),
+    "weight_decay": ("the course adds: weight decay 0.1 improves held-out loss", COURSE_EXTRA),
+    "dropout": ("the course adds: dropout 0.1 improves held-out loss", COURSE_EXTRA),
     "early_dropout": ("early dropout (off after 25% of the steps) beats dropout all along, held out",
                       "dynamic regularization"),
     "contiguous": ("contiguous tensors are faster to process", "contiguous memory: fewer cache misses"),
     "pinned": ("pinned host memory speeds up host-to-GPU copies", "memory pinning"),
     "attention": ("fused attention is faster (attention alone, longest T)", "kernel fusion: speed impact high"),
     "attention_step": ("fused attention makes the training step faster", "kernel fusion: speed impact high"),
-    "attention_memory": ("fused attention needs less memory (longest T)", "FlashAttention: fewer memory passes"),
+    "attention_memory": ("fused attention lowers a training step's peak memory (context 256, vocabulary 128)",
+                         "FlashAttention: fewer memory passes"),
     "adamw": ("fused AdamW step is faster than the for-loop", "fused kernels: speed impact high"),
     "compile": ("torch.compile makes a training step faster", "fused kernels: speed impact high"),
     "tensor_cores": ("tensor cores: bf16 matmul far above fp32", "tensor cores raise FLOPS"),
@@ -535,6 +555,35 @@ CLAIMS = {
     "stack": ("the single-device levers together train faster", "each small saving adds up"),
     "bubble": ("more micro-batches shrink the pipeline bubble", "pipeline parallelism (GPipe's (p-1)/(m+p-1))"),
     "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
+}
+
+#: Where the course's older GPU run decides or informs a row: results/nvidia-h100-80gb/01_optimization_options.md
+#: (H100 80GB, full profile: GPT-2-small Model 5, 124,439,808 parameters, timed steps at T=256, one seed per
+#: training; 2026-11-23, code older than this notebook's). Appended to the row's note by ``claims_table``.
+GPU_RUN = "course GPU run (H100, full profile, GPT-2-small Model 5, 2026-11-23, predates this code)"
+GPU_NOTES = {
+    "batch64": "1.01x per token at T=256, within its +/-1% noise: did not hold there either",
+    "batch128": "1.00x per token at T=256, within its +/-1% noise: did not hold there either",
+    "pad": "0.98x (slower beyond its +/-2% noise), but that code sliced the padded logits inside the timed step; "
+           "the current step crops in the fused loss (model.loss), so the GPU figure does not carry over",
+    "bf16_matmul": "bf16 13.80x at 4096 x 4096 on tensor cores: agrees",
+    "fp16_matmul": "fp16 13.25x at 4096 x 4096 on tensor cores: the lecture holds there; this CPU has no fp16 "
+                   "matrix units",
+    "mp_speed": "3.86x tokens/s (autocast, GPT-2 small): holds there, far above 1.5x",
+    "mp_quality": "final loss +0.006 nats after 60 steps, one seed (no interval): low there too",
+    "accum_memory": "whole step 0.29x, activations 0.68x (4 micro-batches): agrees",
+    "schedule": "held-out -0.515 nats vs constant lr after 60 steps (one seed); it did not count steps to a target",
+    "schedule_quality": "held-out -0.515 nats vs constant lr after 60 steps, one seed (no interval): above the "
+                        "0.1-nat bar there",
+    "contiguous": "strided 2.81x slower (8192 x 8192): agrees",
+    "pinned": "6.94x the bandwidth of pageable memory (256 MiB): holds there",
+    "attention": "29.03x at T=4096 (bf16, batch 8, 12 heads): agrees",
+    "attention_memory": "attention alone: hand-written needs 72.7x at T=4096; the whole step's peak was not measured",
+    "compile": "about 1.20x: below the 1.5x bar there too",
+    "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there",
+    "tying_memory": "step peak 18.3 -> 18.2 GiB (~0.99x): at GPT-2 small's width activations dominate the peak",
+    "stack": "6.23x with autocast in the stack: holds there",
+    "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
 }
 
 
@@ -549,7 +598,8 @@ def claims_table(verdicts: dict, facts: Sequence[tuple[str, str]], context: str 
                          f"missing {sorted(missing)} (see l1_levers.CLAIMS)")
     table = ClaimsTable(title, context=context)
     for key, (claim, lecture) in CLAIMS.items():
-        table.add(claim, lecture, verdicts[key])
+        gpu = GPU_NOTES.get(key)
+        table.add(claim, lecture, verdicts[key].with_note(f"{GPU_RUN}: {gpu}") if gpu else verdicts[key])
     for what, value in facts:
         table.fact(what, value)
     return table

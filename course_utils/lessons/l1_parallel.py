@@ -695,6 +695,19 @@ def _idle_steps(run: dict, m: int, schedule: str) -> list[float]:
                      f"include {m}")
 
 
+def bubble_measured(run: dict, schedule: str = "gpipe") -> str:
+    """The bubble row's figures, as ``bubble_table`` shows them: each stage's idle fraction per m (3 decimals,
+    stages joined by "/"), then the formula's."""
+    done = sorted((r for r in run["runs"] if r["schedule"] == schedule and "skipped" not in r), key=lambda r: r["m"])
+    per_m = []
+    for r in done:
+        stages = r.get("idle_per_stage") or [median(s[1:] or s) for s in r["idle_steps_per_stage"]]
+        per_m.append("/".join(f"{x:.3f}" for x in stages))
+    p, ms = run["world_size"], [r["m"] for r in done]
+    return (f"idle per stage {', '.join(per_m)} at m = {', '.join(map(str, ms))} (formula "
+            f"{', '.join(f'{bubble_fraction(p, m):.2f}' for m in ms)})")
+
+
 def bubble_verdict(run: dict, schedule: str = "gpipe") -> Verdict:
     """"More micro-batches shrink the pipeline bubble", judged at EVERY measured step of m (1 -> 2 -> 4 -> ...).
 
@@ -709,9 +722,7 @@ def bubble_verdict(run: dict, schedule: str = "gpipe") -> Verdict:
     parts = [paired_difference(_idle_steps(run, a, schedule), _idle_steps(run, b, schedule), lower=True,
                                unit="of the step idle", fmt="{:+.3f}", pairs="stage steps")
              .with_note(f"m={a} -> m={b}") for a, b in zip(ms, ms[1:])]
-    idle = [median(_idle_steps(run, m, schedule)) for m in ms]
-    measured = (f"idle {', '.join(f'{v:.2f}' for v in idle)} at m = {', '.join(map(str, ms))} (formula "
-                f"{', '.join(f'{bubble_fraction(p, m):.2f}' for m in ms)})")
+    measured = bubble_measured(run, schedule)
     v = all_of(*parts, measured=measured)
     return Verdict(v.verdict, measured, v.why, v.figures,
                    f"idle falls at every step of m ({' -> '.join(map(str, ms))}), as (p-1)/(m+p-1) does")

@@ -111,7 +111,6 @@ def test_steps_to_target_and_cpu_bf16_units():
 
 def test_claims_table_needs_one_verdict_per_claim():
     from course_utils.verdicts import level
-
     vs = {key: level(0.5, high=1.0) for key in levers.CLAIMS}
     table = levers.claims_table(vs, [("a fact", "1")], "ctx")
     assert len(table.claims) == len(levers.CLAIMS) and table.facts[0].what == "a fact"
@@ -296,3 +295,18 @@ def test_paired_speedup_is_the_figure_speed_verdict_judges():
     assert levers.paired_speedup(base, cand) == pytest.approx(speed_verdict(base, cand).speedup) == 2.0
     with pytest.raises(ValueError, match="equal rounds"):
         levers.paired_speedup(base, Timing([1.0]))
+
+
+def test_first_eval_at_and_diverged_seeds():
+    assert levers.first_eval_at([0, 3, 6, 9, 12], [10.8, 9.6, 7.9, 7.4, 7.2], 7.5, budget=12) == 9
+    assert levers.first_eval_at([0, 3, 6], [10.8, 9.6, 7.9], 7.5, budget=6) == 7  # never reached: censored
+    with pytest.raises(ValueError, match="one loss per evaluated step"):
+        levers.first_eval_at([0, 3], [10.8], 7.5, budget=3)
+    assert levers.diverged_seeds([7.3, 11.9, 7.4], 50257) == [1]  # ln 50257 = 10.8: worse than untrained
+
+
+def test_gpu_notes_name_claims():
+    from course_utils.verdicts import level
+    assert set(levers.GPU_NOTES) <= set(levers.CLAIMS)
+    table = levers.claims_table({key: level(0.5, high=1.0) for key in levers.CLAIMS}, [])
+    assert "predates this code" in table.claims[0].why

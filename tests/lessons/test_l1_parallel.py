@@ -213,3 +213,10 @@ def test_parallel_facts_from_the_runs(runs, ref):
     with pytest.raises(ValueError, match="missing"):
         par.parallel_facts({"tp": runs["tp"]}, ref)
     assert par.bubble_verdict(runs["pp"]).bar.startswith("idle falls at every step of m (1 -> 2)")
+
+
+def test_bubble_measured_shows_the_tables_figures():
+    run = _pp_run([[0.0, 0.5, 0.55], [0.9, 0.45, 0.5]], [[0.9, 0.3, 0.35], [0.0, 0.32, 0.33]])
+    run["runs"][0]["idle_per_stage"] = [0.541, 0.5]
+    text = par.bubble_measured(run)
+    assert text.startswith("idle per stage 0.541/0.500, 0.325/0.325 at m = 1, 2") and "formula 0.50, 0.33" in text
