@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from course_utils.claims import VERDICTS
 from course_utils.lessons.l3_xfactor import (
     BARS,
+    H100_REJUDGED,
     H100_RUN,
     RUN_COLOURS,
     GenerationResult,
@@ -18,12 +19,16 @@ from course_utils.lessons.l3_xfactor import (
     judge_perplexity,
     kl_by_position,
     kl_to_target,
+    distinct_n,
     lecture_verdicts,
     letter_token_mask,
     paired_samples,
     plot_run_scores,
     random_token_batches,
+    recorded_natural,
+    recorded_samples,
     recorded_verdicts,
+    rejudge_recorded,
     run_verdicts,
     sample_nll,
     start_loss_by_ratio,
@@ -54,6 +59,13 @@ class ToyTokenizer:
 
 
 TOK = ToyTokenizer()
+
+
+class TextTokenizer:
+    """Any text -> one id per character (enough to parse and re-tokenize recorded samples)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 50 for c in text]}
 
 
 def kl_by_hand(logits_rows, p):
@@ -353,7 +365,7 @@ def test_run_verdicts_decide_both_ways_at_the_lecture_budget_and_neither_below_i
                              steps=40)  # 40 steps: a clear result and a clear miss alike decide nothing
         assert {v.verdict for v in short.values()} == {INCONCLUSIVE_}
         assert all('"Epochs | 300"' in v.why for v in short.values())
-    assert as_lecture["low text"].bar == "<= 0.20 and lower by > -0.693 nats/token"
+    assert as_lecture["few x"].bar == "<= 0.20" and as_lecture["natural"].bar == "lower by > -0.693 nats/token"
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -364,11 +376,35 @@ def test_recorded_h100_figures_match_the_course_results_file():
     for shown in ("7.00 -> 3.92 in 300 steps", "0.032 after 300 steps", "R 0.03, perplexity 119 (original 38)",
                   "R = 1.00 (383/384)", "perplexity 270,501", "R 0.01 -> 0.72, perplexity 15"):
         assert shown in md
-    v = recorded_verdicts()
+    v = recorded_verdicts(natural=recorded_natural())
     assert {k: x.verdict for k, x in v.items()} == {
-        "low loss": DOES_NOT_HOLD_, "low text": DOES_NOT_HOLD_, "high loss": DOES_NOT_HOLD_,
+        "low loss": DOES_NOT_HOLD_, "few x": HOLDS_, "natural": INCONCLUSIVE_, "high loss": DOES_NOT_HOLD_,
         "R about 1": HOLDS_, "nonsense": HOLDS_, "lr decides": HOLDS_}
-    assert "3.1x the original's" in v["low text"].measured and "older code" in v["low loss"].why
+    assert "3.1x the original's" in v["natural"].measured and "older code" in v["low loss"].why
+    assert "7,072x" in v["nonsense"].measured and "7,072x" in md  # the results file's own ratio
+    assert "natural" not in recorded_verdicts()  # without its re-judged samples the row is this run's own
+
+
+def test_recorded_samples_are_the_h100_notebooks_six_prompts():
+    s = recorded_samples(TextTokenizer())
+    assert set(s) >= {"original", "lr 1e-6", "lr 1e-4"} and all(len(v) == 6 for v in s.values())
+    assert s["original"][0].prompt == "The weather today is" and s["lr 1e-6"][0].text.startswith(" Saturn x")
+    assert all(len(v) == 6 for v in H100_REJUDGED.values())
+
+
+def test_rejudged_h100_samples_match_the_stored_figures():
+    from course_utils.pretrained import load_pretrained
+
+    model, tokenizer, _ = load_pretrained("gpt2-medium")
+    got = rejudge_recorded(model.requires_grad_(False), tokenizer)
+    for k, stored in H100_REJUDGED.items():
+        assert got[k] == pytest.approx(stored, abs=2e-3), k
+
+
+def test_distinct_n_sees_repetition():
+    rep = GenerationResult(samples=[Sample("p", [1, 3] * 5, ""), Sample("p", list(range(6)), ""), Sample("p", [1], "")])
+    assert distinct_n(rep) == [2 / 9, 1.0, None]
+    assert distinct_n(rep, 1)[0] == 0.2
 
 
 def test_lecture_verdicts_use_the_recorded_run_only_when_short():
@@ -390,7 +426,15 @@ def test_tilt_verdict_has_three_outcomes():
     noisy = _samples([j % 2 for j in range(n)], [3.0 + 0.01 * j for j in range(n)])  # R as the original's
     assert tilt_verdict(orig, _samples([2 * (j % 2) for j in range(n)], [3.0] * n)).verdict == INCONCLUSIVE_
     assert tilt_verdict(orig, noisy).verdict == DOES_NOT_HOLD_
-    assert BARS["raises R"] == 0.02 and BARS["natural"] == 2.0
+    assert BARS["raises R"] == 0.04 and BARS["natural"] == 2.0 and BARS["repetition"] == 0.1
+    varied = _samples([0, 1] * (n // 2), [3.0 + 0.01 * j for j in range(n)])
+    for j, smp in enumerate(varied.samples):  # every token pair distinct (distinct-2 = 1), j % 2 x tokens
+        smp.ids = [1 if j % 2 else 3, 5, 3, 3, 0, 0, 5, 5, 0, 3]
+    looping = _samples([5] * n, [3.1 + 0.02 * j for j in range(n)])
+    for smp in looping.samples:
+        smp.ids = [1, 3] * 5  # more x, low perplexity, but a two-token loop: distinct-2 falls to 2/9
+    assert tilt_verdict(varied, looping).verdict == DOES_NOT_HOLD_
+    assert "distinct-2" in tilt_verdict(varied, looping).why
 
 
 def test_sample_nll_batched_equals_one_sample_at_a_time(tiny_llama):
