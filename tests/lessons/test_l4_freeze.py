@@ -5,15 +5,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURABLE
 from course_utils.lessons.l4_freeze import (
     ARMS,
     GROUPS,
+    attention_moments_verdict,
     check_mlp_only_prediction,
     classify_parameters,
     compare_forgetting,
     count_verdicts,
     expected_trainable,
+    forgetting_verdict,
     freeze,
     freeze_combinations,
     group_counts,
@@ -21,8 +23,9 @@ from course_utils.lessons.l4_freeze import (
     linear_module_names,
     loss_falls,
     memory_verdict,
+    mlp_beats_attention,
+    mlps_suffice,
     name_rule_mistakes,
-    rationale_verdict,
     set_arm,
     share_of_full,
     slightly_faster,
@@ -251,14 +254,21 @@ def test_slightly_faster_has_a_bar_on_both_sides():
     assert slightly_faster(*_timings(base, noisy)).verdict == INCONCLUSIVE
 
 
-def test_latency_verdict_judges_lora_merged_as_well():
+def test_latency_verdict_asks_whether_unmerged_lora_is_slower_both_ways():
     plain = [1.0 + 0.01 * i for i in range(15)]
-    t = {"plain": Timing(plain), "unmerged": Timing([p * 1.2 for p in plain]), "merged": Timing(list(plain))}
-    v = latency_verdict(t, "plain", "unmerged", "merged")
-    assert v.verdict == DOES_NOT_HOLD  # merged LoRA (its deployment mode) adds nothing
-    assert "unmerged 1.20x" in v.measured and "merged 1.00x" in v.measured
-    t["merged"] = Timing([p * 1.2 for p in plain])
-    assert latency_verdict(t, "plain", "unmerged", "merged").verdict == HOLDS
+    t = {"plain": Timing(plain), "unmerged": Timing([p * 1.2 for p in plain])}
+    v = latency_verdict(t, "plain", "unmerged")
+    assert v.verdict == HOLDS and v.measured.startswith("1.20x") and "'some'" in v.bar
+    t["unmerged"] = Timing([p * 0.8 for p in plain])  # faster than the plain model: refuted
+    assert latency_verdict(t, "plain", "unmerged").verdict == DOES_NOT_HOLD
+    t["unmerged"] = Timing([p * f for p, f in zip(plain, [0.9, 1.1] * 7 + [1.0])])
+    assert latency_verdict(t, "plain", "unmerged").verdict == INCONCLUSIVE
+
+
+def test_attention_moments_verdict_is_the_lectures_reason_as_a_share():
+    v = attention_moments_verdict(28_320_768, 2 * 1024**3)  # 216 MiB of 2 GiB: ~10.5%, below 20-35%
+    assert v.verdict == DOES_NOT_HOLD and "216.1 MiB" in v.measured
+    assert attention_moments_verdict(28_320_768, 800 * 1024**2).verdict == HOLDS  # 27%
 
 
 def test_compare_forgetting_is_paired_over_seeds_and_symmetric():
@@ -283,6 +293,9 @@ def test_loss_falls_and_share_of_full():
     assert loss_falls(3.6, [3.30, 3.35, 3.32]).verdict == HOLDS
     assert loss_falls(3.6, [3.70, 3.75, 3.72]).verdict == DOES_NOT_HOLD
     assert "3.600 -> 3.323" in loss_falls(3.6, [3.30, 3.35, 3.32]).measured
+    # with the general-text fall of the same runs: the tuned text must fall further, seed by seed
+    assert loss_falls(3.6, [3.30, 3.35, 3.32], [0.02, 0.03, 0.02]).verdict == HOLDS
+    assert loss_falls(3.6, [3.58, 3.57, 3.58], [0.05, 0.06, 0.05]).verdict == DOES_NOT_HOLD  # only repair
     assert share_of_full([0.30, 0.31, 0.32], [0.29, 0.30, 0.31]).verdict == HOLDS  # ~97% of full's gain
     assert share_of_full([0.30, 0.31, 0.32], [0.15, 0.16, 0.15]).verdict == DOES_NOT_HOLD  # ~50%
     assert share_of_full([0.328, 0.310, 0.338], [0.291, 0.275, 0.278]).verdict == INCONCLUSIVE  # 87% (77-96%)
@@ -290,19 +303,27 @@ def test_loss_falls_and_share_of_full():
         share_of_full([0.3, -0.1, 0.3], [0.2, 0.2, 0.2])
 
 
-def test_rationale_verdict_needs_both_predictions():
-    attn = {"loss": [3.40, 3.42, 3.41], "forget": [0.05, 0.06, 0.055]}
-    mlp = {"loss": [3.30, 3.31, 3.30], "forget": [0.01, 0.02, 0.012]}
-    assert rationale_verdict(attn, mlp).verdict == HOLDS
-    assert rationale_verdict(mlp, attn).verdict == DOES_NOT_HOLD
-    mixed = {"loss": [3.30, 3.31, 3.30], "forget": [0.06, 0.07, 0.065]}  # learns more, forgets more
-    assert rationale_verdict(attn, mixed).verdict == DOES_NOT_HOLD
+def test_forgetting_is_tested_only_where_full_fine_tuning_forgot():
+    v = forgetting_verdict([-0.014, -0.030, -0.023], [-0.020, -0.025, -0.022])  # full FT's web loss fell
+    assert v.verdict == NOT_MEASURABLE and "did not forget" in v.why and "full -0.0223" in v.measured
+    forgot = forgetting_verdict([0.10, 0.12, 0.11], [0.05, 0.06, 0.055])
+    assert forgot.verdict == HOLDS and "partial lower by" in forgot.measured
+    assert forgetting_verdict([0.05, 0.06, 0.055], [0.10, 0.12, 0.11]).verdict == DOES_NOT_HOLD
 
 
-def test_count_verdicts_refute_65m_and_48_percent():
+def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
+    assert mlps_suffice(0.196, [0.36, 0.33, 0.35]).verdict == HOLDS
+    assert mlps_suffice(0.196, [0.10, 0.12, 0.11]).verdict == DOES_NOT_HOLD
+    assert "+0.196 -> +0.347" in mlps_suffice(0.196, [0.36, 0.33, 0.35]).measured
+    assert mlp_beats_attention([3.40, 3.42, 3.41], [3.30, 3.31, 3.30]).verdict == HOLDS
+    assert mlp_beats_attention([3.30, 3.31, 3.30], [3.40, 3.42, 3.41]).verdict == DOES_NOT_HOLD
+
+
+def test_count_verdicts_refute_65m_48_percent_and_r_half():
     rows = count_verdicts(freeze(build_from_config("EleutherAI/gpt-neo-125M"), LECTURE))
-    assert [v.verdict for _, _, v in rows] == [HOLDS, DOES_NOT_HOLD, DOES_NOT_HOLD]
-    assert rows[1][2].measured == "56,707,584" and rows[2][2].measured == "54.7%"
+    assert [v.verdict for _, _, v, _ in rows] == [HOLDS, DOES_NOT_HOLD, DOES_NOT_HOLD, DOES_NOT_HOLD]
+    assert rows[1][2].measured == "56,707,584" and rows[2][2].measured == "54.7%" and rows[3][2].measured == "0.453"
+
 
 
 def test_arms_freeze_where_they_say(tiny_llama):
