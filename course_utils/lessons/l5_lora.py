@@ -213,7 +213,8 @@ def recovers_share(base_loss: float, reference: Sequence[float], candidate: Sequ
     ``candidate < reference + (1 - share) G`` seed by seed: ``compare_runs(reference, candidate,
     min_gain=-(1 - share) G)``. Used for "LoRA is close to full fine-tuning" (share 0.9 of full FT's gain), "a low
     rank is about as good as a high one", "more rank buys little". The Verdict shows the share recovered (mean over
-    seeds) and carries it as ``recovered``.
+    seeds) and carries it as ``recovered``; its per-seed figures are paired (seed ``i``'s candidate gain over
+    seed ``i``'s reference gain).
     """
     ref, cand = [float(v) for v in reference], [float(v) for v in candidate]
     if not 0 < share <= 1:
@@ -226,7 +227,9 @@ def recovers_share(base_loss: float, reference: Sequence[float], candidate: Sequ
                            f"{base_loss:.4f}): no gain to share, so the bar is the reference itself")
     v = compare_runs(ref, cand, lower=True, min_gain=-(1 - share) * gain, budget_short=budget_short)
     recovered = (base_loss - statistics.fmean(cand)) / gain
-    per_seed = ", ".join(f"{(base_loss - c) / gain:.0%}" for c in cand)
+    # paired: each seed's candidate gain over the SAME seed's reference gain
+    per_seed = ", ".join(f"{(base_loss - c) / (base_loss - r):.0%}" if base_loss != r else "n/a"
+                         for c, r in zip(cand, ref))
     shown = v.with_measured(f"{recovered:.0%} of the gain recovered (per seed {per_seed}); {v.measured}")
     return Verdict(shown.verdict, shown.measured, shown.why, {**v.figures, "recovered": recovered},
                    f"recovers >= {share:.0%} of the gain: {v.bar}")
@@ -260,15 +263,25 @@ def batch_losses(model: nn.Module, batches, n_batches: int, loss_fn, seed: int =
 
 
 def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gain: Sequence[float],
-                          full_gain: Sequence[float], budget_short: str | None = None) -> Verdict:
+                          full_gain: Sequence[float], budget_short: str | None = None,
+                          base: float | None = None) -> Verdict:
     """"PEFT forgets less": LoRA's loss on general text after fine-tuning is lower than full fine-tuning's.
 
     ``lora[i]``, ``full[i]``: the mean loss on the same general-text batches (``batch_losses``) after the LoRA and
     the full fine-tuning run of seed ``i`` (the same batches and start for both; at least 2 seeds). The base model's
     loss is the same for both arms, so it cancels in the paired difference ``full - lora``: the course's
     ``compare_runs(full, lora, lower=True)`` decides it. ``*_gain``: each run's held-out improvement on the task,
-    shown in the note (less forgetting means little if one arm also learned much less).
+    shown in the note (less forgetting means little if one arm also learned much less). ``base``: the base
+    model's loss on the same batches; given, the claim is ``not_measurable`` unless full FT's rise over it has a
+    95% interval wholly above 0 (nothing to reduce otherwise), as in notebook 04.
     """
+    if base is not None:  # notebook 04's rule: only where full FT forgot is there forgetting to reduce
+        rise = level([f - base for f in full], low=0.0, fmt="{:+.4f}")
+        if not rise.low > 0:
+            return not_measurable(
+                f"full FT's web-loss change {rise.value:+.4f} nats/token ({rise.low:+.4f} to {rise.high:+.4f})",
+                "not testable here: full fine-tuning did not forget (its web loss did not rise), so there is no "
+                "forgetting to reduce")
     v = compare_runs(full, lora, lower=True, unit="nats/token", fmt="{:+.4f}", budget_short=budget_short)
     ratio = statistics.fmean(lora_gain) / statistics.fmean(full_gain)
     return v.with_note(f"held-out task gain LoRA {statistics.fmean(lora_gain):.3f} vs full FT "

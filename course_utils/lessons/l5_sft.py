@@ -561,21 +561,48 @@ def exact_match(model, tokenizer, examples: Sequence[dict], max_new_tokens: int 
             "shown": shown}
 
 
+def exact_share_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a share from ``k`` successes in ``n`` trials: 0/8 is consistent
+    with a true share up to about 37%, which a paired t interval over all-zero answers (width 0) hides."""
+    from math import comb
+
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    a = (1 - confidence) / 2
+    at_most = lambda j, p: sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(j + 1))  # P(X <= j)
+
+    def solve(f):  # the p in (0, 1) where the decreasing f(p) crosses a, by bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) > a else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if k == 0 else 1 - solve(lambda q: 1 - at_most(k - 1, 1 - q))  # P(X >= k; p) = a
+    high = 1.0 if k == n else solve(lambda p: at_most(k, p))  # P(X <= k; p) = a
+    return low, high
+
+
 def generalization_verdict(trained_before: float, trained_after: float, held_before: Sequence[bool],
-                           held_after: Sequence[bool], steps: int) -> Verdict:
+                           held_after: Sequence[bool], steps: int, budget_short: str | None = None) -> Verdict:
     """"Instruction tuning generalizes zero-shot to a new task": the held-out task's answers, scored before and
     after tuning on the same prompts (``held_before[i]``, ``held_after[i]``: was answer ``i`` an exact match),
     decided by ``course_utils.verdicts.paired_difference`` (share right, higher after; bar 0). The trained tasks'
     exact match before and after (shares) goes in the figure: transfer means little where the trained tasks were
-    not learned either, and the note says so with the ``steps`` the tuning took."""
+    not learned either, and the note says so with the ``steps`` the tuning took, and the exact interval of the
+    share right after (few yes/no prompts: a t interval over identical answers has width 0). ``budget_short``: the
+    lecture's data scale where this tuning is far below it (a clear result either way is then inconclusive)."""
     if len(held_before) != len(held_after) or len(held_before) < 2:
         raise ValueError(f"give the same held-out prompts (>= 2) scored before and after, got {len(held_before)} and "
                          f"{len(held_after)}")
     if not (0 <= trained_before <= 1 and 0 <= trained_after <= 1):
         raise ValueError(f"trained_before/after are shares between 0 and 1, got {trained_before}, {trained_after}")
     v = paired_difference([float(x) for x in held_before], [float(x) for x in held_after], lower=False,
-                          unit="of held-out answers right", fmt="{:+.0%}", pairs="prompts")
-    shown = (f"held-out task exact {sum(held_before)}/{len(held_before)} -> {sum(held_after)}/{len(held_after)}; "
+                          unit="of held-out answers right", fmt="{:+.0%}", pairs="prompts", budget_short=budget_short)
+    k, n = sum(held_after), len(held_after)
+    low, high = exact_share_interval(k, n)
+    shown = (f"held-out task exact {sum(held_before)}/{len(held_before)} -> {k}/{n}; "
              f"trained tasks {trained_before:.0%} -> {trained_after:.0%}")
-    return v.with_measured(shown).with_note(f"after {steps} LoRA steps the trained tasks reached {trained_after:.0%} "
-                                            "exact match")
+    return v.with_measured(shown).with_note(f"{k}/{n} after is consistent with a true share of {low:.0%} to "
+                                            f"{high:.0%} (exact 95% interval); after {steps} LoRA steps the trained "
+                                            f"tasks reached {trained_after:.0%} exact match")

@@ -391,3 +391,14 @@ def test_qlora_bytes_keep_the_unquantized_parameters_in_bf16():
     assert kept_bf16["16-bit weights"] == 2 * kept and kept_bf16["adapter and its Adam state"] == 16 * lora
     with pytest.raises(ValueError):
         qlora_bytes(n, 0, kept, 0.5159)
+
+
+def test_recovers_share_shows_paired_per_seed_ratios_and_forgetting_needs_forgetting():
+    from course_utils.lessons.l5_lora import forgetting_comparison, recovers_share
+
+    v = recovers_share(2.0, [1.0, 1.5, 1.0], [1.0, 1.5, 1.5], 0.9)
+    assert "per seed 100%, 100%, 50%" in v.measured  # each seed over its own reference, not the mean gain
+    kept = forgetting_comparison([4.30, 4.31, 4.29], [4.30, 4.29, 4.30], [0.1] * 3, [0.1] * 3, base=4.31)
+    assert kept.verdict == "not measurable here" and "did not forget" in kept.why
+    forgot = forgetting_comparison([4.30, 4.31, 4.29], [4.50, 4.52, 4.49], [0.1] * 3, [0.1] * 3, base=4.2)
+    assert forgot.verdict == "holds"

@@ -310,3 +310,16 @@ def test_generated_answers_say_when_they_are_cut(smol, tiny_llama):
     marked = generate_responses(model, smol, ["Name a colour."], 3, system="Be brief.", mark_cut=True)
     # a random tiny model almost surely does not emit the end-of-turn token within 3 tokens
     assert marked == [plain[0] + " [cut at 3 tokens]"]
+
+
+def test_generalization_scoped_by_the_lectures_scale_and_exact_interval():
+    from course_utils.lessons.l5_sft import exact_share_interval, generalization_verdict
+
+    low, high = exact_share_interval(0, 8)
+    assert low == 0.0 and 0.36 < high < 0.38  # 0/8 is consistent with up to ~37%
+    assert exact_share_interval(8, 8)[1] == 1.0
+    none = [False] * 8
+    flat = generalization_verdict(0.0, 0.08, none, none, steps=8, budget_short="thousands of examples")
+    assert flat.verdict == "inconclusive" and "0% to 37%" in flat.why
+    up = generalization_verdict(0.1, 0.9, none, [True] * 6 + [False] * 2, steps=8, budget_short="thousands")
+    assert up.verdict == "inconclusive"  # a clear gain is inconclusive too, below the lecture's scale
