@@ -618,3 +618,22 @@ def size_on_disk(path) -> int:
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def static_state_fits(total_bytes: float, budget_bytes: float, n_bf16: int) -> Verdict:
+    """"QLoRA fits a 65B model on one 48 GB GPU", read as what the arithmetic can check: the static state
+    (``total_bytes``: NF4 + double-quant linear weights, ``n_bf16`` parameters of embeddings, head and norms in
+    bf16, the adapter and its Adam state, from ``qlora_bytes``) within ``budget_bytes``. Activations are left
+    out, so this is a necessary condition only; the Verdict says so and gives the margin left for them."""
+    import dataclasses
+
+    from ..memory import BYTES_PER_PARAM
+
+    gb, budget = total_bytes / 1e9, budget_bytes / 1e9
+    v = level(gb, high=budget, fmt="{:.1f}", unit=" GB", what="static state (arithmetic estimate)")
+    v = dataclasses.replace(v, why=v.why.replace(" (exact)", ""))
+    return v.with_measured(f"{gb:.1f} GB before activations").with_note(
+        f"NF4 + double quant linear layers at {BYTES_PER_PARAM['nf4 + double quant']:.4f} bytes per weight, "
+        f"embeddings, head and norms in bf16 ({n_bf16 / 1e6:.0f}M parameters), r=64 adapter with its Adam state; "
+        f"{budget - gb:.1f} GB left for activations (gradient checkpointing, paged optimizers): a necessary "
+        "condition, not a whole training step")

@@ -606,3 +606,7 @@ def generalization_verdict(trained_before: float, trained_after: float, held_bef
     return v.with_measured(shown).with_note(f"{k}/{n} after is consistent with a true share of {low:.0%} to "
                                             f"{high:.0%} (exact 95% interval); after {steps} LoRA steps the trained "
                                             f"tasks reached {trained_after:.0%} exact match")
+
+
+LECTURE_SCALE = ("the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu', thousands to hundreds of thousands "
+                 "of examples")

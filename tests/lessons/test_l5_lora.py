@@ -402,3 +402,12 @@ def test_recovers_share_shows_paired_per_seed_ratios_and_forgetting_needs_forget
     assert kept.verdict == "not measurable here" and "did not forget" in kept.why
     forgot = forgetting_comparison([4.30, 4.31, 4.29], [4.50, 4.52, 4.49], [0.1] * 3, [0.1] * 3, base=4.2)
     assert forgot.verdict == "holds"
+
+
+def test_static_state_fits_is_a_necessary_condition_with_one_figure():
+    from course_utils.lessons.l5_lora import static_state_fits
+
+    v = static_state_fits(47.3e9, 48e9, 526_000_000)
+    assert v.verdict == "holds" and v.measured == "47.3 GB before activations" and "(exact)" not in v.why
+    assert "0.7 GB left" in v.why and "necessary condition" in v.why
+    assert static_state_fits(49e9, 48e9, 1).verdict == "does not hold"
