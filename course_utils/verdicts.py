@@ -295,7 +295,7 @@ def exact(value: float, lecture: float, *, rel_tol: float, unit: str = "", fmt: 
     lo, hi = sorted((lecture * (1 - rel_tol), lecture * (1 + rel_tol)))
     v = level([value], low=lo, high=hi, unit=unit, fmt=fmt)
     return Verdict(v.verdict, f"{fmt.format(value)}{unit}",
-                   f"{fmt.format(value)}{unit} is {value / lecture:.3g}x the lecture's {fmt.format(lecture)}{unit} "
+                   f"{fmt.format(value)}{unit} is {value / lecture:.3f}x the lecture's {fmt.format(lecture)}{unit} "
                    f"({'within' if v.verdict == HOLDS else 'outside'} the {rel_tol:.0%} the claim allows)",
                    {"value": value, "lecture": lecture, "ratio": value / lecture, "rel_tol": rel_tol},
                    f"within {rel_tol:.0%} of {fmt.format(lecture)}{unit}")
