@@ -411,3 +411,19 @@ def test_static_state_fits_is_a_necessary_condition_with_one_figure():
     assert v.verdict == "holds" and v.measured == "47.3 GB before activations" and "(exact)" not in v.why
     assert "0.7 GB left" in v.why and "necessary condition" in v.why
     assert static_state_fits(49e9, 48e9, 1).verdict == "does not hold"
+
+
+def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
+    import torch
+
+    from course_utils.lessons.l5_lora import NF4_LEVELS, grid_error, nf4_vs_uniform, nf4_dequantize, nf4_quantize
+
+    g = torch.Generator().manual_seed(0)
+    normal = [torch.randn(64, 64, generator=g) for _ in range(4)]
+    v = nf4_vs_uniform(normal)
+    assert v.verdict == "holds" and "4 matrices" in v.measured
+    w = normal[0]
+    ref = float((nf4_dequantize(nf4_quantize(w)) - w).norm() / w.norm())
+    assert abs(grid_error(w, NF4_LEVELS) - ref) < 1e-6  # the same rounding as our NF4
+    flat = [torch.rand(64, 64, generator=g) * 2 - 1 for _ in range(4)]  # uniform weights: the uniform grid wins
+    assert nf4_vs_uniform(flat).verdict == "does not hold"
