@@ -203,8 +203,9 @@ def _paired(baseline, candidate, lower, min_gain, budget_short, unit, fmt, pairs
     interval = (f"candidate {direction} by {fmt.format(gain)} {unit} over {n} paired {pairs} ({shown}), "
                 f"95% interval {fmt.format(low)} to {fmt.format(high)}")
     bar_text = f"{fmt.format(min_gain)} {unit}"
+    below = "wholly below" if high < min_gain else "at most"  # a zero-width interval can sit on the bar
     v, why = _decide(low, high, min_gain, math.inf, budget_short, f"{interval}: wholly above {bar_text}",
-                     f"{interval}: wholly below {bar_text}", f"{interval}: contains {bar_text}", strict=True)
+                     f"{interval}: {below} {bar_text}", f"{interval}: contains {bar_text}", strict=True)
     measured = f"{fmt.format(gain)} {unit} ({fmt.format(low)} to {fmt.format(high)})"
     return Verdict(v, measured, why,
                    {"gain": gain, "gains": tuple(gains), "low": low, "high": high, "sd": sd, "n": n,
