@@ -718,7 +718,6 @@ def bubble_verdict(run: dict, schedule: str = "gpipe") -> Verdict:
     ms = sorted({r["m"] for r in run["runs"] if r["schedule"] == schedule and "idle_steps_per_stage" in r})
     if len(ms) < 2:
         raise ValueError(f"the pipeline run needs at least two {schedule} micro-batch counts, got {ms}")
-    p = run["world_size"]
     parts = [paired_difference(_idle_steps(run, a, schedule), _idle_steps(run, b, schedule), lower=True,
                                unit="of the step idle", fmt="{:+.3f}", pairs="stage steps")
              .with_note(f"m={a} -> m={b}") for a, b in zip(ms, ms[1:])]

@@ -30,8 +30,8 @@ from course_utils.lessons.l2_final_token import (
     space_token_share,
     step_flops,
     text_quality,
-    word_vocabulary,
     word_start_share,
+    word_vocabulary,
     words,
 )
 from course_utils.losses import all_token_loss, final_token_loss

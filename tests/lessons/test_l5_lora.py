@@ -416,7 +416,7 @@ def test_static_state_fits_is_a_necessary_condition_with_one_figure():
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     import torch
 
-    from course_utils.lessons.l5_lora import NF4_LEVELS, grid_error, nf4_vs_uniform, nf4_dequantize, nf4_quantize
+    from course_utils.lessons.l5_lora import NF4_LEVELS, grid_error, nf4_dequantize, nf4_quantize, nf4_vs_uniform
 
     g = torch.Generator().manual_seed(0)
     normal = [torch.randn(64, 64, generator=g) for _ in range(4)]
