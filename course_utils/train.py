@@ -321,15 +321,16 @@ def save_checkpoint(path, model, optimizer, scheduler, scaler, step, batch_gen, 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "batch_rng", "rng", "history", "config")
 
 
-def load_checkpoint(path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by ``save_checkpoint``: tensors and plain values only, never arbitrary code.
+def load_checkpoint(path, device: torch.device | str | None = None) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``: tensors and plain values only, never arbitrary code. Its
+    tensors land on ``device`` (None: the course's device, ``env.resolve_device``).
 
     A file that holds anything else (a pickled object: altered, or not written by this course), a truncated
     or corrupt file, and a file missing a key raise an error that names the file and what to do.
     """
     fresh = f"delete {path} (or set TrainConfig.checkpoint_path to a new file) to start the run afresh"
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=resolve_device(device), weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"checkpoint {path} holds more than tensors and plain values, so it was not written by "
