@@ -267,6 +267,16 @@ def _rss() -> int:
 
 
 
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int:
+    """The CUDA allocator's peak while ``fn()`` runs, after a reset to what is allocated now (so tensors that
+    exist before ``fn`` count): the one CUDA measurement both ``peak_memory`` and ``tensor_peak_memory`` use."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | str | None = None,
                 interval: float = 0.0005) -> int:
     """Extra memory (bytes) ``fn()`` needs at its peak, above what was in use before (a process-level figure).
@@ -278,12 +288,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str | None = No
     """
     device = resolve_device(device)
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
+        return _cuda_peak(fn, device) - base
     base = _rss()
     peak = [base]
     done = threading.Event()
@@ -374,11 +380,7 @@ def tensor_peak_memory(fn: Callable[[], object], *track, device: torch.device | 
     """
     device = resolve_device(device)
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)  # the peak restarts at what is allocated now
-        fn()
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device)), "CUDA allocator peak (all live tensors)"
+        return _cuda_peak(fn, device), "CUDA allocator peak (all live tensors)"
     try:
         tracker = _device_mem_tracker()
     except ImportError:  # a private tool; say plainly when it is not there

@@ -60,6 +60,11 @@ class GPTConfig:
         return (self.vocab_size + m - 1) // m * m
 
 
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention through PyTorch's fused kernel (flash or memory-efficient where the device has one)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -75,7 +80,7 @@ class CausalSelfAttention(nn.Module):
 
     #: The attention function (a seam): ``(q, k, v, dropout_p) -> y``, each (B, heads, T, head size), causal.
     #: ``GPT.set_attention`` swaps it (Lesson 1's manual attention, tensor parallelism's local heads).
-    attention_fn = staticmethod(lambda q, k, v, dropout_p: sdpa_attention(q, k, v, dropout_p))
+    attention_fn = staticmethod(sdpa_attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -86,11 +91,6 @@ class CausalSelfAttention(nn.Module):
         y = self.attention_fn(q, k, v, p)
         y = y.transpose(1, 2).reshape(B, T, h * (C // self.n_head))
         return self.resid_dropout(self.c_proj(y))
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal attention through PyTorch's fused kernel (flash or memory-efficient where the device has one)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
 
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
