@@ -441,6 +441,29 @@ def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     return int(counter.get_total_flops())
 
 
+def lecture_step_flops(config, batch_size: int = 1) -> dict:
+    """FLOPs of one forward + backward of Model 5 of shape ``config`` at its full context, counted on PyTorch's
+    ``meta`` device (shapes only: no memory, no data; seconds even for GPT-2 small's shape):
+    ``{"all-token": ..., "final-token": ...}``, the final-token step with the head at the last position only
+    (``FinalTokenHead``). Every count is linear in ``batch_size``, so their ratio does not depend on it.
+    On meta the attention runs PyTorch's math path and is counted; on a CPU the fused attention kernel may go
+    uncounted by ``FlopCounterMode`` (``step_flops`` on real tensors).
+    ``config``: a ``course_utils.model.GPTConfig``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with torch.device("meta"):
+        model = GPT(config)
+    x = torch.zeros(batch_size, config.block_size, dtype=torch.long, device="meta")
+    return {"all-token": step_flops(model, all_token_loss, x, x),
+            "final-token": step_flops(FinalTokenHead(model), final_position_loss, x, x)}
+
+
+def head_share(config, all_token_flops: int, batch_size: int = 1) -> float:
+    """Share of an all-token forward + backward (``all_token_flops``, at full context) spent in the unembedding:
+    its C x V multiply at every position, 3 times (forward, input gradient, weight gradient), 2 FLOPs each."""
+    return 3 * 2 * batch_size * config.block_size * config.n_embd * config.vocab_size / all_token_flops
+
+
 def nll_on_raw_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """THE BUG the lecture warns about, for demonstration: ``NLLLoss`` on raw logits of the last position.
 
@@ -639,12 +662,17 @@ GPU_NOTES = {
               "final-token 5.69)",
     "noisier": "7.8x on Alice, 5.3x on web: far above the bar there",
     "slower": "Alice 243 vs 42 steps, web not within 800 vs 113: slower there too",
-    "web harder": "all-token web 9.18 vs Alice 7.52, final-token web 8.00 vs Alice 6.28: harder there too",
-    "3-4": "best test loss 5.39, outside 3-4 there too, train loss 0.34 at the end (memorised)",
+    "web harder": "each model's own loss there too: all-token web 9.18 vs Alice 7.52, final-token web 7.93 vs "
+                  "Alice 5.69: harder there too",
+    "3-4": "all-token on Alice: train loss 0.34 at the end (it passed 3-4 on the way down, memorising the book), "
+           "best test loss 5.39 (step 240)",
     "poorer text": "known-word share web final-token 95% vs book 97% (real 92%): no clear gap there either",
-    "spaces": "leading-space share, blank tokens counted: 68% vs real 80% on web, 73% vs 66% on Alice",
+    "spaces": "its older count (every token, blanks included): web final-token 68% vs real 80% = 0.85 of real, "
+              "inside the bar there (Alice 73% vs 66% = 1.11, outside); its web samples are full of newline runs, "
+              "which that count takes for missing spaces",
     "generation": "at the context's final position only, after its all-token models memorised the texts, the "
                   "reverse (Alice: final-token 5.69 vs all-token 7.65)",
-    "cheaper": "1.18x with the head at every position",
+    "cheaper": "1.18x in time (44.6 vs 37.8 ms forward + backward), older code with the head at every position: "
+               "only the loss shrank there",
     "dropout": "with p = 0.1 the all-token models still memorised (Alice: train 0.34, test 7.52); no p = 0 run there",
 }

@@ -17,8 +17,10 @@ from course_utils.lessons.l2_final_token import (
     first_step_below,
     generation_lengths,
     generation_position_loss,
+    head_share,
     known_word_share,
     last_k_loss_reference,
+    lecture_step_flops,
     loss_noise,
     nll_on_raw_logits,
     on_each_text,
@@ -35,6 +37,7 @@ from course_utils.lessons.l2_final_token import (
     words,
 )
 from course_utils.losses import all_token_loss, final_token_loss
+from course_utils.model import GPTConfig
 from course_utils.tokenizer import gpt2_tokenizer
 from course_utils.train import TrainConfig, train
 
@@ -243,6 +246,38 @@ def test_step_flops_count_the_head_at_every_position_or_at_one(tiny_gpt):
     # the head's C x V multiply runs on B instead of B*T rows: forward, input gradient and weight gradient
     assert final_full - final_cheap == 3 * 2 * B * (T - 1) * C * V
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_lecture_step_flops_on_meta_equal_the_count_on_real_tensors(tiny_gpt):
+    model = tiny_gpt()
+    cfg, B = model.config, 2
+    x = torch.randint(0, cfg.vocab_size, (B, cfg.block_size))
+    got = lecture_step_flops(cfg, batch_size=B)
+    real = {"all-token": step_flops(model, all_token_loss, x, x),
+            "final-token": step_flops(FinalTokenHead(model), final_position_loss, x, x)}
+    # on meta the attention runs PyTorch's math path and is counted (QK^T and AV, forward + 2 backward); on the
+    # CPU its fused kernel may have no formula in FlopCounterMode: the rest is the same count
+    attention = 3 * 2 * 2 * B * cfg.block_size ** 2 * cfg.n_embd * cfg.n_layer
+    assert all(got[k] - real[k] in (0, attention) for k in got)
+    assert got["all-token"] - got["final-token"] == real["all-token"] - real["final-token"]  # the head's part
+    assert lecture_step_flops(cfg, batch_size=2 * B) == {k: 2 * v for k, v in got.items()}  # linear in the batch
+    with pytest.raises(ValueError, match="batch_size"):
+        lecture_step_flops(cfg, batch_size=0)
+
+
+def test_head_share_is_the_unembeddings_part_of_the_step(tiny_gpt):
+    cfg = tiny_gpt().config
+    f = lecture_step_flops(cfg)
+    # dropping the head at all but the last position removes (T - 1) / T of the head's FLOPs
+    removed = head_share(cfg, f["all-token"]) * f["all-token"] * (cfg.block_size - 1) / cfg.block_size
+    assert f["all-token"] - f["final-token"] == pytest.approx(removed)
+
+
+def test_at_gpt2_smalls_shape_the_cheap_final_token_step_saves_under_1_5x():
+    cfg = GPTConfig(block_size=256, n_layer=12, n_head=12, n_embd=768)  # the lecture's Model 5 (the full profile)
+    f = lecture_step_flops(cfg)
+    assert 0.28 < head_share(cfg, f["all-token"]) < 0.32  # about a third of the step, not the tiny model's 94%
+    assert 1.40 < f["all-token"] / f["final-token"] < 1.45
 
 
 def test_nll_on_raw_logits_is_minus_the_logit():
