@@ -138,7 +138,7 @@ def _median_interval_ranks(n: int, confidence: float = 0.95) -> tuple[int, float
 
 
 def speed_verdict(baseline, candidate, min_speedup: float = 1.0, confidence: float = 0.95, *,
-                  budget_short: str | None = None) -> Verdict:
+                  budget_short: str | None = None, max_speedup: float | None = None) -> Verdict:
     """The course's one procedure for speed claims ("the candidate is faster than the baseline by ``min_speedup``").
 
     Both ``measure.Timing``s come from one ``measure.time_interleaved`` call (shuffled order per round), so round
@@ -148,6 +148,11 @@ def speed_verdict(baseline, candidate, min_speedup: float = 1.0, confidence: flo
 
     holds: the whole interval is above ``min_speedup``; does not hold: wholly below; inconclusive: it contains it.
     A claim of "no slower" or "about the same" is a ``level`` test of the ratio instead.
+
+    ``max_speedup`` makes the bar a band, for claims such as "slightly faster" (1.00x < speed-up <= 1.25x): holds
+    when the whole interval lies inside (``min_speedup``, ``max_speedup``), does not hold when it lies wholly below
+    ``min_speedup`` or wholly above ``max_speedup`` (much faster is not "slightly"), inconclusive when it contains
+    either edge. The same rule on both sides.
     """
     from .measure import MIN_ROUNDS, Timing
 
@@ -161,18 +166,29 @@ def speed_verdict(baseline, candidate, min_speedup: float = 1.0, confidence: flo
         raise ValueError(f"{n} rounds are too few for an interval: use at least {MIN_ROUNDS}")
     if not min_speedup > 0:
         raise ValueError(f"min_speedup must be > 0 (1.0: faster at all; 1.5: 50% faster), got {min_speedup}")
+    if max_speedup is not None and not max_speedup > min_speedup:
+        raise ValueError(f"max_speedup must be above min_speedup ({min_speedup}), got {max_speedup}")
     _check_budget(budget_short)
     ratios = sorted(b / c for b, c in zip(baseline.times, candidate.times))
     k, coverage = _median_interval_ranks(n, confidence)
     low, high, mid = ratios[k - 1], ratios[n - k], statistics.median(ratios)
-    bar = f"> {min_speedup:.2f}x"
     interval = f"{coverage:.1%} interval {low:.2f}-{high:.2f}x over {n} interleaved rounds"
-    v, why = _decide(low, high, min_speedup, math.inf, budget_short,
-                     f"{interval}, wholly above {min_speedup:.2f}x", f"{interval}, wholly below {min_speedup:.2f}x",
-                     f"{interval} contains {min_speedup:.2f}x: within the noise of these rounds", strict=True)
+    if max_speedup is None:
+        bar = f"> {min_speedup:.2f}x"
+        v, why = _decide(low, high, min_speedup, math.inf, budget_short,
+                         f"{interval}, wholly above {min_speedup:.2f}x", f"{interval}, wholly below {min_speedup:.2f}x",
+                         f"{interval} contains {min_speedup:.2f}x: within the noise of these rounds", strict=True)
+    else:
+        bar = f"{min_speedup:.2f}x < speed-up < {max_speedup:.2f}x"
+        side = f"above {max_speedup:.2f}x" if low >= max_speedup else f"below {min_speedup:.2f}x"
+        edge = f"{max_speedup:.2f}x" if high >= max_speedup else f"{min_speedup:.2f}x"
+        v, why = _decide(low, high, min_speedup, max_speedup, budget_short,
+                         f"{interval}, wholly inside {min_speedup:.2f}-{max_speedup:.2f}x",
+                         f"{interval}, wholly {side}", f"{interval} contains {edge}: within the noise of these rounds",
+                         strict=True)
     return Verdict(v, f"{mid:.2f}x ({low:.2f}-{high:.2f}x)", why,
                    {"speedup": mid, "low": low, "high": high, "rounds": n, "coverage": coverage,
-                    "min_speedup": min_speedup}, bar)
+                    "min_speedup": min_speedup, "max_speedup": max_speedup}, bar)
 
 
 # ---- paired differences (seeds, or items) -----------------------------------------------------------------------

@@ -148,3 +148,23 @@ def test_t_quantiles():
     assert t975(2) == pytest.approx(4.303) and t975(100) == pytest.approx(1.984, abs=0.003)
     with pytest.raises(ValueError):
         t975(0)
+
+
+def test_speed_band_is_decided_the_same_way_on_both_sides():
+    base = [1.0 + 0.01 * i for i in range(15)]
+
+    def band(factor):
+        return speed_verdict(Timing(base), Timing([b / f for b, f in zip(base, factor)]), 1.0, max_speedup=1.25)
+
+    inside = band([1.1] * 15)
+    assert inside.verdict == HOLDS and "wholly inside 1.00-1.25x" in inside.why
+    assert inside.bar == "1.00x < speed-up < 1.25x" and inside.max_speedup == 1.25
+    above, below = band([1.5] * 15), band([0.9] * 15)  # much faster / slower: both outside the band
+    assert above.verdict == below.verdict == DOES_NOT_HOLD
+    assert "wholly above 1.25x" in above.why and "wholly below 1.00x" in below.why
+    upper, lower = band([1.15, 1.35] * 7 + [1.25]), band([0.95, 1.05] * 7 + [1.0])  # straddling either edge
+    assert upper.verdict == lower.verdict == INCONCLUSIVE
+    assert "contains 1.25x" in upper.why and "contains 1.00x" in lower.why
+    assert speed_verdict(Timing(base), Timing(base)).max_speedup is None  # one-sided by default
+    with pytest.raises(ValueError, match="max_speedup"):
+        speed_verdict(Timing(base), Timing(base), 1.0, max_speedup=1.0)
