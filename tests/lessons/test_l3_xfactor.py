@@ -27,6 +27,7 @@ from course_utils.lessons.l3_xfactor import (
     random_token_batches,
     recorded_natural,
     recorded_samples,
+    recorded_tilt,
     recorded_verdicts,
     rejudge_recorded,
     run_verdicts,
@@ -366,6 +367,11 @@ def test_run_verdicts_decide_both_ways_at_the_lecture_budget_and_neither_below_i
         assert {v.verdict for v in short.values()} == {INCONCLUSIVE_}
         assert all('"Epochs | 300"' in v.why for v in short.values())
     assert as_lecture["few x"].bar == "<= 0.20" and as_lecture["natural"].bar == "lower by > -0.693 nats/token"
+    # "the learning rate is decisive": the bars and figures of "few x" and "R about 1", nothing else
+    assert as_lecture["lr decides"].bar == f'{as_lecture["few x"].bar} and {as_lecture["R about 1"].bar}'
+    assert as_lecture["lr decides"].measured == f'{as_lecture["few x"].measured}; {as_lecture["R about 1"].measured}'
+    half = run_verdicts(hists, _lecture_like(0, 3.2, 4, 12.0), steps=300)  # few x at 1e-6, but 1e-4 not taken over
+    assert half["few x"].verdict == HOLDS_ and half["lr decides"].verdict == DOES_NOT_HOLD_
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -382,13 +388,17 @@ def test_recorded_h100_figures_match_the_course_results_file():
         "R about 1": HOLDS_, "nonsense": HOLDS_, "lr decides": HOLDS_}
     assert "3.1x the original's" in v["natural"].measured and "older code" in v["low loss"].why
     assert "7,072x" in v["nonsense"].measured and "7,072x" in md  # the results file's own ratio
+    assert v["lr decides"].bar == f'{v["few x"].bar} and {v["R about 1"].bar}'  # rows 4 and 7's bars and figures
+    assert "R 0.031 (1e-6) vs 0.997 (1e-4)" in v["lr decides"].measured and "R 0.031" in v["few x"].measured
     assert "natural" not in recorded_verdicts()  # without its re-judged samples the row is this run's own
 
 
 def test_recorded_samples_are_the_h100_notebooks_six_prompts():
     s = recorded_samples(TextTokenizer())
-    assert set(s) >= {"original", "lr 1e-6", "lr 1e-4"} and all(len(v) == 6 for v in s.values())
+    assert set(s) == {"original", "lr 1e-6", "lr 1e-4", "tilted, lr 1e-4"} and all(len(v) == 6 for v in s.values())
     assert s["original"][0].prompt == "The weather today is" and s["lr 1e-6"][0].text.startswith(" Saturn x")
+    assert s["tilted, lr 1e-4"][0].text.startswith(" Saturn x 11.2.  Max Max X")  # the second side-by-side output
+    assert [x.prompt for x in s["tilted, lr 1e-4"]] == [x.prompt for x in s["original"]]  # paired by prompt
     assert all(len(v) == 6 for v in H100_REJUDGED.values())
 
 
@@ -399,6 +409,13 @@ def test_rejudged_h100_samples_match_the_stored_figures():
     got = rejudge_recorded(model.requires_grad_(False), tokenizer)
     for k, stored in H100_REJUDGED.items():
         assert got[k] == pytest.approx(stored, abs=2e-3), k
+    # the tilted row at 300 steps: R clearly up, perplexity within the noise, distinct-2 clearly down (the loops)
+    mask = letter_token_mask(tokenizer, "x", vocab_size=model.get_output_embeddings().weight.shape[0])
+    v = recorded_tilt(tokenizer, mask)
+    assert [p.verdict for p in v.figures["parts"]] == [HOLDS_, INCONCLUSIVE_, DOES_NOT_HOLD_]
+    assert v.verdict == DOES_NOT_HOLD_ and v.measured.startswith("H100, 300 steps, 6 samples re-judged here")
+    assert "distinct-2 0.96 -> 0.58" in v.measured
+    assert recorded_verdicts(tilt=v)["tilt"] is v
 
 
 def test_distinct_n_sees_repetition():
@@ -435,6 +452,9 @@ def test_tilt_verdict_has_three_outcomes():
         smp.ids = [1, 3] * 5  # more x, low perplexity, but a two-token loop: distinct-2 falls to 2/9
     assert tilt_verdict(varied, looping).verdict == DOES_NOT_HOLD_
     assert "distinct-2" in tilt_verdict(varied, looping).why
+    short = budget_short(40)  # short of the lecture's 300 steps: a clear gain and a clear miss decide nothing
+    assert tilt_verdict(orig, more_x(3.1), budget=short).verdict == INCONCLUSIVE_
+    assert tilt_verdict(varied, looping, budget=short).verdict == INCONCLUSIVE_
 
 
 def test_sample_nll_batched_equals_one_sample_at_a_time(tiny_llama):
@@ -467,3 +487,11 @@ def test_run_scores_use_one_neutral_colour_per_run():
         plot_run_scores({"a": _gen(0.1, None)})
     with pytest.raises(ValueError, match="at most"):
         plot_run_scores({str(i): _gen(0.1, 1.0) for i in range(len(RUN_COLOURS) + 1)})
+
+
+def test_start_note_names_the_ratios_inside_and_outside_the_bar():
+    from course_utils.lessons.l3_xfactor import start_note
+
+    note = start_note({1: 3.27, 10: 3.50, 100: 5.26, 1e4: 7.00, 1e6: 7.9})
+    assert "inside 4.5-7.5 for 100, 10000" in note and "outside for 1, 10, 1e+06" in note
+    assert "inside 4.5-7.5 for none" in start_note({1: 3.27})
