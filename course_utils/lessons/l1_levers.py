@@ -509,6 +509,15 @@ def first_eval_at(eval_steps: Sequence[int], losses: Sequence[float], target: fl
     return next((s for s, x in zip(eval_steps, losses) if x <= target), budget + 1)
 
 
+def steps_to_shared_target(a_steps: Sequence[int], a_losses: Sequence[float], b_steps: Sequence[int],
+                           b_losses: Sequence[float], budget: int) -> tuple[float, int, int]:
+    """Two runs of one seed, each with its held-out loss at its evaluated steps: the rule, fixed before the run,
+    takes as target the worse (higher) of the two final held-out losses, a level both runs reach within the
+    budget, and returns ``(target, steps of a, steps of b)``: the first evaluated step at or below it."""
+    target = max(a_losses[-1], b_losses[-1])
+    return target, first_eval_at(a_steps, a_losses, target, budget), first_eval_at(b_steps, b_losses, target, budget)
+
+
 def diverged_seeds(test_losses: Sequence[float], vocab_size: int) -> list[int]:
     """The seeds whose held-out loss ends above an untrained model's (ln V nats: uniform over the vocabulary)."""
     return [i for i, x in enumerate(test_losses) if x > math.log(vocab_size)]
@@ -532,7 +541,7 @@ CLAIMS = {
     "mp_quality": ("mixed precision costs little quality (held-out loss)", "mixed precision: quality impact low"),
     "accum_memory": ("gradient accumulation needs less memory than the big batch",
                      "simulates a large batch without more memory"),
-    "schedule": ("warmup + cosine reaches a held-out target loss in fewer steps",
+    "schedule": ("warmup + cosine reaches the held-out loss both runs reach in fewer steps",
                  "schedulers: learn faster, fewer epochs needed"),
     "schedule_quality": ("warmup + cosine gives a lower held-out loss than a constant lr",
                          "scheduler: quality impact high"),
@@ -552,7 +561,8 @@ CLAIMS = {
     "tensor_cores": ("tensor cores: bf16 matmul far above fp32", "tensor cores raise FLOPS"),
     "tying_memory": ("weight tying lowers a training step's peak memory", "tying saves memory"),
     "tying_compute": ("weight tying makes a training step cheaper", "tying also lowers the compute cost"),
-    "stack": ("the single-device levers together train faster", "each small saving adds up"),
+    "stack": ("the single-device levers together train faster",
+              "a fraction of a second saved per iteration adds up to weeks: any saving counts"),
     "bubble": ("more micro-batches shrink the pipeline bubble", "pipeline parallelism (GPipe's (p-1)/(m+p-1))"),
     "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
 }
@@ -562,27 +572,36 @@ CLAIMS = {
 #: training; 2026-11-23, code older than this notebook's). Appended to the row's note by ``claims_table``.
 GPU_RUN = "course GPU run (H100, full profile, GPT-2-small Model 5, 2026-11-23, predates this code)"
 GPU_NOTES = {
-    "batch64": "1.01x per token at T=256, within its +/-1% noise: did not hold there either",
-    "batch128": "1.00x per token at T=256, within its +/-1% noise: did not hold there either",
+    "batch64": "1.01x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
+    "batch128": "1.00x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
     "pad": "0.98x (slower beyond its +/-2% noise), but that code sliced the padded logits inside the timed step; "
            "the current step crops in the fused loss (model.loss), so the GPU figure does not carry over",
     "bf16_matmul": "bf16 13.80x at 4096 x 4096 on tensor cores: agrees",
     "fp16_matmul": "fp16 13.25x at 4096 x 4096 on tensor cores: the lecture holds there; this CPU has no fp16 "
                    "matrix units",
     "mp_speed": "3.86x tokens/s (autocast, GPT-2 small): holds there, far above 1.5x",
+    "mp_memory": "a whole step's peak 15.0 vs 18.8 GiB, 0.80x (bf16 autocast vs fp32, batch 16 x 1024, CUDA "
+                 "allocator peak): less there too",
     "mp_quality": "final loss +0.006 nats after 60 steps, one seed (no interval): low there too",
     "accum_memory": "whole step 0.29x, activations 0.68x (4 micro-batches): agrees",
-    "schedule": "held-out -0.515 nats vs constant lr after 60 steps (one seed); it did not count steps to a target",
-    "schedule_quality": "held-out -0.515 nats vs constant lr after 60 steps, one seed (no interval): above the "
-                        "0.1-nat bar there",
+    "schedule": "held-out -0.515 nats vs constant lr after 60 steps at lr 6e-4 (one seed); it did not count "
+                "steps to a target",
+    "schedule_quality": "held-out -0.515 nats vs constant lr after 60 steps at lr 6e-4, one seed (no interval): "
+                        "above the 0.1-nat bar there",
     "contiguous": "strided 2.81x slower (8192 x 8192): agrees",
     "pinned": "6.94x the bandwidth of pageable memory (256 MiB): holds there",
     "attention": "29.03x at T=4096 (bf16, batch 8, 12 heads): agrees",
-    "attention_memory": "attention alone: hand-written needs 72.7x at T=4096; the whole step's peak was not measured",
+    "attention_step": "a whole step at T=256 (batch 62, fp32, untied): 1.08x tokens/s (medians of one run, no "
+                      "interval): below the 1.5x bar there too",
+    "attention_memory": "a whole step's peak at T=256 (batch 62, fp32, untied) 20.5 -> 18.3 GiB, 0.89x (CUDA "
+                        "allocator peak): less there too; attention alone: hand-written needs 72.7x at T=4096",
     "compile": "about 1.20x: below the 1.5x bar there too",
     "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there",
     "tying_memory": "step peak 18.3 -> 18.2 GiB (~0.99x): at GPT-2 small's width activations dominate the peak",
-    "stack": "6.23x with autocast in the stack: holds there",
+    "tying_compute": "tied vs untied step at T=256 (batch 62, fused attention): 0.99x tokens/s (281 vs 279 ms, "
+                     "medians of one run, no interval): no gain there, where the optimizer is a small part of the step",
+    "stack": "the same four levers (fused attention, tying, batch 64, vocabulary 50,304) at T=256: 1.06x tokens/s "
+             "(medians of one run, no interval); its 6.23x added autocast and torch.compile, not in this stack",
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
 }
 

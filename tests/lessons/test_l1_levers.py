@@ -305,6 +305,16 @@ def test_first_eval_at_and_diverged_seeds():
     assert levers.diverged_seeds([7.3, 11.9, 7.4], 50257) == [1]  # ln 50257 = 10.8: worse than untrained
 
 
+def test_steps_to_shared_target_is_the_worse_final_loss_and_both_reach_it():
+    steps = [0, 1, 2, 3, 4]
+    fast, slow = [10.8, 10.0, 9.5, 9.4, 9.3], [10.8, 10.4, 10.0, 9.7, 9.6]
+    target, a, b = levers.steps_to_shared_target(steps, slow, steps, fast, budget=4)
+    assert target == 9.6 and (a, b) == (4, 2)  # the slow run reaches its own final level last
+    assert levers.steps_to_shared_target(steps, fast, steps, slow, budget=4) == (9.6, 2, 4)  # symmetric
+    same = levers.steps_to_shared_target(steps, fast, steps, fast, budget=4)
+    assert same[1] == same[2] == 4
+
+
 def test_gpu_notes_name_claims():
     from course_utils.verdicts import level
     assert set(levers.GPU_NOTES) <= set(levers.CLAIMS)
