@@ -23,7 +23,7 @@ import torch
 from ..env import device_of
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
-from ..verdicts import Verdict, paired_difference
+from ..verdicts import Verdict, compare_runs, paired_difference
 
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")
@@ -272,6 +272,35 @@ def corrupt_responses(pairs: Sequence[tuple[str, str]], share: float, seed: int)
     for i, j in zip(chosen, chosen[1:] + chosen[:1]):
         out[i] = (pairs[i][0], pairs[j][1])
     return out
+
+
+def wrong_answer_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, seed: int,
+                          template: str = "auto", system: str | None = None) -> tuple[list[dict], int]:
+    """What a quality filter removes, made on purpose: the pairs whose whole example fits in ``max_len`` (those that
+    ``sft_dataset(..., drop_truncated=True)`` keeps), each prompt given another kept pair's response
+    (``corrupt_responses(..., share=1.0, seed=seed)``). The curated set plus these is an unfiltered set about twice
+    as large, half of it fluent answers to the wrong question. A moved response that no longer fits is dropped, so
+    every example still ends with EOS, like the curated ones. Returns the examples and how many were dropped.
+    """
+    kind = _resolve_template(tokenizer, template)
+    fits = [(p, r) for p, r in pairs
+            if len(_token_ids(tokenizer, p, r, kind, system)[0]) <= max_len]
+    if len(fits) < 2:
+        raise ValueError(f"{len(fits)} pair(s) fit whole in max_len={max_len}: need at least 2 to swap answers")
+    return sft_dataset(tokenizer, corrupt_responses(fits, 1.0, seed), max_len, kind, drop_truncated=True,
+                       system=system)
+
+
+def data_quality_verdict(base: float, curated: Sequence[float], unfiltered: Sequence[float], steps: int) -> Verdict:
+    """"Quality over quantity": at equal steps, LoRA tuned on the curated set ends with a lower held-out response
+    loss than on the larger unfiltered one (``curated[i]``, ``unfiltered[i]``: seed ``i``'s held-out loss, the same
+    seeds). ``course_utils.verdicts.compare_runs`` over the seeds, bar 0, both directions; the note gives each
+    arm's change from the base model (``base``, the same held-out examples), so an arm worse than the model it
+    started from is visible, and the budget that ran."""
+    v = compare_runs(unfiltered, curated, lower=True)
+    change = lambda arm: ", ".join(f"{x - base:+.3f}" for x in arm)
+    return v.with_note(f"change from the base model's {base:.3f} per seed: curated {change(curated)}, unfiltered "
+                       f"{change(unfiltered)}; at {steps} equal steps on this model")
 
 
 def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:

@@ -323,3 +323,35 @@ def test_generalization_scoped_by_the_lectures_scale_and_exact_interval():
     assert flat.verdict == "inconclusive" and "0% to 37%" in flat.why
     up = generalization_verdict(0.1, 0.9, none, [True] * 6 + [False] * 2, steps=8, budget_short="thousands")
     assert up.verdict == "inconclusive"  # a clear gain is inconclusive too, below the lecture's scale
+
+
+def test_wrong_answer_examples_give_each_complete_prompt_another_response(smol):
+    from course_utils.lessons.l5_sft import wrong_answer_examples
+
+    pairs = [(f"Name colour number {i}.", f"Colour {i} is {c}.") for i, c in enumerate(
+        ["red", "blue", "green", "yellow", "purple", "orange"])]
+    pairs.append(("Write a long story.", "Once upon a time " * 40))  # does not fit in 48 tokens: left out
+    curated, _ = sft_dataset(smol, pairs, 48, drop_truncated=True, system="S")
+    wrong, dropped = wrong_answer_examples(smol, pairs, 48, seed=0, system="S")
+    assert len(curated) == 6 and len(wrong) + dropped == 6
+    decode = lambda e: smol.decode(e["input_ids"])
+    for w in wrong:
+        text = decode(w)
+        i = int(text.split("Name colour number ")[1].split(".")[0])
+        assert f"Colour {i} is" not in text and "Colour" in text  # the prompt kept, its own answer gone
+        assert "Once upon" not in text  # only pairs that fit whole are swapped
+        assert smol.eos_token_id in w["labels"].tolist()  # complete: the response ends with its EOS
+    same = wrong_answer_examples(smol, pairs, 48, seed=0, system="S")[0]
+    assert [decode(e) for e in same] == [decode(e) for e in wrong]  # deterministic
+    with pytest.raises(ValueError, match="at least 2"):
+        wrong_answer_examples(smol, pairs[-1:], 48, seed=0)
+
+
+def test_data_quality_verdict_decides_both_ways_and_shows_each_arm_against_the_base():
+    from course_utils.lessons.l5_sft import data_quality_verdict
+
+    good = data_quality_verdict(2.0, [1.90, 1.91, 1.89], [1.95, 1.97, 1.96], steps=4)
+    assert good.verdict == "holds" and "curated -0.100, -0.090, -0.110" in good.why and "4 equal steps" in good.why
+    bad = data_quality_verdict(2.0, [1.95, 1.97, 1.96], [1.90, 1.91, 1.89], steps=4)
+    assert bad.verdict == "does not hold" and "unfiltered -0.100, -0.090, -0.110" in bad.why
+    assert data_quality_verdict(2.0, [1.90, 1.97, 1.93], [1.95, 1.91, 1.94], steps=4).verdict == "inconclusive"
