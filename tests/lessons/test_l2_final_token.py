@@ -7,6 +7,7 @@ from course_utils import verdicts
 from course_utils.claims import VERDICTS
 from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
+    GPU_NOTEBOOK,
     FinalTokenHead,
     check_last_k_loss,
     count_target_tokens,
@@ -17,6 +18,7 @@ from course_utils.lessons.l2_final_token import (
     first_step_below,
     generation_lengths,
     generation_position_loss,
+    gpu_samples,
     head_share,
     known_word_share,
     last_k_loss_reference,
@@ -33,6 +35,7 @@ from course_utils.lessons.l2_final_token import (
     step_flops,
     text_quality,
     word_start_share,
+    word_start_share_of_text,
     word_vocabulary,
     words,
 )
@@ -413,3 +416,47 @@ def test_readable_drops_cut_multibyte_characters():
     assert readable(cut, tok) == "caf\u00e9 "
     spliced = [*cut, *tok(" ok", add_special_tokens=False)["input_ids"]]  # first byte, then an unrelated token
     assert readable(torch.tensor(spliced), tok) == "caf\u00e9  ok"
+
+
+# ---- the GPU run's saved samples ------------------------------------------------------------------------------
+
+PROMPTS = {"Alice": "Alice was beginning to", "web": "The best way to"}
+
+
+def _notebook(tmp_path, lines):
+    import json
+
+    path = tmp_path / "nb.ipynb"
+    cells = [{"cell_type": "code", "source": "", "outputs": [{"name": "stdout", "output_type": "stream",
+                                                              "text": [line + "\n" for line in lines]}]}]
+    path.write_text(json.dumps({"cells": cells}), encoding="utf-8")
+    return path
+
+
+def test_gpu_samples_reads_the_saved_greedy_and_sampled_texts(tmp_path):
+    path = _notebook(tmp_path, ["=== web | final-token", "[greedy]  'The best way to the the\\nthe'",
+                                "[sampled] \"The best way to don't\ufffd go\"", "", "=== Alice | all-token",
+                                "[sampled] 'Alice was beginning to sit'"])
+    got = gpu_samples(path, PROMPTS)
+    assert got == {"web | final-token": [("greedy", " the the\nthe"), ("sampled", " don't go")],
+                   "Alice | all-token": [("sampled", " sit")]}  # prompt cut, escapes read, U+FFFD dropped
+    with pytest.raises(ValueError, match="prompt"):
+        gpu_samples(_notebook(tmp_path, ["=== web | all-token", "[greedy]  'Another prompt'"]), PROMPTS)
+    with pytest.raises(ValueError, match="no saved samples"):
+        gpu_samples(_notebook(tmp_path, ["nothing printed here"]), PROMPTS)
+
+
+def test_gpu_samples_of_the_courses_gpu_run():
+    got = gpu_samples(GPU_NOTEBOOK, PROMPTS)
+    assert sorted(got) == ["Alice | all-token", "Alice | final-token", "web | all-token", "web | final-token"]
+    assert all([kind for kind, _ in v] == ["greedy", "sampled"] for v in got.values())
+    assert all(len(text) > 50 and "\ufffd" not in text for v in got.values() for _, text in v)
+    assert "andThis" in got["web | final-token"][1][1]  # the glued pair the reader saw
+
+
+def test_word_start_share_of_text_tokenizes_again_and_sees_glued_words():
+    tok = gpt2_tokenizer()
+    assert word_start_share_of_text(" the cat sat on the mat", tok) == 1.0
+    assert word_start_share_of_text([" the cat", " andThis orAccess"], tok) < 1.0
+    spaced = word_start_share_of_text(" of and the one", tok)
+    assert word_start_share_of_text(" ofand theone", tok) < spaced
