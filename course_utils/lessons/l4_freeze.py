@@ -501,7 +501,8 @@ FALLS_NOTE = ("held-out Alice, its fall beyond the web-text fall of the same run
               "(results/nvidia-h100-80gb/README.md, older code) found 300 full fine-tuning steps (17 epochs) "
               "memorised Alice and pushed held-out Alice loss above the pretrained model's; ")
 MEMORY_NOTE = ("the notes give no batch or context, so the verdict rests on the course's full profile (8 x 256 "
-               "tokens, the lecture's scale); the saving falls as the activations grow (sweep in section 4)")
+               "tokens, the lecture's scale); with fewer tokens per step the activations shrink and the share saved "
+               "rises, with more it falls (section 4)")
 FORGET_NOTE = ("notebook 05's 'PEFT forgets less' row (LoRA at 20x full FT's learning rate) does not hold; here "
                "both arms share one learning rate, so the two rows ask different questions (section 6)")
 LATENCY_NOTE = ("greedy decoding with the KV cache; so few tokens time mostly the prompt and generate()'s overhead "
