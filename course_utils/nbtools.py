@@ -170,6 +170,8 @@ MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:home|root|tmp|work|Users|private/va
 BAR_AT_ZERO = re.compile(r"\b0%\|")
 #: a torch module's repr, "(embed_tokens): Embedding(49152, 576)": three such lines make a dump of a model
 MODULE_LINE = re.compile(r"^\s*\([\w.]+\): [A-Z]\w*\(", re.M)
+#: an object's repr left as a cell's last value: a dataclass ("Fit(lesson=LessonStep(...") or "<... object at 0x...>"
+OBJECT_REPR = re.compile(r"^\[?[A-Z]\w*\(\w+=|<[\w.]+ object at 0x[0-9a-f]+>")
 MAX_CODE_LINES = 25
 MAX_OUTPUT_LINES = 80
 
@@ -198,9 +200,9 @@ def is_claims_table(out) -> bool:
 def saved_output_problems(nb, root: str | None = None) -> list[str]:
     """Everything in a notebook's saved outputs and code that a learner should not have to read past (issue 30):
     the ``NEEDLES``, an absolute path of the machine (``MACHINE_PATH``, or ``root``, the checkout, where given),
-    an error output, a module's repr (``MODULE_LINE``), a saved progress bar at 0%, an output over
-    ``MAX_OUTPUT_LINES`` lines (a claims table excepted) and a code cell over ``MAX_CODE_LINES`` lines. One message
-    per problem, naming the cell."""
+    an error output, a module's repr (``MODULE_LINE``), an object's repr as a cell's value (``OBJECT_REPR``), a
+    saved progress bar at 0%, an output over ``MAX_OUTPUT_LINES`` lines (a claims table excepted) and a code cell
+    over ``MAX_CODE_LINES`` lines. One message per problem, naming the cell."""
     problems = []
     root = root or str(REPO_ROOT)
     for i, cell in enumerate(nb.cells):
@@ -224,6 +226,11 @@ def saved_output_problems(nb, root: str | None = None) -> list[str]:
             if len(MODULE_LINE.findall(text)) >= 3:
                 problems.append(f"cell {i}: a module's repr (end the cell with `;` or print what matters): "
                                 f"{_around(text, MODULE_LINE.search(text).start())}")
+            widget = "application/vnd.jupyter.widget-view+json" in out.get("data", {})  # its repr is the fallback
+            m = OBJECT_REPR.search(text) if out.get("output_type") == "execute_result" and not widget else None
+            if m:
+                problems.append(f"cell {i}: an object's repr as the cell's value (end the cell with `;` or print "
+                                f"what matters): {_around(text, m.start())}")
             m = BAR_AT_ZERO.search(raw)
             if m:
                 problems.append(f"cell {i}: a saved progress bar at 0%: {_around(raw, m.start())}")

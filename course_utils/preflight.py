@@ -254,12 +254,12 @@ def table(device: Device | None = None, results=None):
         f"'fits' leaves {1 - USABLE:.0%} of the GPU's memory free. On a CPU the lessons run the small profile."))
 
 
-def check(lesson: str, device: Device | None = None) -> Fit:
-    """The one line at the top of a lesson: its full profile's peak memory against this device and a free T4."""
+def check(lesson: str, device: Device | None = None) -> None:
+    """The one line at the top of a lesson: its full profile's peak memory against this device and a free T4.
+    It prints and returns nothing (a notebook cell ending with it shows no repr); ``fit(lesson)`` gives the figures."""
     device = device or this_device()
     f = fit(lesson)
     here = (f"{device.name} ({device.memory / GiB:.0f} GiB): {f.on(device)}" if device.memory else
             f"{device.name}: this lesson runs its small profile here")
     print(f"Preflight, lesson {f.lesson.lesson}'s full profile: about {f.peak / GiB:.1f} GiB at its peak "
           f"({f.source})\n  this device: {here}\n  a free Colab T4 (15 GiB): {on_t4(f)}")
-    return f

@@ -96,3 +96,12 @@ def test_tidy_outputs_uses_the_installed_kernelspec_by_default():
 def test_last_frames():
     assert last_frames("plain\ntext\n") == "plain\ntext\n"
     assert last_frames("\ra 0%\ra 100%\r\n") == "a 100%\n"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+def test_cell_ids_are_unique(path):
+    """A copied cell keeps its id; nbformat then rewrites it on every read (and warns) and JupyterLab may mix the
+    two cells up. Read the raw JSON: nbformat.read would quietly 'correct' it."""
+    ids = [c.get("id") for c in json.loads(path.read_text())["cells"]]
+    dupes = sorted({i for i in ids if i is not None and ids.count(i) > 1})
+    assert not dupes, f"{path.name}: cell ids used twice: {dupes}; give the copies new ids (e.g. uuid4().hex[:8])"

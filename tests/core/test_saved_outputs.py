@@ -88,6 +88,15 @@ def test_a_module_repr_fails():
     assert not _problems(_nb(outputs=[table]))
 
 
+def test_an_object_repr_as_a_cells_value_fails():
+    for value in ("Fit(lesson=LessonStep(lesson='02'), peak=9188125184)", "<foo.Bar object at 0x7f00aa>"):
+        out = nbformat.v4.new_output("execute_result", data={"text/plain": value})
+        assert any("object's repr" in p for p in _problems(_nb(outputs=[out]))), value
+    for value in ("1.43", "(4, 64, 49152)", "Table: claim | verdict"):  # plain values a cell may end with
+        out = nbformat.v4.new_output("execute_result", data={"text/plain": value})
+        assert not _problems(_nb(outputs=[out])), value
+
+
 def test_an_error_output_fails():
     err = nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"])
     assert any("error output" in p for p in _problems(_nb(outputs=[err])))
