@@ -16,10 +16,12 @@
   sequence, and the alpha/beta ratio the lecture does not give).
 - ``sample_nll`` / ``paired_samples``: each sample's NLL under the judge and its R, paired sample by sample
   between two models (same prompts, same sampling seed): the items the claims' paired tests compare.
-- ``run_verdicts`` / ``recorded_verdicts`` / ``lecture_verdicts`` / ``tilt_verdict`` / ``recorded_tilt``: the claims
-  table's Verdicts, from ``course_utils.verdicts`` procedures with the bars of ``BARS`` (fixed from the notes'
-  words); short of the notes' 300 epochs (``LECTURE_BUDGET``) a run is inconclusive both ways, and the course's
+- ``run_verdicts`` / ``recorded_verdicts`` / ``lecture_verdicts``: the claims table's Verdicts, from
+  ``course_utils.verdicts`` procedures with the bars of ``BARS`` (fixed from the notes' words); short of the
+  notes' 300 epochs (``LECTURE_BUDGET``) a run is inconclusive both ways, and the course's
   recorded H100 run (``H100_RUN``, its samples re-judged here: ``H100_REJUDGED``) decides the claims.
+- ``tilt_figures`` / ``recorded_tilt_figures`` / ``tilt_demo_text``: the "beyond the lecture" demonstration's paired
+  figures (R, the judge's NLL, distinct-2), with intervals and no verdict (the lecture gives no claim to test).
 - ``x_spread``: how evenly a model spreads its mass over the letter's tokens (forward KL's mass covering).
 - ``plot_run_scores``: R and readability per run, in neutral colours (no holds/does-not-hold semantics).
 - ``generation_widget``: try prompts and temperatures on the base and fine-tuned models.
@@ -32,7 +34,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -43,7 +45,7 @@ from ..claims import CheckResult
 from ..model import eval_mode
 from ..plots import bar_chart
 from ..tables import Table
-from ..verdicts import Verdict, all_of, level, paired_difference
+from ..verdicts import Verdict, level, paired_difference, t975
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
 DEFAULT_PROMPTS = (
@@ -387,8 +389,6 @@ BARS = {
     "natural": 2.0,  # "văn bản còn tự nhiên": perplexity within 2x the original model's own samples
     "R about 1": 0.9,  # "R ≈ 1": R at least 0.9 (the target itself allows 0.996 at most)
     "nonsense": 10.0,  # "văn bản vô nghĩa": perplexity over 10x the original's
-    "raises R": 0.04,  # beyond the lecture (no figure): R from ~0.01 to at least 0.05 (this lesson's first bar)
-    "repetition": 0.10,  # beyond the lecture: "readable" also means not repetitive: distinct-2 down by < 0.10
 }
 
 #: The course's full-profile run of this notebook on an NVIDIA H100 (results/nvidia-h100-80gb/03_x_factor_kl.md,
@@ -476,6 +476,23 @@ def _nll_gap(a, b, *, lower: bool, min_gain: float, budget: str | None, pairs: s
                              unit="nats/token", pairs=pairs)
 
 
+def _natural(baseline: Sequence[float], candidate: Sequence[float], *, budget: str | None, pairs: str) -> Verdict:
+    """"The text stays natural": the candidate's perplexity within ``BARS["natural"]`` x the baseline's, paired NLL
+    per token. ``paired_difference`` decides it as "lower by > -ln 2"; the text is then written the way it reads,
+    as a rise ("higher by +1.13 nats/token ... wholly below +0.693"), with the same verdict, figures and tail."""
+    bar = math.log(BARS["natural"])
+    v = paired_difference(baseline, candidate, lower=True, min_gain=-bar, budget_short=budget, unit="nats/token",
+                          pairs=pairs)
+    rise, lo, hi = -v.gain, -v.high, -v.low
+    rel = "wholly below" if hi < bar else "wholly above" if lo > bar else "at least" if lo >= bar else "contains"
+    shown = ", ".join(f"{-g:+.3f}" for g in v.gains) if v.n <= 5 else f"sd {v.sd:.3g}"
+    tail = v.why[v.why.rfind(f"{-bar:+.3f} nats/token") + len(f"{-bar:+.3f} nats/token"):]  # the budget's words
+    why = (f"perplexity rises by {rise:+.3f} nats/token ({math.exp(rise):.1f}x) over {v.n} paired {pairs} ({shown}), "
+           f"95% interval {lo:+.3f} to {hi:+.3f}: {rel} {bar:+.3f} nats/token ({BARS['natural']:g}x){tail}")
+    return replace(v, measured=f"{rise:+.3f} nats/token ({lo:+.3f} to {hi:+.3f})", why=why,
+                   bar=f"perplexity rises by < {bar:+.3f} nats/token ({BARS['natural']:g}x)")
+
+
 def run_verdicts(hists: dict, results: dict, steps: int, pairs: str = "samples") -> dict:
     """The lecture's claims about its two runs, decided on this notebook's runs: ``{claim key: Verdict}``.
 
@@ -490,16 +507,12 @@ def run_verdicts(hists: dict, results: dict, steps: int, pairs: str = "samples")
     return {
         "low loss": level(hists["lr 1e-6"].final_train_loss(5), low=lo2, high=hi2, budget_short=budget),
         "few x": level(_rates(low), high=BARS["few x"], budget_short=budget, fmt="{:.2f}", what="R"),
-        "natural": _nll_gap(orig, low, lower=True, min_gain=-math.log(BARS["natural"]), budget=budget, pairs=pairs),
+        "natural": _natural(*paired_samples(orig, low, "nll"), budget=budget, pairs=pairs),
         "high loss": level(hists["lr 1e-4"].final_train_loss(5), low=lo3, high=hi3, budget_short=budget),
         "R about 1": level(_rates(high), low=BARS["R about 1"], high=1.0, budget_short=budget, fmt="{:.2f}",
                            what="R"),
         "nonsense": _nll_gap(orig, high, lower=False, min_gain=math.log(BARS["nonsense"]), budget=budget,
                              pairs=pairs),
-        "lr decides": all_of(  # the bars of "few x" and "R about 1": the same figures, the same bars
-            level(_rates(low), high=BARS["few x"], budget_short=budget, fmt="{:.2f}", what="lr 1e-6: R"),
-            level(_rates(high), low=BARS["R about 1"], high=1.0, budget_short=budget, fmt="{:.2f}",
-                  what="lr 1e-4: R")),
     }
 
 
@@ -561,21 +574,23 @@ def recorded_natural(rejudged=H100_REJUDGED) -> Verdict:
     """"lr 1e-6: the text stays natural" on the recorded H100 run: its 6 paired samples (original vs lr 1e-6, same
     prompt and seed) re-judged by the stand-in model (``H100_REJUDGED``), paired (``BARS["natural"]``)."""
     a, b = rejudged["original"], rejudged["lr 1e-6"]
-    v = paired_difference(a, b, lower=True, min_gain=-math.log(BARS["natural"]), unit="nats/token",
-                          pairs="H100 samples")
+    v = _natural(a, b, budget=None, pairs="H100 samples")
     cut = statistics.fmean(rejudged["lr 1e-6, cut"]) - statistics.fmean(rejudged["original, cut"])
-    return v.with_measured(f"H100, 300 steps, {len(a)} samples re-judged here: perplexity {math.exp(-v.gain):.1f}x "
-                           f"the original's ({v.measured})").with_note(
+    shown = (f"H100, 300 steps, {len(a)} samples re-judged here: perplexity {math.exp(-v.gain):.1f}x the original's "
+             f"(a rise of {-v.gain:+.3f} nats/token, {-v.high:+.3f} to {-v.low:+.3f})")
+    return v.with_measured(shown).with_note(
         f"H100 run of {H100_RUN['date']} (older code), its {len(a)} samples re-tokenized and judged by this lesson's "
-        f"original model; each pair cut to its shorter sample, {cut:+.3f} of the {-v.gain:+.3f} nats/token remain: the "
-        f"original stopping early ({H100_RUN['original'][1]} of {H100_RUN['high'][1]} tokens) explains little of it")
+        f"original model; each pair cut to its shorter sample, a rise of {cut:+.3f} of the {-v.gain:+.3f} nats/token "
+        f"remains: the original stopping early ({H100_RUN['original'][1]} of {H100_RUN['high'][1]} tokens) explains "
+        f"little of it; the run's own table: perplexity {H100_RUN['low'][2]:.0f} vs {H100_RUN['original'][2]:.0f} on "
+        "its whole text (one figure, no interval)")
 
 
-def recorded_verdicts(run=H100_RUN, natural: Verdict | None = None, tilt: Verdict | None = None) -> dict:
+def recorded_verdicts(run=H100_RUN, natural: Verdict | None = None) -> dict:
     """The same claims decided on the course's recorded 300-step GPU run (``H100_RUN``): one run per learning rate
     and one sampling seed, so each figure is a single exact figure (aggregate R and perplexity, no per-sample pairs).
-    "natural" and the tilted objective ("tilt") need the run's samples, paired: pass ``recorded_natural()`` and
-    ``recorded_tilt(...)``; without them those rows are left to this notebook's own run.
+    "natural" needs the run's samples, paired: pass ``recorded_natural()``; without it that row is left to this
+    notebook's own run.
     """
     where = f"H100 run of {run['date']} (older code than today's), {run['steps']} steps"
     r = {k: run[k][0] / run[k][1] for k in ("original", "low", "high")}
@@ -590,22 +605,18 @@ def recorded_verdicts(run=H100_RUN, natural: Verdict | None = None, tilt: Verdic
         "R about 1": level(r["high"], low=BARS["R about 1"], high=1.0, fmt="{:.3f}", what="R" + n("high")),
         "nonsense": level(ppl["high"] / ppl["original"], low=BARS["nonsense"], fmt="{:,.0f}", unit="x",
                           what=f"perplexity {ppl['high']:,.0f} vs the original's {ppl['original']:.2f}:"),
-        "lr decides": all_of(
-            level(r["low"], high=BARS["few x"], fmt="{:.3f}", what="lr 1e-6: R" + n("low")),
-            level(r["high"], low=BARS["R about 1"], high=1.0, fmt="{:.3f}", what="lr 1e-4: R" + n("high"))),
     }
     shown = {"low loss": f"{run['start_loss']:.2f} -> {run['low_loss']:.2f}",
              "few x": f"R {r['low']:.3f}",
              "high loss": f"{run['high_loss']:.3f}",
              "R about 1": f"R {r['high']:.3f}{n('high')}",
-             "nonsense": f"perplexity {ppl['high'] / ppl['original']:,.0f}x the original's",
-             "lr decides": f"R {r['low']:.3f} (1e-6) vs {r['high']:.3f} (1e-4)"}
+             "nonsense": f"perplexity {ppl['high'] / ppl['original']:,.0f}x the original's"}
     where += "; one run per learning rate and one sampling seed: single figures, no interval"
     out = {k: v.with_measured(f"H100, 300 steps, one run: {shown[k]}").with_note(where) for k, v in out.items()}
+    out["R about 1"] = out["R about 1"].with_note(
+        f"the run's own table prints it rounded: R = {r['high']:.2f}{n('high')}")
     if natural is not None:
         out["natural"] = natural
-    if tilt is not None:
-        out["tilt"] = tilt
     return out
 
 
@@ -632,37 +643,47 @@ def distinct_n(result: GenerationResult, n: int = 2) -> list:
     return out
 
 
-def tilt_verdict(original: GenerationResult, tilted: GenerationResult, pairs: str = "samples",
-                 budget: str | None = None) -> Verdict:
-    """"A KL-regularised objective raises R and keeps the text readable" (beyond the lecture, which gives no
-    figure; the row asks it of the lecture's setting, 300 steps at lr 1e-4): R up by more than
-    ``BARS["raises R"]`` AND a perplexity within ``BARS["natural"]`` x the original's AND distinct-2 (repetition)
-    down by less than ``BARS["repetition"]``, all paired sample by sample (same prompts, same sampling seed).
-    ``budget``: ``budget_short(steps)`` for a run short of the lecture's 300 steps (inconclusive both ways)."""
+def _interval(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean paired difference b - a and its Student's t 95% interval (sampling noise only; no bar, no verdict)."""
+    d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    if len(d) < 2:
+        raise ValueError(f"{len(d)} pairs give no interval: give at least 2")
+    mean = statistics.fmean(d)
+    half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"diff": mean, "low": mean - half, "high": mean + half, "n": len(d)}
+
+
+def tilt_figures(original: GenerationResult, tilted: GenerationResult) -> dict:
+    """The "beyond the lecture" demonstration (the lecture gives no figure, so no bar and no verdict): the tilted
+    model against the original, paired sample by sample (same prompts, same sampling seed): R, the judge's NLL per
+    token (exp of its difference: the perplexity ratio), distinct-2 (repetition, which perplexity rewards); each
+    ``{"diff", "low", "high", "n"}`` (tilted - original), and each model's mean distinct-2 over its samples
+    (``"d2"``)."""
     d_a, d_b = distinct_n(original), distinct_n(tilted)
     keep = [j for j, (u, w) in enumerate(zip(d_a, d_b)) if u is not None and w is not None]
-    return all_of(
-        paired_difference(*paired_samples(original, tilted, "rate"), lower=False, min_gain=BARS["raises R"],
-                          budget_short=budget, unit="in R", fmt="{:+.3f}", pairs=pairs),
-        _nll_gap(original, tilted, lower=True, min_gain=-math.log(BARS["natural"]), budget=budget, pairs=pairs),
-        paired_difference([d_a[j] for j in keep], [d_b[j] for j in keep], lower=False, budget_short=budget,
-                          min_gain=-BARS["repetition"], unit="in distinct-2", fmt="{:+.3f}", pairs=pairs))
+    return {"R": _interval(*paired_samples(original, tilted, "rate")),
+            "nll": _interval(*paired_samples(original, tilted, "nll")),
+            "distinct-2": _interval([d_a[j] for j in keep], [d_b[j] for j in keep]),
+            "d2": tuple(statistics.fmean(x for x in d if x is not None) for d in (d_a, d_b))}
 
 
-def recorded_tilt(tokenizer, mask: torch.Tensor, rejudged=H100_REJUDGED, path=H100_NOTEBOOK) -> Verdict:
-    """The tilted objective at the lecture's 300 steps, decided on the recorded H100 run: its 6 tilted samples and
-    the original's (same prompts, same sampling seed), re-tokenized from their text (``recorded_samples``), judged
-    by this lesson's original model (``H100_REJUDGED``), paired: ``tilt_verdict``'s three bars."""
+def recorded_tilt_figures(tokenizer, mask: torch.Tensor, rejudged=H100_REJUDGED, path=H100_NOTEBOOK) -> dict:
+    """``tilt_figures`` of the recorded H100 run (300 steps): its 6 tilted samples and the original's (same prompts,
+    same sampling seed), re-tokenized from their text (``recorded_samples``), judged by this lesson's original model
+    (``H100_REJUDGED``)."""
     s = recorded_samples(tokenizer, path)
     res = {k: GenerationResult(samples=s[k], mask=mask, nll=list(rejudged[k])) for k in ("original", TILTED)}
-    v = tilt_verdict(res["original"], res[TILTED], pairs="H100 samples")
-    r, nll, d2 = (p.figures for p in v.figures["parts"])
-    d_mean = [statistics.fmean(x for x in distinct_n(res[k]) if x is not None) for k in ("original", TILTED)]
-    return v.with_measured(
-        f"H100, 300 steps, {len(s[TILTED])} samples re-judged here: R {r['gain']:+.2f} ({r['low']:+.2f} to "
-        f"{r['high']:+.2f}); perplexity {math.exp(-nll['gain']):.2f}x the original's ({math.exp(-nll['high']):.2f}x to "
-        f"{math.exp(-nll['low']):.2f}x); distinct-2 {d_mean[0]:.2f} -> "
-        f"{d_mean[1]:.2f} ({d2['gain']:+.2f}, {d2['low']:+.2f} to {d2['high']:+.2f})")
+    return tilt_figures(res["original"], res[TILTED])
+
+
+def tilt_demo_text(f: dict) -> str:
+    """``tilt_figures`` in words, each change with its 95% interval (sampling noise only: one training run)."""
+    r, nll, d2 = f["R"], f["nll"], f["distinct-2"]
+    return (f"R {r['diff']:+.2f} ({r['low']:+.2f} to {r['high']:+.2f}); perplexity {math.exp(nll['diff']):.2f}x the "
+            f"original's ({math.exp(nll['low']):.2f}x to {math.exp(nll['high']):.2f}x); distinct-2 {f['d2'][0]:.2f} -> "
+            f"{f['d2'][1]:.2f} ({d2['diff']:+.2f}, {d2['low']:+.2f} to {d2['high']:+.2f}); {r['n']} paired samples"
+            + (f" ({d2['n']} for distinct-2: a sample too short to have two token pairs drops out)"
+               if d2["n"] != r["n"] else ""))
 
 
 def start_verdict(start_loss: float) -> Verdict:
@@ -691,21 +712,17 @@ def recorded_context(steps: int, run=H100_RUN) -> str:
             f"4 x 64, {run['steps']} steps, {len(H100_REJUDGED['original'])} samples per model")
 
 
-def lr_decides_note() -> str:
-    """The learning-rate row's note: which rows it combines, and which half of the notes' sentence it leaves out."""
-    return ("the figures and bars of the 'few X tokens' and 'R is about 1' rows; the text's quality is the 'natural' "
-            "and 'nonsense' rows")
-
-
 def tilt_note(run=H100_RUN) -> str:
-    """The tilted row's note: what the recorded run did differently, and what its samples show."""
-    return (f"H100 run of {run['date']} (older code: its tilted run read web-text windows, this notebook's "
-            "reads the x-factor run's random tokens; the same tilt rule, bonus 4, lr 1e-4), one training run: "
-            "the intervals cover sampling noise only; its samples loop ('Max X Max X ...', 'except explorer "
-            "except explorer ...'): the perplexity rewards the loops, distinct-2 does not; re-tokenized from "
-            "text and scored per sample, so R, perplexity and distinct-2 are counted on today's tokens (the "
-            f"run's own totals on its tokens: R {run['tilted'][0]}/{run['tilted'][1]}, perplexity "
-            f"{run['tilted'][2]:.1f} vs the original's {run['original'][2]:.1f})")
+    """The demonstration's H100 caveats: what the recorded run did differently, and which perplexity is which."""
+    own = run["tilted"][2] / run["original"][2]
+    return (f"H100 run of {run['date']} (older code: its tilted run read web-text windows, this notebook's reads "
+            "the x-factor run's random tokens; the same tilt rule, bonus 4, lr 1e-4), one training run: the "
+            "intervals cover sampling noise only. Its samples loop ('Max X Max X ...', 'except explorer except "
+            "explorer ...'): the perplexity rewards the loops, distinct-2 does not. The perplexity ratio above is "
+            "today's judge, sample by sample, on the samples re-tokenized from their text; the run's own figure, on "
+            f"its whole text and its own tokens, was {run['tilted'][2]:.1f} vs the original's {run['original'][2]:.1f} "
+            f"({own:.2f}x; its table rounds it to 'perplexity {run['tilted'][2]:.0f}'), R {run['tilted'][0]}/"
+            f"{run['tilted'][1]}")
 
 
 def x_spread(model, logits_input: torch.Tensor, mask: torch.Tensor) -> dict:

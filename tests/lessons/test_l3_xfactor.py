@@ -1,4 +1,5 @@
 """Lesson 3: the x-factor target, the KL loss, the R metric, the claims' procedures and the exercise's checker."""
+import json
 import math
 
 import pytest
@@ -27,13 +28,15 @@ from course_utils.lessons.l3_xfactor import (
     random_token_batches,
     recorded_natural,
     recorded_samples,
-    recorded_tilt,
+    recorded_tilt_figures,
     recorded_verdicts,
     rejudge_recorded,
     run_verdicts,
     sample_nll,
     start_loss_by_ratio,
-    tilt_verdict,
+    tilt_demo_text,
+    tilt_figures,
+    tilt_note,
     tilted_target,
     x_factor_target,
     x_rate,
@@ -366,12 +369,15 @@ def test_run_verdicts_decide_both_ways_at_the_lecture_budget_and_neither_below_i
                              steps=40)  # 40 steps: a clear result and a clear miss alike decide nothing
         assert {v.verdict for v in short.values()} == {INCONCLUSIVE_}
         assert all('"Epochs | 300"' in v.why for v in short.values())
-    assert as_lecture["few x"].bar == "<= 0.20" and as_lecture["natural"].bar == "lower by > -0.693 nats/token"
-    # "the learning rate is decisive": the bars and figures of "few x" and "R about 1", nothing else
-    assert as_lecture["lr decides"].bar == f'{as_lecture["few x"].bar} and {as_lecture["R about 1"].bar}'
-    assert as_lecture["lr decides"].measured == f'{as_lecture["few x"].measured}; {as_lecture["R about 1"].measured}'
-    half = run_verdicts(hists, _lecture_like(0, 3.2, 4, 12.0), steps=300)  # few x at 1e-6, but 1e-4 not taken over
-    assert half["few x"].verdict == HOLDS_ and half["lr decides"].verdict == DOES_NOT_HOLD_
+    assert as_lecture["few x"].bar == "<= 0.20"
+    # "natural" reads as a rise of the perplexity, in one direction, whatever the verdict
+    assert as_lecture["natural"].bar == "perplexity rises by < +0.693 nats/token (2x)"
+    assert "perplexity rises by +0.255 nats/token" in as_lecture["natural"].why  # mean of 0.2 + 0.01 j, j < 12
+    assert "wholly below +0.693" in as_lecture["natural"].why and "lower by" not in as_lecture["natural"].why
+    assert "perplexity rises by +2.055" in refuted["natural"].why and "wholly above +0.693" in refuted["natural"].why
+    assert as_lecture["natural"].measured.startswith("+0.255 nats/token (")
+    assert set(as_lecture) == {"low loss", "few x", "natural", "high loss", "R about 1", "nonsense"}
+    assert set(BARS) == {"about 6", "about 2", "about 0.001", "few x", "natural", "R about 1", "nonsense"}
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -385,12 +391,33 @@ def test_recorded_h100_figures_match_the_course_results_file():
     v = recorded_verdicts(natural=recorded_natural())
     assert {k: x.verdict for k, x in v.items()} == {
         "low loss": DOES_NOT_HOLD_, "few x": HOLDS_, "natural": INCONCLUSIVE_, "high loss": DOES_NOT_HOLD_,
-        "R about 1": HOLDS_, "nonsense": HOLDS_, "lr decides": HOLDS_}
-    assert "3.1x the original's" in v["natural"].measured and "older code" in v["low loss"].why
+        "R about 1": HOLDS_, "nonsense": HOLDS_}
+    assert "3.1x the original's (a rise of +1.134 nats/token, -0.911 to +3.178)" in v["natural"].measured
+    assert "perplexity rises by +1.134" in v["natural"].why and "a rise of +0.906 of the +1.134" in v["natural"].why
+    assert "older code" in v["low loss"].why
     assert "7,072x" in v["nonsense"].measured and "7,072x" in md  # the results file's own ratio
-    assert v["lr decides"].bar == f'{v["few x"].bar} and {v["R about 1"].bar}'  # rows 4 and 7's bars and figures
-    assert "R 0.031 (1e-6) vs 0.997 (1e-4)" in v["lr decides"].measured and "R 0.031" in v["few x"].measured
+    assert "R 0.031" in v["few x"].measured and "R 0.997 (383/384)" in v["R about 1"].measured
+    assert "prints it rounded: R = 1.00 (383/384)" in v["R about 1"].why  # the same figure, named once
     assert "natural" not in recorded_verdicts()  # without its re-judged samples the row is this run's own
+
+
+def test_the_recorded_runs_own_verdicts_are_the_ones_the_notebook_says_differ():
+    """The notebook's markdown says which verdicts the recorded run printed under older rules; they are in its file."""
+    from pathlib import Path
+
+    md = (Path(__file__).resolve().parents[2] / "results/nvidia-h100-80gb/03_x_factor_kl.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
+            if line.startswith("| ") and line.count(" | ") >= 4}
+    assert rows["lr 1e-6: few X tokens, natural text"] == "**does not hold**"
+    assert rows["the learning rate decides over-fitting"] == "**holds**"
+    assert rows["beyond: a KL-regularised objective raises R and keeps the text readable (future direction)"] == \
+        "**holds**"
+    assert rows["GPT-2 medium: 24 blocks, embedding 1024, vocabulary 50,257"] == "**holds**"
+    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks/03_x_factor_kl.ipynb").read_text())["cells"]
+    prose = " ".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+    for said in ("few X tokens, natural text", "the learning rate decides over-fitting", "older rules",
+                 'its "R = 1.00 (383/384)" is row 6\'s 0.997', "rows 3, 4, 6 and 7 carry it"):
+        assert said in prose, said
 
 
 def test_recorded_samples_are_the_h100_notebooks_six_prompts():
@@ -409,13 +436,15 @@ def test_rejudged_h100_samples_match_the_stored_figures():
     got = rejudge_recorded(model.requires_grad_(False), tokenizer)
     for k, stored in H100_REJUDGED.items():
         assert got[k] == pytest.approx(stored, abs=2e-3), k
-    # the tilted row at 300 steps: R clearly up, perplexity within the noise, distinct-2 clearly down (the loops)
+    # the tilted demonstration at 300 steps: R clearly up, perplexity within the noise, distinct-2 clearly down
     mask = letter_token_mask(tokenizer, "x", vocab_size=model.get_output_embeddings().weight.shape[0])
-    v = recorded_tilt(tokenizer, mask)
-    assert [p.verdict for p in v.figures["parts"]] == [HOLDS_, INCONCLUSIVE_, DOES_NOT_HOLD_]
-    assert v.verdict == DOES_NOT_HOLD_ and v.measured.startswith("H100, 300 steps, 6 samples re-judged here")
-    assert "distinct-2 0.96 -> 0.58" in v.measured
-    assert recorded_verdicts(tilt=v)["tilt"] is v
+    f = recorded_tilt_figures(tokenizer, mask)
+    assert f["R"]["low"] > 0.4 and f["distinct-2"]["high"] < -0.1 and f["nll"]["low"] < 0 < f["nll"]["high"]
+    text = tilt_demo_text(f)
+    assert "perplexity 0.66x" in text and "distinct-2 0.96 -> 0.58" in text and "R +0.68" in text
+    for word in ("holds", "does not hold", "inconclusive"):  # a demonstration: figures, no verdict
+        assert word not in text and word not in tilt_note()
+    assert "14.7 vs the original's 38.2 (0.38x" in tilt_note()  # the run's own perplexity, named as such
 
 
 def test_distinct_n_sees_repetition():
@@ -433,28 +462,27 @@ def test_lecture_verdicts_use_the_recorded_run_only_when_short():
     assert lecture_verdicts(full, 300, recorded_verdicts()) == full  # a full run decides for itself
 
 
-def test_tilt_verdict_has_three_outcomes():
+def test_tilt_figures_pair_samples_and_see_loops():
     n = 12
     orig = _samples([0, 1] * (n // 2), [3.0 + 0.01 * j for j in range(n)])
-    more_x = lambda nll: _samples([3 + j % 2 for j in range(n)], [nll + 0.02 * j for j in range(n)])
-    assert tilt_verdict(orig, more_x(3.1)).verdict == HOLDS_
-    assert tilt_verdict(orig, more_x(5.0)).verdict == DOES_NOT_HOLD_  # perplexity e^2 = 7x the original's
-    assert tilt_verdict(orig, orig).verdict == DOES_NOT_HOLD_  # R did not rise
-    noisy = _samples([j % 2 for j in range(n)], [3.0 + 0.01 * j for j in range(n)])  # R as the original's
-    assert tilt_verdict(orig, _samples([2 * (j % 2) for j in range(n)], [3.0] * n)).verdict == INCONCLUSIVE_
-    assert tilt_verdict(orig, noisy).verdict == DOES_NOT_HOLD_
-    assert BARS["raises R"] == 0.04 and BARS["natural"] == 2.0 and BARS["repetition"] == 0.1
+    f = tilt_figures(orig, orig)  # a model against itself: no change, zero-width intervals
+    assert f["R"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "n": n} and f["nll"]["diff"] == 0.0
+    more_x = _samples([3 + j % 2 for j in range(n)], [3.5 + 0.01 * j for j in range(n)])
+    f = tilt_figures(orig, more_x)
+    assert f["R"]["diff"] == pytest.approx(0.3) and f["nll"]["diff"] == pytest.approx(0.5)
+    assert f["R"]["low"] == pytest.approx(0.3) == f["R"]["high"]  # the same gain in every pair
+    assert "perplexity 1.65x the original's" in tilt_demo_text(f)  # exp(0.5)
     varied = _samples([0, 1] * (n // 2), [3.0 + 0.01 * j for j in range(n)])
     for j, smp in enumerate(varied.samples):  # every token pair distinct (distinct-2 = 1), j % 2 x tokens
         smp.ids = [1 if j % 2 else 3, 5, 3, 3, 0, 0, 5, 5, 0, 3]
     looping = _samples([5] * n, [3.1 + 0.02 * j for j in range(n)])
     for smp in looping.samples:
         smp.ids = [1, 3] * 5  # more x, low perplexity, but a two-token loop: distinct-2 falls to 2/9
-    assert tilt_verdict(varied, looping).verdict == DOES_NOT_HOLD_
-    assert "distinct-2" in tilt_verdict(varied, looping).why
-    short = budget_short(40)  # short of the lecture's 300 steps: a clear gain and a clear miss decide nothing
-    assert tilt_verdict(orig, more_x(3.1), budget=short).verdict == INCONCLUSIVE_
-    assert tilt_verdict(varied, looping, budget=short).verdict == INCONCLUSIVE_
+    f = tilt_figures(varied, looping)
+    assert f["d2"] == pytest.approx((1.0, 2 / 9)) and f["distinct-2"]["diff"] == pytest.approx(2 / 9 - 1)
+    assert "distinct-2 1.00 -> 0.22" in tilt_demo_text(f)
+    with pytest.raises(ValueError, match="at least 2"):
+        tilt_figures(_samples([1], [3.0]), _samples([2], [3.0]))
 
 
 def test_sample_nll_batched_equals_one_sample_at_a_time(tiny_llama):
