@@ -305,14 +305,35 @@ def test_first_eval_at_and_diverged_seeds():
     assert levers.diverged_seeds([7.3, 11.9, 7.4], 50257) == [1]  # ln 50257 = 10.8: worse than untrained
 
 
-def test_steps_to_shared_target_is_the_worse_final_loss_and_both_reach_it():
+def test_steps_to_drop_uses_a_fixed_drop_from_the_shared_start():
     steps = [0, 1, 2, 3, 4]
     fast, slow = [10.8, 10.0, 9.5, 9.4, 9.3], [10.8, 10.4, 10.0, 9.7, 9.6]
-    target, a, b = levers.steps_to_shared_target(steps, slow, steps, fast, budget=4)
-    assert target == 9.6 and (a, b) == (4, 2)  # the slow run reaches its own final level last
-    assert levers.steps_to_shared_target(steps, fast, steps, slow, budget=4) == (9.6, 2, 4)  # symmetric
-    same = levers.steps_to_shared_target(steps, fast, steps, fast, budget=4)
-    assert same[1] == same[2] == 4
+    target, a, b = levers.steps_to_drop(steps, slow, steps, fast, drop=0.5, budget=4)
+    assert target == pytest.approx(10.3) and (a, b) == (2, 1)  # neither count is pinned to a run's last step
+    assert levers.steps_to_drop(steps, fast, steps, slow, drop=0.5, budget=4)[1:] == (1, 2)  # symmetric
+    assert levers.steps_to_drop(steps, slow, steps, fast, drop=1.4, budget=4)[1:] == (5, 3)  # censored: budget + 1
+    with pytest.raises(ValueError, match="share their start"):
+        levers.steps_to_drop(steps, slow, steps, [10.5, *fast[1:]], drop=0.5, budget=4)
+    with pytest.raises(ValueError, match="drop must be"):
+        levers.steps_to_drop(steps, slow, steps, fast, drop=0.0, budget=4)
+
+
+def test_steps_to_drop_verdict_pairs_the_seeds_and_decides_both_ways():
+    from types import SimpleNamespace as H
+
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS
+    steps = [0, 1, 2, 3, 4]
+    slow = [H(eval_step=steps, test_loss=[10.8, 10.6, 10.4 - d, 10.2, 10.0]) for d in (0.0, 0.01, 0.02)]
+    fast = [H(eval_step=steps, test_loss=[10.8, 10.4 - d, 10.0, 9.8, 9.6]) for d in (0.0, 0.01, 0.02)]
+    won = levers.steps_to_drop_verdict(slow, fast, 0.35, 4, ("slow", "fast"), scope="4 steps")
+    assert won.verdict == HOLDS and "slow [2, 2, 2], fast [1, 1, 1]" in won.why and "4 steps" in won.why
+    assert levers.steps_to_drop_verdict(fast, slow, 0.35, 4).verdict == DOES_NOT_HOLD
+
+
+def test_claims_are_the_notes_claims():
+    assert "int_ids" in levers.CLAIMS and not set(levers.COURSE_EXPERIMENTS) & set(levers.CLAIMS)
+    for key in ("schedule", "clip", "early_dropout"):  # section 3.6's claim: fewer epochs, counted as steps
+        assert "fewer steps" in levers.CLAIMS[key][0] and "fewer epochs" in levers.CLAIMS[key][1]
 
 
 def test_gpu_notes_name_claims():
