@@ -75,6 +75,30 @@ def exact_integer_limit(dtype: torch.dtype) -> int:
     return torch.iinfo(dtype).max
 
 
+def forward_backward_per_token(cases: dict, rounds: int = 15, warmup: int = 1, device=None) -> dict:
+    """The part of a training step whose cost grows with the batch: forward (with the case's loss) and backward,
+    timed interleaved (``time_interleaved``) and divided by each case's tokens. The optimizer update, a fixed cost
+    per step that per token favours the bigger batch (up to 128/120 = 1.067x), is left out of the timed call.
+    ``cases`` maps a label to a ``course_utils.runs.TrainingCase``; each gets a fresh model and one fixed batch
+    (drawn with seed 0). Returns ``{label: Timing}`` in seconds per token, for ``speed_verdict``."""
+    from ..train import forward_loss
+
+    device = resolve_device(device)
+    steps, tokens = {}, {}
+    for label, case in cases.items():
+        model = case.make_model().to(device).train()
+        batch = case.batches(torch.Generator().manual_seed(0))
+        loss_fn = case.loss_fn if case.loss_fn is not None else all_token_loss
+
+        def step(m=model, b=batch, f=loss_fn):
+            m.zero_grad(set_to_none=True)
+            forward_loss(m, b, f, device)[0].backward()
+        tokens[label] = batch[0].numel()
+        steps[label] = step
+    timings = time_interleaved(steps, warmup=warmup, repeats=rounds, device=device)
+    return {label: Timing([s / tokens[label] for s in t.times]) for label, t in timings.items()}
+
+
 def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup: int = 1, repeats: int = 15,
                      seed: int = 0) -> tuple[Table, dict]:
     """An ``n x n @ n x n`` product per dtype, timed in ONE ``time_interleaved`` call (``repeats`` rounds).
@@ -510,13 +534,29 @@ def first_eval_at(eval_steps: Sequence[int], losses: Sequence[float], target: fl
     return next((s for s, x in zip(eval_steps, losses) if x <= target), budget + 1)
 
 
+def crossing_step(eval_steps: Sequence[int], losses: Sequence[float], target: float, budget: int) -> float:
+    """The (fractional) step at which the held-out loss first reaches ``target``: linear interpolation between the
+    last evaluation above it and the first at or below it (evaluations at ``eval_steps``, step 0 first); 0.0 when
+    the first evaluation is already there; ``budget + 1`` when none gets there (censored: "more than the budget")."""
+    if len(eval_steps) != len(losses):
+        raise ValueError(f"one loss per evaluated step: {len(eval_steps)} steps, {len(losses)} losses")
+    for i, (s, x) in enumerate(zip(eval_steps, losses)):
+        if x <= target:
+            if i == 0:
+                return float(s)
+            s0, x0 = eval_steps[i - 1], losses[i - 1]
+            return s0 + (x0 - target) / (x0 - x) * (s - s0)
+    return float(budget + 1)
+
+
 def steps_to_drop(a_steps: Sequence[int], a_losses: Sequence[float], b_steps: Sequence[int],
                   b_losses: Sequence[float], drop: float, budget: int) -> tuple[float, int, int]:
     """Two runs of one seed that start from the same weights and are evaluated on the same held-out batches (so
     their step-0 held-out losses are equal), each with its held-out loss at its evaluated steps (step 0 first).
     The rule, fixed before the run: the target is the shared initial loss minus ``drop`` nats, the same for both
-    arms and tied to neither arm's end; each count is the first evaluated step at or below it, ``budget + 1`` when
-    a run never gets there (censored). Returns ``(target, steps of a, steps of b)``."""
+    arms and tied to neither arm's end; each count is the fractional step at which the held-out loss crosses it
+    (``crossing_step``: linear between consecutive evaluations, so two runs that cross within the same step still
+    differ), ``budget + 1`` when a run never gets there (censored). Returns ``(target, steps of a, steps of b)``."""
     if drop <= 0:
         raise ValueError(f"drop must be > 0 nats, got {drop}")
     if not a_steps or not b_steps or a_steps[0] != 0 or b_steps[0] != 0:
@@ -524,7 +564,7 @@ def steps_to_drop(a_steps: Sequence[int], a_losses: Sequence[float], b_steps: Se
     if abs(a_losses[0] - b_losses[0]) > 1e-4:
         raise ValueError(f"the runs do not share their start: step-0 losses {a_losses[0]:.5f} vs {b_losses[0]:.5f}")
     target = a_losses[0] - drop
-    return target, first_eval_at(a_steps, a_losses, target, budget), first_eval_at(b_steps, b_losses, target, budget)
+    return target, crossing_step(a_steps, a_losses, target, budget), crossing_step(b_steps, b_losses, target, budget)
 
 
 def steps_to_drop_verdict(baseline: Sequence, candidate: Sequence, drop: float, budget: int,
@@ -535,10 +575,13 @@ def steps_to_drop_verdict(baseline: Sequence, candidate: Sequence, drop: float, 
     pairs = [steps_to_drop(a.eval_step, a.test_loss, b.eval_step, b.test_loss, drop, budget)
              for a, b in zip(baseline, candidate, strict=True)]
     targets, base, cand = ([x[i] for x in pairs] for i in range(3))
-    return compare_runs(base, cand, unit="steps", fmt="{:+.1f}").with_note(
+    def fmt(xs):
+        return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
+    return compare_runs(base, cand, unit="steps", fmt="{:+.2f}").with_note(
         f"target per seed: the shared step-0 held-out loss minus {drop:g} nats "
-        f"({', '.join(f'{t:.2f}' for t in targets)} nats); first step at or below it, evaluated after every step "
-        f"({budget + 1} = not reached): {names[0]} {base}, {names[1]} {cand}" + (f"; {scope}" if scope else ""))
+        f"({', '.join(f'{t:.2f}' for t in targets)} nats); the step at which the held-out loss crosses it, "
+        f"evaluated after every step and interpolated linearly between evaluations ({budget + 1} = not reached): "
+        f"{names[0]} {fmt(base)}, {names[1]} {fmt(cand)}" + (f"; {scope}" if scope else ""))
 
 
 def diverged_seeds(test_losses: Sequence[float], vocab_size: int) -> list[int]:
@@ -555,8 +598,6 @@ CLAIMS = {
     "align": ("an aligned matrix product is faster per row (a power of two vs not)",
               "power-of-two sizes: vectorization, memory alignment"),
     "pad": ("vocabulary padded to 50,304 trains faster than 50,257", "power-of-two sizes are faster"),
-    "int_ids": ("token ids stored as int instead of float take less memory",
-                "'int' instead of 'float' for indices lowers the memory cost (section 3.2)"),
     "bf16_matmul": ("bf16 matrix products are faster than fp32", "float16 or bfloat16: faster transfers and compute"),
     "fp16_matmul": ("fp16 matrix products are faster than fp32", "float16 or bfloat16: faster transfers and compute"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
@@ -583,8 +624,6 @@ CLAIMS = {
     "tensor_cores": ("tensor cores: bf16 matmul far above fp32", "tensor cores raise FLOPS"),
     "tying_memory": ("weight tying lowers a training step's peak memory", "tying saves memory"),
     "tying_compute": ("weight tying makes a training step cheaper", "tying also lowers the compute cost"),
-    "stack": ("the single-device levers together train faster",
-              "a fraction of a second saved per iteration adds up to weeks: any saving counts"),
     "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
 }
 
@@ -599,6 +638,9 @@ COURSE_EXPERIMENTS = {
 #: (H100 80GB, full profile: GPT-2-small Model 5, 124,439,808 parameters, timed steps at T=256, one seed per
 #: training; 2026-11-23, code older than this notebook's). Appended to the row's note by ``claims_table``.
 GPU_RUN = "course GPU run (H100, full profile, GPT-2-small Model 5, 2026-11-23, predates this code)"
+#: The four-lever stack on the GPU run (a demonstration in section 11, not a claims row).
+GPU_STACK = ("the same four levers (fused attention, tying, batch 64, vocabulary 50,304) at T=256: 1.06x tokens/s "
+             "(medians of one run, no interval); its 6.23x added autocast and torch.compile, not in this stack")
 GPU_NOTES = {
     "batch64": "1.01x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
     "batch128": "1.00x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
@@ -631,8 +673,6 @@ GPU_NOTES = {
                     "small's width, where activations dominate the peak",
     "tying_compute": "tied vs untied step at T=256 (batch 62, fused attention): 0.99x tokens/s (281 vs 279 ms, "
                      "medians of one run, no interval): no gain there, where the optimizer is a small part of the step",
-    "stack": "the same four levers (fused attention, tying, batch 64, vocabulary 50,304) at T=256: 1.06x tokens/s "
-             "(medians of one run, no interval); its 6.23x added autocast and torch.compile, not in this stack",
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
 }
 
@@ -653,3 +693,17 @@ def claims_table(verdicts: dict, facts: Sequence[tuple[str, str]], context: str 
     for what, value in facts:
         table.fact(what, value)
     return table
+
+
+def bubble_departures(run: dict, schedule: str = "gpipe", tol: float = 0.05) -> list[int]:
+    """The micro-batch counts m at which the measured idle fraction (the mean over stages, as ``bubble_measured``
+    shows it) lies more than ``tol`` above GPipe's (p - 1) / (m + p - 1): where a measurement departs from the
+    formula (the fixed cost of each send and receive, and processes contending for shared cores, are not in it)."""
+    from .l1_parallel import bubble_fraction, median
+
+    out = []
+    for r in sorted((r for r in run["runs"] if r["schedule"] == schedule and "skipped" not in r), key=lambda r: r["m"]):
+        stages = r.get("idle_per_stage") or [median(s[1:] or s) for s in r["idle_steps_per_stage"]]
+        if sum(stages) / len(stages) - bubble_fraction(run["world_size"], r["m"]) > tol:
+            out.append(r["m"])
+    return out

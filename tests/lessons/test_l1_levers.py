@@ -222,6 +222,25 @@ def test_time_training_interleaved_divides_each_configuration_by_its_own_tokens(
     assert per_token["4 micro-batches"].times == [1 / (4 * 8 * 16)] * 5
 
 
+def test_forward_backward_per_token_leaves_the_optimizer_out_and_divides_by_tokens(tiny, batches, monkeypatch):
+    cases = {"batch 4": runs.TrainingCase(tiny, batches(4)), "batch 8": runs.TrainingCase(tiny, batches(8))}
+    made = []
+
+    def tracked():
+        made.append(tiny())
+        return made[-1]
+    real = levers.forward_backward_per_token({"b": runs.TrainingCase(tracked, batches(4))}, rounds=5, device="cpu")
+    assert len(real["b"].times) == 5 and all(s > 0 for s in real["b"].times)
+    before = {k: p.detach().clone() for k, p in tiny().named_parameters()}  # same seed: the initial weights
+    assert all(torch.equal(before[k], p) for k, p in made[0].named_parameters())  # no update was taken
+    assert all(p.grad is not None for p in made[0].parameters() if p.requires_grad)  # but backward ran
+    # fixed clock: every call "takes" 1.0 s, so per token = 1 / tokens of the batch, exactly
+    monkeypatch.setattr(levers, "time_interleaved",
+                        lambda fns, warmup, repeats, device: {k: Timing([1.0] * repeats) for k in fns})
+    per_token = levers.forward_backward_per_token(cases, rounds=3, device="cpu")
+    assert per_token["batch 4"].times == [1 / (4 * 16)] * 3 and per_token["batch 8"].times == [1 / (8 * 16)] * 3
+
+
 def test_training_step_peak_holds_adamw_state_and_tying_saves_sixteen_bytes(tiny, batches):
     model = tiny()
     peak, method = runs.training_step_peak(tiny, batches(2), device="cpu")
@@ -305,13 +324,27 @@ def test_first_eval_at_and_diverged_seeds():
     assert levers.diverged_seeds([7.3, 11.9, 7.4], 50257) == [1]  # ln 50257 = 10.8: worse than untrained
 
 
+def test_crossing_step_interpolates_between_evaluations():
+    assert levers.crossing_step([0, 1, 2], [10.8, 10.4, 10.0], 10.2, budget=2) == pytest.approx(1.5)
+    assert levers.crossing_step([0, 2, 4], [10.8, 10.4, 10.0], 10.3, budget=4) == pytest.approx(2.5)  # step units
+    assert levers.crossing_step([0, 1], [10.8, 10.0], 10.9, budget=1) == 0.0  # already there at the start
+    assert levers.crossing_step([0, 1], [10.8, 10.5], 10.0, budget=1) == 2.0  # never reached: censored
+    # two runs that cross within the same whole step still get different counts (no zero-width ties)
+    a = levers.crossing_step([0, 1, 2], [10.8, 10.40, 10.0], 10.2, budget=2)
+    b = levers.crossing_step([0, 1, 2], [10.8, 10.35, 10.0], 10.2, budget=2)
+    assert math.floor(a) == math.floor(b) == 1 and b < a
+    with pytest.raises(ValueError, match="one loss per evaluated step"):
+        levers.crossing_step([0, 3], [10.8], 7.5, budget=3)
+
+
 def test_steps_to_drop_uses_a_fixed_drop_from_the_shared_start():
     steps = [0, 1, 2, 3, 4]
     fast, slow = [10.8, 10.0, 9.5, 9.4, 9.3], [10.8, 10.4, 10.0, 9.7, 9.6]
     target, a, b = levers.steps_to_drop(steps, slow, steps, fast, drop=0.5, budget=4)
-    assert target == pytest.approx(10.3) and (a, b) == (2, 1)  # neither count is pinned to a run's last step
-    assert levers.steps_to_drop(steps, fast, steps, slow, drop=0.5, budget=4)[1:] == (1, 2)  # symmetric
-    assert levers.steps_to_drop(steps, slow, steps, fast, drop=1.4, budget=4)[1:] == (5, 3)  # censored: budget + 1
+    # neither count is pinned to a run's last step; crossings interpolated: 1 + 0.1/0.4, 0.5/0.8
+    assert target == pytest.approx(10.3) and (a, b) == pytest.approx((1.25, 0.625))
+    assert levers.steps_to_drop(steps, fast, steps, slow, drop=0.5, budget=4)[1:] == pytest.approx((0.625, 1.25))
+    assert levers.steps_to_drop(steps, slow, steps, fast, drop=1.4, budget=4)[1:] == pytest.approx((5, 3))  # censored
     with pytest.raises(ValueError, match="share their start"):
         levers.steps_to_drop(steps, slow, steps, [10.5, *fast[1:]], drop=0.5, budget=4)
     with pytest.raises(ValueError, match="drop must be"):
@@ -321,17 +354,24 @@ def test_steps_to_drop_uses_a_fixed_drop_from_the_shared_start():
 def test_steps_to_drop_verdict_pairs_the_seeds_and_decides_both_ways():
     from types import SimpleNamespace as H
 
-    from course_utils.claims import DOES_NOT_HOLD, HOLDS
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
     steps = [0, 1, 2, 3, 4]
     slow = [H(eval_step=steps, test_loss=[10.8, 10.6, 10.4 - d, 10.2, 10.0]) for d in (0.0, 0.01, 0.02)]
     fast = [H(eval_step=steps, test_loss=[10.8, 10.4 - d, 10.0, 9.8, 9.6]) for d in (0.0, 0.01, 0.02)]
     won = levers.steps_to_drop_verdict(slow, fast, 0.35, 4, ("slow", "fast"), scope="4 steps")
-    assert won.verdict == HOLDS and "slow [2, 2, 2], fast [1, 1, 1]" in won.why and "4 steps" in won.why
+    assert won.verdict == HOLDS and "4 steps" in won.why
+    assert "slow [1.75, 1.71, 1.68], fast [0.87, 0.85, 0.83]" in won.why  # 1 + 0.15/(0.2+d), 0.35/(0.4+d)
     assert levers.steps_to_drop_verdict(fast, slow, 0.35, 4).verdict == DOES_NOT_HOLD
+    # arms that cross within the same whole step, the candidate slightly earlier in one seed, later in another:
+    # the fractional counts differ (no zero-width interval at the bar), so the procedure says inconclusive
+    near = [H(eval_step=steps, test_loss=[10.8, 10.6, 10.4 + e, 10.2, 10.0]) for e in (-0.01, 0.01, 0.0)]
+    tie = levers.steps_to_drop_verdict(slow, near, 0.35, 4)
+    assert tie.verdict == INCONCLUSIVE
 
 
 def test_claims_are_the_notes_claims():
-    assert "int_ids" in levers.CLAIMS and not set(levers.COURSE_EXPERIMENTS) & set(levers.CLAIMS)
+    assert not set(levers.COURSE_EXPERIMENTS) & set(levers.CLAIMS)
+    assert "int_ids" not in levers.CLAIMS and "stack" not in levers.CLAIMS  # a fact and a demonstration, not rows
     for key in ("schedule", "clip", "early_dropout"):  # section 3.6's claim: fewer epochs, counted as steps
         assert "fewer steps" in levers.CLAIMS[key][0] and "fewer epochs" in levers.CLAIMS[key][1]
 
@@ -341,3 +381,14 @@ def test_gpu_notes_name_claims():
     assert set(levers.GPU_NOTES) <= set(levers.CLAIMS)
     table = levers.claims_table({key: level(0.5, high=1.0) for key in levers.CLAIMS}, [])
     assert "predates this code" in table.claims[0].why
+
+
+def test_bubble_departures_names_the_m_where_idle_exceeds_gpipes_formula():
+    run = {"world_size": 2, "runs": [
+        {"schedule": "gpipe", "m": 1, "idle_per_stage": [0.55, 0.51]},   # formula 0.50: within 0.05
+        {"schedule": "gpipe", "m": 4, "idle_per_stage": [0.31, 0.33]},   # formula 0.20: above
+        {"schedule": "gpipe", "m": 8, "idle_steps_per_stage": [[0.9, 0.12, 0.14], [0.9, 0.13, 0.13]]},  # 0.11
+        {"schedule": "1f1b", "m": 4, "idle_per_stage": [0.9, 0.9]}, {"schedule": "gpipe", "m": 2, "skipped": "x"}]}
+    assert levers.bubble_departures(run) == [4]
+    assert levers.bubble_departures(run, tol=0.0) == [1, 4, 8]
+    assert levers.bubble_departures(run, schedule="1f1b") == [4]
