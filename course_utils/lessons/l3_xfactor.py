@@ -382,7 +382,6 @@ LECTURE_BUDGET = 'the notes\' setup table: "Epochs | 300" (one random batch per 
 #: The bars, fixed before the runs from the lecture's words (section 4.2-4.3 of the notes). Perplexities are the
 #: frozen original model's on each model's samples; a ratio of perplexities is a difference of mean NLL per token.
 BARS = {
-    "about 6": (4.5, 7.5),  # "Loss giảm: 6 -> 2": the start within 25% of 6
     "about 2": (1.5, 2.5),  # "Loss giảm: 6 -> 2": within 25% of 2
     "about 0.001": (0.0005, 0.002),  # "Loss -> 0.001": within 2x of 0.001
     "few x": 0.2,  # "ít token chứa X": R at most 0.2
@@ -686,22 +685,26 @@ def tilt_demo_text(f: dict) -> str:
                if d2["n"] != r["n"] else ""))
 
 
-def start_verdict(start_loss: float) -> Verdict:
-    """"The loss starts at about 6" (``BARS["about 6"]``): this lesson's starting KL at T = 64, an exact figure; it
-    holds only for the alpha/beta it was computed with (the notes give none: ``start_loss_by_ratio``)."""
-    lo, hi = BARS["about 6"]
-    return level(start_loss, low=lo, high=hi, fmt="{:.2f}")
+def start_fact(by_ratio: dict, ratio: float, start_here: float, t_here: int) -> str:
+    """The starting-loss fact (no claim: the notes give no alpha/beta, and the start moves with it): the starting
+    KL at T = 64 for each ratio (``start_loss_by_ratio``), then which figure is which for this lesson's ``ratio``:
+    the T = 64 one (the H100 run's start) and this machine's training runs' first loss at ``t_here``. The learning
+    rate plays no part before the first step, so neither figure belongs to one rate."""
+    if ratio not in by_ratio:
+        raise ValueError(f"ratio {ratio:g} is not among the ratios measured ({', '.join(f'{r:g}' for r in by_ratio)})")
+    return (", ".join(f"{v:.2f} at {r:g}" for r, v in by_ratio.items())
+            + f"; at this lesson's {ratio:g}, {by_ratio[ratio]:.2f} is T = 64 (the H100 run's start: "
+            f"{H100_RUN['start_loss']:.2f}) and {start_here:.2f} the first loss of this machine's runs at T = {t_here} "
+            "(both learning rates: no step has been taken)")
 
 
-def start_note(by_ratio: dict) -> str:
-    """The starting-loss row's note: which alpha/beta ratios (``start_loss_by_ratio``) start inside the bar, which
-    outside: the row's verdict is this lesson's ratio's, and the notes give none."""
-    lo, hi = BARS["about 6"]
-    inside = [r for r, v in by_ratio.items() if lo <= v <= hi]
-    outside = [r for r in by_ratio if r not in inside]
-    show = lambda rs: ", ".join(f"{r:g}" for r in rs) or "none"
-    return (f"T = 64, this machine; the start depends on alpha/beta (the notes give none): inside {lo}-{hi} for "
-            f"{show(inside)}, outside for {show(outside)} (facts)")
+def recorded_drop_text(run=H100_RUN) -> str:
+    """The recorded run's loss figures next to the lecture's "6 -> 2": what the "about 2" / "about 0.001" rows refute
+    is the final level at the course's alpha/beta, not the shape of the curve (figures only, no verdict)."""
+    s, low, high = run["start_loss"], run["low_loss"], run["high_loss"]
+    return (f"H100, {run['steps']} steps, alpha/beta 1e4: lr 1e-6 fell {s:.2f} -> {low:.2f}, a drop of {s - low:.2f} "
+            f"(the lecture's 6 -> 2: a drop of 4); lr 1e-4 fell {s:.2f} -> {high:.3f}, a drop of {s - high:.2f} "
+            "(the lecture: to about 0.001)")
 
 
 def recorded_context(steps: int, run=H100_RUN) -> str:
@@ -718,11 +721,11 @@ def tilt_note(run=H100_RUN) -> str:
     return (f"H100 run of {run['date']} (older code: its tilted run read web-text windows, this notebook's reads "
             "the x-factor run's random tokens; the same tilt rule, bonus 4, lr 1e-4), one training run: the "
             "intervals cover sampling noise only. Its samples loop ('Max X Max X ...', 'except explorer except "
-            "explorer ...'): the perplexity rewards the loops, distinct-2 does not. The perplexity ratio above is "
-            "today's judge, sample by sample, on the samples re-tokenized from their text; the run's own figure, on "
-            f"its whole text and its own tokens, was {run['tilted'][2]:.1f} vs the original's {run['original'][2]:.1f} "
-            f"({own:.2f}x; its table rounds it to 'perplexity {run['tilted'][2]:.0f}'), R {run['tilted'][0]}/"
-            f"{run['tilted'][1]}")
+            "explorer ...'): the perplexity rewards the loops, distinct-2 does not. Its three perplexity figures: "
+            "the ratio above is today's judge, per sample on the re-tokenized samples; "
+            f"{run['tilted'][2]:.1f} vs the original's {run['original'][2]:.1f} ({own:.2f}x) is the run's own, on its "
+            f"whole text; its table's 'perplexity {run['tilted'][2]:.0f}' is that {run['tilted'][2]:.1f} rounded. "
+            f"R {run['tilted'][0]}/{run['tilted'][1]}")
 
 
 def x_spread(model, logits_input: torch.Tensor, mask: torch.Tensor) -> dict:

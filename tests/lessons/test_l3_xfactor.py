@@ -377,7 +377,7 @@ def test_run_verdicts_decide_both_ways_at_the_lecture_budget_and_neither_below_i
     assert "perplexity rises by +2.055" in refuted["natural"].why and "wholly above +0.693" in refuted["natural"].why
     assert as_lecture["natural"].measured.startswith("+0.255 nats/token (")
     assert set(as_lecture) == {"low loss", "few x", "natural", "high loss", "R about 1", "nonsense"}
-    assert set(BARS) == {"about 6", "about 2", "about 0.001", "few x", "natural", "R about 1", "nonsense"}
+    assert set(BARS) == {"about 2", "about 0.001", "few x", "natural", "R about 1", "nonsense"}
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -413,11 +413,15 @@ def test_the_recorded_runs_own_verdicts_are_the_ones_the_notebook_says_differ():
     assert rows["beyond: a KL-regularised objective raises R and keeps the text readable (future direction)"] == \
         "**holds**"
     assert rows["GPT-2 medium: 24 blocks, embedding 1024, vocabulary 50,257"] == "**holds**"
+    assert rows["lr 1e-6: the loss starts at about 6"] == "**holds**"  # a fact here, not a row
     cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks/03_x_factor_kl.ipynb").read_text())["cells"]
     prose = " ".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
     for said in ("few X tokens, natural text", "the learning rate decides over-fitting", "older rules",
-                 'its "R = 1.00 (383/384)" is row 6\'s 0.997', "rows 3, 4, 6 and 7 carry it"):
+                 'its "R = 1.00 (383/384)" is row 5\'s 0.997', "rows 2, 3, 5 and 6 carry it", "five of its verdicts",
+                 'its "starts at about 6" *holds*', "no row compares the two rates over seeds",
+                 "lr 1e-6: 7.00 -> 3.92, a drop of 3.08, where the lecture's 6 -> 2 is a drop of 4"):
         assert said in prose, said
+    assert "rows 3, 6 and 7 show" not in prose.lower()  # each rate's outcome, not a verdict on "decisive"
 
 
 def test_recorded_samples_are_the_h100_notebooks_six_prompts():
@@ -444,7 +448,10 @@ def test_rejudged_h100_samples_match_the_stored_figures():
     assert "perplexity 0.66x" in text and "distinct-2 0.96 -> 0.58" in text and "R +0.68" in text
     for word in ("holds", "does not hold", "inconclusive"):  # a demonstration: figures, no verdict
         assert word not in text and word not in tilt_note()
-    assert "14.7 vs the original's 38.2 (0.38x" in tilt_note()  # the run's own perplexity, named as such
+    note = tilt_note()  # the three H100 perplexity figures, each named
+    assert "the ratio above is today's judge, per sample" in note
+    assert "14.7 vs the original's 38.2 (0.38x) is the run's own, on its whole text" in note
+    assert "its table's 'perplexity 15' is that 14.7 rounded" in note
 
 
 def test_distinct_n_sees_repetition():
@@ -517,9 +524,39 @@ def test_run_scores_use_one_neutral_colour_per_run():
         plot_run_scores({str(i): _gen(0.1, 1.0) for i in range(len(RUN_COLOURS) + 1)})
 
 
-def test_start_note_names_the_ratios_inside_and_outside_the_bar():
-    from course_utils.lessons.l3_xfactor import start_note
+def test_start_fact_names_which_figure_is_which_and_gives_no_verdict():
+    from course_utils.lessons.l3_xfactor import start_fact
 
-    note = start_note({1: 3.27, 10: 3.50, 100: 5.26, 1e4: 7.00, 1e6: 7.9})
-    assert "inside 4.5-7.5 for 100, 10000" in note and "outside for 1, 10, 1e+06" in note
-    assert "inside 4.5-7.5 for none" in start_note({1: 3.27})
+    fact = start_fact({1: 3.27, 10: 3.50, 1e4: 7.004, 1e5: 7.04}, 1e4, 8.147, 8)
+    assert fact.startswith("3.27 at 1, 3.50 at 10, 7.00 at 10000, 7.04 at 100000; ")
+    assert "at this lesson's 10000, 7.00 is T = 64 (the H100 run's start: 7.00)" in fact
+    assert "8.15 the first loss of this machine's runs at T = 8 (both learning rates" in fact
+    assert "lr 1e-6" not in fact  # the learning rate plays no part before the first step
+    for word in ("holds", "does not hold", "inconclusive"):
+        assert word not in fact
+    assert "5.26 is T = 64" in start_fact({100: 5.26}, 100, 9.0, 8)
+    with pytest.raises(ValueError, match="not among the ratios"):
+        start_fact({1: 3.27}, 1e4, 8.1, 8)
+
+
+def test_recorded_drop_text_prints_the_drops_against_the_lecture():
+    from course_utils.lessons.l3_xfactor import recorded_drop_text
+
+    text = recorded_drop_text()
+    assert "lr 1e-6 fell 7.00 -> 3.92, a drop of 3.08 (the lecture's 6 -> 2: a drop of 4)" in text
+    assert "lr 1e-4 fell 7.00 -> 0.032, a drop of 6.97" in text
+    assert "a drop of 2.00" in recorded_drop_text({**H100_RUN, "start_loss": 6.0, "low_loss": 4.0})
+    for word in ("holds", "does not hold", "inconclusive"):
+        assert word not in text
+
+
+def test_saved_notebook_has_the_start_as_a_fact_not_a_claim():
+    from pathlib import Path
+
+    cells = json.loads((Path(__file__).resolve().parents[2] / "notebooks/03_x_factor_kl.ipynb").read_text())["cells"]
+    shown = " ".join("".join(v) if isinstance(v, list) else str(v) for c in cells if c["cell_type"] == "code"
+                     for o in c.get("outputs", []) for v in [o.get("text", "")] + list(o.get("data", {}).values()))
+    assert "the loss starts at about 6" not in shown  # no claims row: the notes give no alpha/beta
+    assert "7.00 is T = 64 (the H100 run's start: 7.00)" in shown
+    assert "the first loss of this machine's runs at T = 8 (both learning rates" in shown
+    assert "a drop of 3.08 (the lecture's 6 -> 2: a drop of 4)" in shown
