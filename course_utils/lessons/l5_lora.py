@@ -21,7 +21,7 @@ from torch import nn
 from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import NF4_BLOCK
-from ..verdicts import Verdict, compare_runs, level, not_measurable, paired_difference, t975
+from ..verdicts import Verdict, all_of, compare_runs, level, not_measurable, paired_difference, t975
 
 # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
 # (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
@@ -288,12 +288,16 @@ def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gai
         m = statistics.fmean(d)
         return f"{m:+.3f} ({m - half:+.3f} to {m + half:+.3f})"
 
-    ratio = statistics.fmean(lora_gain) / statistics.fmean(full_gain)
+    g_lora, g_full = statistics.fmean(lora_gain), statistics.fmean(full_gain)
+    ratio = f" ({g_lora / g_full:.2f}x)" if g_full > 0 else ""
+    no_gain = [arm for arm, g in (("LoRA", g_lora), ("full FT", g_full)) if g <= 0]
+    warn = (f"; {' and '.join(no_gain)} ended no better than the base model on the held-out task: at this rate "
+            f"{'it' if len(no_gain) == 1 else 'they'} did not learn it, so the row compares forgetting against a "
+            "fine-tune that failed at its task" if no_gain else "")
     shown = f"LoRA - full FT web loss {-v.gain:+.3f} nats/token ({-v.high:+.3f} to {-v.low:+.3f})"
     return v.with_measured(shown).with_note(
         f"web-loss rise over the base model: LoRA {rise(lora)}, full FT {rise(full)} nats/token; held-out task gain "
-        f"LoRA {statistics.fmean(lora_gain):.3f} vs full FT {statistics.fmean(full_gain):.3f} nats ({ratio:.2f}x); "
-        f"{scope}")
+        f"LoRA {g_lora:+.3f} vs full FT {g_full:+.3f} nats{ratio}{warn}; {scope}")
 
 
 def _peft_layer(peft_model, name: str):
@@ -628,28 +632,61 @@ def size_on_disk(path) -> int:
     return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def static_state_fits(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int) -> Verdict:
-    """"QLoRA fits a 65B model on one 48 GB GPU", read as what the arithmetic can check: the static state
+def static_state_fact(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int, n_layers: int,
+                      d_model: int, seq_len: int = 512) -> str:
+    """QLoRA's 65B static state against one GPU, as a fact (arithmetic, no verdict): the static state
     (``total_bytes``: NF4 + double-quant linear weights, the input embedding and output head (``n_embed_head``
     parameters: LLaMA does not tie them, so both count) and the norms (``n_norms``) in bf16, the adapter and its Adam
-    state, from ``qlora_bytes``) within ``budget_bytes``. Activations are left out, so this is a necessary condition
-    only; the Verdict says so and gives the margin left for them."""
-    import dataclasses
-
+    state, from ``qlora_bytes``) against ``budget_bytes``, the margin left, and what activations take from it: with
+    gradient checkpointing a step still stores each block's input, ``n_layers x seq_len x d_model`` values in bf16,
+    for every sequence of ``seq_len`` tokens. The static state is a necessary condition, not a whole training step,
+    so it is stated, not judged."""
     from ..memory import BYTES_PER_PARAM
 
+    if min(n_layers, d_model, seq_len) < 1:
+        raise ValueError("n_layers, d_model and seq_len must be >= 1")
     nf4 = BYTES_PER_PARAM["nf4 + double quant"]
     kept = n_embed_head + n_norms
     gb, budget = total_bytes / 1e9, budget_bytes / 1e9
-    v = level(gb, high=budget, fmt="{:.1f}", unit=" GB", what="static state (arithmetic estimate)")
-    v = dataclasses.replace(v, why=v.why.replace(" (exact)", ""))
-    return v.with_measured(f"{gb:.1f} GB before activations").with_note(
-        f"NF4 + double quant linear layers at {nf4:.4f} bytes per weight; the input embedding and the output head "
-        f"(not tied in LLaMA: {n_embed_head / 1e6:.0f}M parameters) and the norms ({n_norms / 1e6:.1f}M) in bf16: "
-        f"{2 * kept / 1e9:.2f} GB, {(2 - nf4) * kept / 1e9:.2f} GB more than at NF4; r=64 adapter with its Adam "
-        f"state; {budget - gb:.1f} GB left for activations (gradient checkpointing, paged optimizers): a necessary "
-        f"condition, not a whole training step; {budget:.0f} GB read as {budget:.0f}e9 bytes, the stricter reading "
-        f"(a '{budget:.0f} GB' card holds about {budget:.0f} GiB, {budget * 2**30 / 1e9:.1f}e9 bytes)")
+    hidden = 2.0 * n_layers * seq_len * d_model / 1e9  # checkpointed block inputs of one sequence, bf16
+    margin = budget - gb
+    share = f"{hidden / margin:.0%} of the margin" if margin > 0 else "with no margin left"
+    return (f"{gb:.1f} GB of {budget:.0f} GB ({margin:+.1f} GB left); one {seq_len}-token sequence with gradient "
+            f"checkpointing stores {hidden:.2f} GB of block inputs alone ({n_layers} x {seq_len} x {d_model} in bf16: "
+            f"{share}), before one block's recomputed activations and the logits; "
+            f"NF4 + double quant linear layers at {nf4:.4f} bytes per weight; the untied embedding and head "
+            f"({n_embed_head / 1e6:.0f}M) and the norms ({n_norms / 1e6:.1f}M) in bf16: {2 * kept / 1e9:.2f} GB; "
+            f"r=64 adapter with its Adam state; GB = 1e9 bytes")
+
+
+def fewer_params_verdict(n_model: int, lora_by_rank: dict, min_factor: float = 1000.0) -> Verdict:
+    """"LoRA trains thousands of times fewer parameters" at every rank the lecture names: ``lora_by_rank`` maps
+    each rank to LoRA's trainable count on the model of ``n_model`` parameters (one configuration of layers).
+    Each rank's factor ``n_model / n_lora`` is an exact figure, ``level(..., low=min_factor)``; the claim needs all
+    of them (``all_of``): one rank below the bar makes it not hold."""
+    if not lora_by_rank:
+        raise ValueError("give LoRA's trainable count for at least one rank")
+    parts = [level(n_model / n, low=min_factor, fmt="{:,.0f}", unit="x", what=f"r={r}: full / LoRA parameters")
+             for r, n in sorted(lora_by_rank.items())]
+    shown = "; ".join(f"r={r}: {n_model / n:,.0f}x" for r, n in sorted(lora_by_rank.items()))
+    return all_of(*parts, measured=shown)
+
+
+def adapter_size_verdict(n_model: int, lora_by_rank: dict, low_mb: float = 10.0, high_mb: float = 100.0,
+                         min_model_gb: float = 1.0, bytes_per_param: float = 2.0) -> Verdict:
+    """"Adapters of a few tens of MB instead of a GB-scale model", by arithmetic at the lecture's scale: each rank's
+    adapter (``lora_by_rank``: rank -> LoRA parameters) at ``bytes_per_param`` (bf16: 2) inside [``low_mb``,
+    ``high_mb``] MB, and the whole model (``n_model`` parameters, the same bytes each) at least ``min_model_gb``
+    GB. ``all_of`` the parts: holds when every rank's adapter is in the band and the model is GB-sized."""
+    if not lora_by_rank:
+        raise ValueError("give LoRA's trainable count for at least one rank")
+    parts = [level(bytes_per_param * n / 1e6, low=low_mb, high=high_mb, fmt="{:,.1f}", unit=" MB",
+                   what=f"r={r} adapter") for r, n in sorted(lora_by_rank.items())]
+    model_gb = bytes_per_param * n_model / 1e9
+    parts.append(level(model_gb, low=min_model_gb, fmt="{:,.1f}", unit=" GB", what="the model"))
+    shown = ("adapter " + "; ".join(f"r={r}: {bytes_per_param * n / 1e6:,.1f} MB" for r, n in
+                                    sorted(lora_by_rank.items())) + f"; model {model_gb:,.1f} GB")
+    return all_of(*parts, measured=shown)
 
 
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid
@@ -681,3 +718,10 @@ def nf4_vs_uniform(weights: Sequence[torch.Tensor]) -> Verdict:
                            f"({len(nf4)} matrices)").with_note(
         f"on normal samples: NF4 {grid_error(g, NF4_LEVELS):.4f} vs uniform {grid_error(g, UNIFORM4_LEVELS):.4f}; "
         "lower error, not the paper's information-theoretic optimality, is what is measured")
+
+
+#: Notebook 04's forgetting row, as saved there (read, not edited): the same model fine-tuned fully and partially at
+#: one shared learning rate, the rate this lesson's LoRA and full fine-tuning share.
+NB04_FORGETTING = ("notebook 04's forgetting row (SmolLM2-135M-Instruct, partial vs full FT, both at lr 0.001, 3 "
+                   "steps of 4 x 32 tokens, 3 seeds, 512 web tokens): full FT's web-loss rise +0.80 (+0.34 to "
+                   "+1.26), partial - full -0.53 (-0.89 to -0.18) nats/token: partial forgot less there")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import random
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -291,16 +292,33 @@ def wrong_answer_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_len: 
                        system=system)
 
 
-def data_quality_verdict(base: float, curated: Sequence[float], unfiltered: Sequence[float], steps: int) -> Verdict:
+def out_of_reach_stated(v: Verdict, budget_short: str | None) -> Verdict:
+    """``v`` with the notes' budget quoted in its note whenever ``budget_short`` is given: a procedure quotes it only
+    where it turned a clear result into inconclusive, and a row whose interval straddles the bar must still say that
+    a clear result would have read inconclusive too (once: nothing is added where the budget is already quoted)."""
+    if not budget_short or budget_short in v.why:
+        return v
+    return v.with_note(f"out of reach at this budget in any case ({budget_short}): a clear result either way would "
+                       "read inconclusive too")
+
+
+def data_quality_verdict(base: float, curated: Sequence[float], unfiltered: Sequence[float], steps: int,
+                         budget_short: str | None = None) -> Verdict:
     """"Quality over quantity": at equal steps, LoRA tuned on the curated set ends with a lower held-out response
     loss than on the larger unfiltered one (``curated[i]``, ``unfiltered[i]``: seed ``i``'s held-out loss, the same
-    seeds). ``course_utils.verdicts.compare_runs`` over the seeds, bar 0, both directions; the note gives each
-    arm's change from the base model (``base``, the same held-out examples), so an arm worse than the model it
-    started from is visible, and the budget that ran."""
-    v = compare_runs(unfiltered, curated, lower=True)
+    seeds). ``course_utils.verdicts.compare_runs`` over the seeds, bar 0, both directions; ``budget_short`` (a quote
+    of the notes' data scale, where the runs are far below it) turns a clear result either way into inconclusive.
+    The note gives each arm's change from the base model (``base``, the same held-out examples), says which arm
+    ended worse than the model it started from, and what ``steps`` equal steps can show."""
+    v = out_of_reach_stated(compare_runs(unfiltered, curated, lower=True, budget_short=budget_short), budget_short)
     change = lambda arm: ", ".join(f"{x - base:+.3f}" for x in arm)
+    worse = [name for name, arm in (("curated", curated), ("unfiltered", unfiltered))
+             if statistics.fmean(arm) > base]
     return v.with_note(f"change from the base model's {base:.3f} per seed: curated {change(curated)}, unfiltered "
-                       f"{change(unfiltered)}; at {steps} equal steps on this model")
+                       f"{change(unfiltered)}; ended worse than the base model (mean): "
+                       f"{' and '.join(worse) if worse else 'neither arm'}; at {steps} equal steps on this model no "
+                       "example is seen twice, so the larger set's quantity cannot help: what the runs can show is "
+                       "whether the swapped answers cost, not quality against quantity")
 
 
 def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:

@@ -217,10 +217,14 @@ def test_improvement_recovered():
 def test_forgetting_comparison_is_paired_by_seed_and_decides_both_ways():
     from course_utils.lessons.l5_lora import forgetting_comparison
 
-    scope = "at 4 steps, each at its usual learning rate"
+    scope = "at 4 steps, lr 1e-3 for both"
     lora, full = [4.30, 4.31, 4.29], [4.38, 4.40, 4.37]  # full FT's web loss higher on every seed
     v = forgetting_comparison(lora, full, [0.1, 0.1, 0.1], [0.12, 0.11, 0.13], base=4.2, scope=scope)
-    assert v.verdict == "holds" and v.gain == pytest.approx(0.0833, abs=1e-3) and "0.83x" in v.why
+    assert v.verdict == "holds" and v.gain == pytest.approx(0.0833, abs=1e-3) and "(0.83x)" in v.why
+    assert "no better than the base model" not in v.why
+    broke = forgetting_comparison(lora, full, [0.04] * 3, [-0.77, -0.80, -0.73], base=4.2, scope=scope)
+    assert broke.verdict == "holds" and "full FT -0.767 nats;" in broke.why and "x)" not in broke.why.split("gain")[1]
+    assert "full FT ended no better than the base model on the held-out task" in broke.why
     assert v.measured.startswith("LoRA - full FT web loss -0.083 nats/token (") and scope in v.why
     mirror = forgetting_comparison(full, lora, [0.1] * 3, [0.1] * 3, base=4.2, scope=scope)
     assert mirror.verdict == "does not hold" and mirror.measured.startswith("LoRA - full FT web loss +0.083")
@@ -239,7 +243,7 @@ def test_forgetting_is_decided_where_full_fine_tuning_did_not_forget():
     from course_utils.lessons.l5_lora import forgetting_comparison
 
     v = forgetting_comparison([4.275, 4.292, 4.265], [4.249, 4.265, 4.242], [0.06] * 3, [0.07] * 3, base=4.256,
-                              scope="each at its usual learning rate")
+                              scope="lr 1e-3 for both")
     assert v.verdict == "does not hold" and "LoRA - full FT web loss +0.025 nats/token (+0.020 to +0.031)" == (
         v.measured)
     assert "LoRA +0.021 (" in v.why and "full FT -0.004 (" in v.why
@@ -418,14 +422,43 @@ def test_recovers_share_shows_paired_per_seed_ratios():
     assert "per seed 100%, 100%, 50%" in v.measured  # each seed over its own reference, not the mean gain
 
 
-def test_static_state_fits_is_a_necessary_condition_with_one_figure():
-    from course_utils.lessons.l5_lora import static_state_fits
+def test_static_state_fact_states_the_margin_and_one_sequences_checkpointed_activations():
+    from course_utils.lessons.l5_lora import static_state_fact
 
-    v = static_state_fits(47.3e9, 48e9, 2 * 32_000 * 8192, 1_318_912)
-    assert v.verdict == "holds" and v.measured == "47.3 GB before activations" and "(exact)" not in v.why
-    assert "0.7 GB left" in v.why and "necessary condition" in v.why
-    assert "not tied in LLaMA: 524M parameters" in v.why and "1.3M" in v.why and "1.05 GB, 0.78 GB more" in v.why
-    assert static_state_fits(49e9, 48e9, 2, 1).verdict == "does not hold"
+    fact = static_state_fact(47.3e9, 48e9, 2 * 32_000 * 8192, 1_318_912, n_layers=80, d_model=8192)
+    assert isinstance(fact, str) and fact.startswith("47.3 GB of 48 GB (+0.7 GB left)")
+    assert "0.67 GB of block inputs" in fact and "96% of the margin" in fact  # 80 x 512 x 8192 x 2 bytes
+    assert "(524M)" in fact and "(1.3M)" in fact and "1.05 GB" in fact
+    assert "with no margin left" in static_state_fact(49e9, 48e9, 2, 1, n_layers=2, d_model=8)
+    with pytest.raises(ValueError):
+        static_state_fact(47e9, 48e9, 2, 1, n_layers=0, d_model=8)
+
+
+def test_fewer_parameters_needs_every_rank_the_lecture_names():
+    from course_utils.lessons.l5_lora import fewer_params_verdict
+
+    n65 = 65_285_660_672
+    qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}  # LLaMA-65B, W_q and W_v
+    v = fewer_params_verdict(n65, qv)
+    assert v.verdict == "does not hold" and v.measured == "r=8: 3,113x; r=16: 1,557x; r=64: 389x"
+    assert "[does not hold] r=64" in v.why and "[holds] r=8" in v.why
+    assert fewer_params_verdict(n65, {r: qv[r] for r in (8, 16)}).verdict == "holds"
+    assert fewer_params_verdict(n65, qv, min_factor=300).verdict == "holds"
+    with pytest.raises(ValueError):
+        fewer_params_verdict(n65, {})
+
+
+def test_adapter_size_is_judged_in_the_lectures_band_at_every_rank():
+    from course_utils.lessons.l5_lora import adapter_size_verdict
+
+    n65 = 65_285_660_672
+    qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}
+    v = adapter_size_verdict(n65, qv)  # bf16: 41.9 / 83.9 / 335.5 MB; model 130.6 GB
+    assert v.verdict == "does not hold" and v.measured == (
+        "adapter r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB; model 130.6 GB")
+    assert adapter_size_verdict(n65, {r: qv[r] for r in (8, 16)}).verdict == "holds"
+    assert adapter_size_verdict(n65, {1: 1_000}).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
+    assert adapter_size_verdict(100_000_000, {8: 10_000_000}).verdict == "does not hold"  # a 0.2 GB model
 
 
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():

@@ -355,3 +355,13 @@ def test_data_quality_verdict_decides_both_ways_and_shows_each_arm_against_the_b
     bad = data_quality_verdict(2.0, [1.95, 1.97, 1.96], [1.90, 1.91, 1.89], steps=4)
     assert bad.verdict == "does not hold" and "unfiltered -0.100, -0.090, -0.110" in bad.why
     assert data_quality_verdict(2.0, [1.90, 1.97, 1.93], [1.95, 1.91, 1.94], steps=4).verdict == "inconclusive"
+    scale = "the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu'"
+    for curated, unfiltered in (([1.90, 1.91, 1.89], [1.95, 1.97, 1.96]), ([1.95, 1.97, 1.96], [1.90, 1.91, 1.89])):
+        short = data_quality_verdict(2.0, curated, unfiltered, steps=4, budget_short=scale)
+        assert short.verdict == "inconclusive" and scale in short.why  # a clear result either way, out of reach
+    worse = data_quality_verdict(1.92, [1.88, 1.91, 1.90], [1.98, 2.13, 1.99], steps=4)
+    assert "worse than the base model (mean): unfiltered" in worse.why and "no example is seen twice" in worse.why
+    assert "(mean): neither arm" in good.why
+    straddle = data_quality_verdict(2.0, [1.90, 1.97, 1.93], [1.95, 1.91, 1.94], steps=4, budget_short=scale)
+    assert straddle.verdict == "inconclusive" and straddle.why.count(scale) == 1  # quoted once, also when straddling
+    assert short.why.count(scale) == 1
