@@ -33,7 +33,7 @@ from ..env import device_of
 from ..losses import all_token_loss, final_token_loss
 from ..model import GPT, eval_mode
 from ..plots import smooth
-from ..verdicts import Verdict, all_of, compare_runs, level
+from ..verdicts import Verdict, all_of, compare_runs, level, t975
 
 #: A word: letters, optionally with an apostrophe part ("alice's", "don't").
 WORD_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -661,7 +661,7 @@ GPU_NOTES = {
     "higher": "the reverse, its all-token models having memorised the texts (Alice: all-token 7.52 vs "
               "final-token 5.69); its printed verdict, 'does not hold', flips here because at 80 steps nothing is "
               "memorised yet",
-    "noisier": "7.8x on Alice, 5.3x on web: above the bar there too",
+    "noisier": "7.8x on Alice, 5.3x on web",
     "slower": "Alice 243 vs 42 steps, web not within 800 vs 113: slower there too",
     "web harder": "each model's own loss there too: all-token web 9.18 vs Alice 7.52, final-token web 7.93 vs "
                   "Alice 5.69 (its final-position loss; the GPU file's 8.00 vs 6.28 is the same final-token models on "
@@ -674,54 +674,74 @@ GPU_NOTES = {
     "cheaper": "1.18x in time (44.6 vs 37.8 ms forward + backward), older code with the head at every position: "
                "only the loss shrank there; it printed 'holds' for any gain, with no bar; against the 1.5x that "
                "'low vs high' stands for, its 1.18x falls short too",
+    "spaces": "its results file printed 'does not hold' for 'missing spaces', with no bar, from the older count with "
+              "blank tokens included (web final-token 68% of tokens with a leading space vs real text's 80%: 0.85 of "
+              "real, which this row's bar would read as missing spaces), the count the course replaced since a run "
+              "of blanks is neither glued nor spaced (its saved samples recounted: the figures above); it printed "
+              "'does not hold' for 'runs tokens together' from the known-word share (web final-token 95% vs real "
+              "text's 92%), another measure with the same verdict as this row's",
     "dropout": "with p = 0.1 the all-token models still memorised (Alice: train 0.34, test 7.52); no p = 0 run there",
 }
 
 
-# ---- Three rows' rules: noise, and the two rows about generated text ---------------------------------------------
+# ---- Noise from the count, and the two rows about generated text ------------------------------------------------
 
-#: The seed's words for the setting in which it judges generated text (its section 5.1): the models of the earlier
-#: exercises, whose loss "usually fell to 3-4". Its comparison of text (section 5.3, "So với mô hình huấn luyện
-#: trên một cuốn sách, chất lượng thấp hơn đáng kể") is made against those models. The course's copy of the notes
-#: has three characters of this sentence damaged (U+FFFD for the "ậ" of "tập", "ờ" of "thường", "ề" of "về"); the
-#: quote restores them and the tests check it against the copy with those three positions open.
-SEED_LOSS_QUOTE = "Trong các bài tập trước, loss thường giảm về 3–4"
+def jitter_fact(jitter: dict, predicted: float) -> str:
+    """"Final-token curves are noisier", as a demonstration (no verdict): averaging fewer targets makes a loss noisier
+    by construction, so the jitter ratio final/all-token is shown per text (``{text: [ratio per seed]}``: mean and
+    Student's t 95% interval over the seeds) next to the count's prediction ``predicted`` (sqrt of the ratio of
+    targets per step)."""
+    parts = []
+    for text, ratios in jitter.items():
+        vals = [float(r) for r in ratios]
+        if len(vals) < 2:
+            raise ValueError(f"{text}: an interval needs at least 2 seeds, got {len(vals)}")
+        mean = statistics.fmean(vals)
+        half = t975(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+        parts.append(f"{text} {mean:.2f}x ({mean - half:.2f}-{mean + half:.2f}, mean of {len(vals)} seeds)")
+    return "; ".join(parts) + f" vs the count's prediction {predicted:.1f}x"
+
+
+#: The seed's words for the setting in which it judges generated text. Its section 5.1: the models of the earlier
+#: exercises (the one-book model among them) reached a loss of 3-4, while the final-token model "stayed higher".
+#: Its section 5.3 compares the final-token text with that one-book model (``SEED_BOOK_QUOTE``). The course's copy of
+#: the notes has three characters of the first sentence damaged (U+FFFD for the "ậ" of "tập", "ờ" of "thường", "ề"
+#: of "về"); the quote restores them and the tests check it against the copy with those three positions open.
+SEED_LOSS_QUOTE = "Trong các bài tập trước, loss thường giảm về 3–4, trong khi ở đây duy trì ở mức cao hơn"
+SEED_BOOK_QUOTE = "So với mô hình huấn luyện trên một cuốn sách, chất lượng thấp hơn đáng kể"
 SEED_LOSS_REACHED = 4.0
 
 
-def text_budget_short(losses: dict) -> str | None:
-    """``budget_short`` for the rows that judge generated text ("poorer text", "missing spaces"): the notes compare
-    the text of models whose loss reached 3-4 (``SEED_LOSS_QUOTE``, quoted). ``losses``: ``{model: its loss}`` for
-    the compared models; None once every one is at most 4 (then the runs have the notes' setting)."""
-    if not losses:
-        raise ValueError("give the compared models' losses, e.g. {'Alice | all-token': 5.9, 'web | final-token': 8.4}")
-    if all(v <= SEED_LOSS_REACHED for v in losses.values()):
+def text_budget_short(book_loss: float) -> str | None:
+    """``budget_short`` for "poorer text": the notes compare the final-token web model, whose loss stayed above 3-4,
+    with the one-book model of the earlier exercises, whose loss fell to 3-4 (both quoted). The comparator is the
+    book model, so the reach rule rests on it: None once ``book_loss`` is at most 4 (then the runs have the notes'
+    setting). The web final-token model's loss needs no reach: the notes say it stayed higher."""
+    book_loss = float(book_loss)
+    if not math.isfinite(book_loss):
+        raise ValueError(f"the book model's loss must be finite, got {book_loss}")
+    if book_loss <= SEED_LOSS_REACHED:
         return None
-    shown = ", ".join(f"{k} {v:.2f}" for k, v in losses.items())
-    return (f'the notes compare the text of models whose loss reached 3-4: "{SEED_LOSS_QUOTE}" (in the earlier '
-            f"exercises the loss usually fell to 3-4); the compared models' loss here: {shown}")
-
-
-def noisier_verdict(jitter: dict) -> Verdict:
-    """"Final-token curves are noisier", on each text: the jitter ratio final/all-token per seed
-    (``{text: [ratio per seed]}``) against any clear increase, > 1x. The seed's words for the comparison are
-    comparative ("dao động lớn hơn": larger swings), so the bar is the comparison's, not a size."""
-    return on_each_text({d: level(v, low=1.0, unit="x", fmt="{:.2f}") for d, v in jitter.items()})
+    return (f'the notes compare with the one-book model of the earlier exercises: "{SEED_LOSS_QUOTE}" (in the '
+            f'earlier exercises the loss usually fell to 3-4, while here it stayed higher) and "{SEED_BOOK_QUOTE}" '
+            f"(compared with the model trained on one book, the quality is considerably lower); the book model here "
+            f"(Alice / all-token) is at {book_loss:.2f}, not at the 3-4 the notes state for it")
 
 
 def poorer_text_verdict(book: Sequence[float], web_final: Sequence[float], budget_short: str | None) -> Verdict:
     """"Final-token text on web data is poorer than the one-book model's": the reference model's nats per character
     above real text's, paired by seed, web final-token minus the book's all-token model, against 0.1 nats/char
     ("thấp hơn đáng kể": considerably). ``budget_short`` (``text_budget_short``) makes a clear result either way
-    inconclusive while the models are far from the notes' 3-4."""
+    inconclusive while the book model is far from the notes' 3-4."""
     return compare_runs(book, web_final, lower=False, min_gain=0.1, unit="nats/char", budget_short=budget_short)
 
 
-def spaces_verdict(ratios: Sequence[float], budget_short: str | None) -> Verdict:
+def spaces_verdict(ratios: Sequence[float]) -> Verdict:
     """"Generated text is missing spaces": the course's count (``word_start_share``: letter tokens that start a word,
-    blank tokens skipped) of the samples over real text's, per seed, against <= 0.90 of real. ``budget_short`` as in
-    ``poorer_text_verdict``."""
-    return level(ratios, high=0.9, unit=" of real", fmt="{:.2f}", budget_short=budget_short)
+    blank tokens skipped) of the web final-token samples over real text's, per seed, against <= 0.90 of real. Only
+    that model and real text are compared, and the notes say that model's loss stayed above 3-4, so no reach rule
+    applies: the row is decided at the run's budget, in both directions."""
+    return level(ratios, high=0.9, unit=" of real", fmt="{:.2f}")
 
 
 # ---- The GPU run's saved samples, read back from its executed notebook -------------------------------------------

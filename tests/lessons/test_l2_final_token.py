@@ -8,6 +8,7 @@ from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, VERDICTS
 from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
     GPU_NOTEBOOK,
+    SEED_BOOK_QUOTE,
     SEED_LOSS_QUOTE,
     FinalTokenHead,
     check_last_k_loss,
@@ -21,12 +22,12 @@ from course_utils.lessons.l2_final_token import (
     generation_position_loss,
     gpu_samples,
     head_share,
+    jitter_fact,
     known_word_share,
     last_k_loss_reference,
     lecture_step_flops,
     loss_noise,
     nll_on_raw_logits,
-    noisier_verdict,
     on_each_text,
     per_seed,
     per_sequence_quality,
@@ -467,54 +468,60 @@ def test_word_start_share_of_text_tokenizes_again_and_sees_glued_words():
     assert word_start_share_of_text(" ofand theone", tok) < spaced
 
 
-# ---- the rules of rows 2 ("noisier"), 5 ("poorer text") and 6 ("missing spaces") -----------------------------------
+# ---- "noisier" as a demonstration; the rules of rows 5 ("poorer text") and 6 ("missing spaces") ----------------------
 
 SEED = __import__("pathlib").Path("/work/shared/seeds/lesson2-final-token-dropout-model5.vi.md")
 
 
-def test_noisier_is_judged_against_any_clear_increase_on_each_text():
-    up, flat, down = [1.2, 1.3, 1.25], [0.8, 1.3, 1.1], [0.7, 0.8, 0.75]
-    assert noisier_verdict({"Alice": up, "web": up}).verdict == HOLDS  # 1.25x: not 2x, but a clear increase
-    assert noisier_verdict({"Alice": up, "web": flat}).verdict == INCONCLUSIVE
-    assert noisier_verdict({"Alice": up, "web": down}).verdict == DOES_NOT_HOLD  # symmetric: less jitter refutes
-    assert noisier_verdict({"Alice": up}).bar == ">= 1.00x"
+def test_jitter_fact_gives_each_texts_mean_and_interval_next_to_the_counts_prediction():
+    fact = jitter_fact({"Alice": [3.0, 4.0, 5.0], "web": [5.0, 5.0, 5.0]}, predicted=32 ** 0.5)
+    # mean 4, sd 1, t(2) = 4.303: 4 +- 4.303 / sqrt(3) = 4 +- 2.48
+    assert "Alice 4.00x (1.52-6.48, mean of 3 seeds)" in fact
+    assert "web 5.00x (5.00-5.00, mean of 3 seeds)" in fact
+    assert fact.endswith("vs the count's prediction 5.7x")
+    assert not any(w in fact for w in ("holds", "inconclusive"))  # a demonstration: no verdict
+    with pytest.raises(ValueError, match="2 seeds"):
+        jitter_fact({"Alice": [3.0]}, predicted=5.7)
 
 
-def test_text_budget_quotes_the_notes_3_to_4_and_ends_there():
-    short = text_budget_short({"Alice | all-token": 5.9, "web | final-token": 8.3})
-    assert f'"{SEED_LOSS_QUOTE}"' in short and "web | final-token 8.30" in short
-    assert text_budget_short({"Alice | all-token": 3.5, "web | final-token": 4.0}) is None
-    assert text_budget_short({"Alice | all-token": 3.5, "web | final-token": 4.2}) is not None
-    with pytest.raises(ValueError, match="losses"):
-        text_budget_short({})
+def test_text_budget_rests_on_the_book_model_and_quotes_the_notes():
+    short = text_budget_short(5.9)
+    assert f'"{SEED_LOSS_QUOTE}"' in short and f'"{SEED_BOOK_QUOTE}"' in short and "5.90" in short
+    assert "duy trì ở mức cao hơn" in short  # the final-token model stayed above 3-4: the notes' own words
+    assert text_budget_short(3.5) is None and text_budget_short(4.0) is None
+    assert text_budget_short(4.2) is not None
+    with pytest.raises(ValueError, match="finite"):
+        text_budget_short(float("nan"))
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="the lecture notes are not on this machine")
-def test_the_quote_is_the_seeds_own_words():
+def test_the_quotes_are_the_seeds_own_words():
     import re
 
     seed = SEED.read_text(encoding="utf-8")
     # the notes' copy has U+FFFD for three letters of this sentence: those positions may be either
     pattern = "".join(f"[{c}\ufffd]" if c in "ậờề" else re.escape(c) for c in SEED_LOSS_QUOTE)
     assert re.search(pattern, seed)
+    assert SEED_BOOK_QUOTE in seed
 
 
-@pytest.mark.parametrize("row", ["poorer text", "spaces"])
-def test_budget_short_makes_a_clear_gain_and_a_clear_loss_inconclusive_for_the_text_rows(row):
-    short = text_budget_short({"Alice | all-token": 5.9, "web | final-token": 8.3})
-    if row == "poorer text":  # nats/char above real text: book vs web final-token, paired by seed
-        gain, loss = ([0.1, 0.2, 0.15], [0.5, 0.62, 0.55]), ([0.5, 0.62, 0.55], [0.1, 0.2, 0.15])
-
-        def decide(pair, budget):
-            return poorer_text_verdict(*pair, budget)
-    else:  # word-start share over real text's, per seed: <= 0.90 is "missing spaces"
-        gain, loss = [0.5, 0.55, 0.6], [1.05, 1.1, 1.15]
-
-        def decide(ratios, budget):
-            return spaces_verdict(ratios, budget)
-    assert decide(gain, None).verdict == HOLDS and decide(loss, None).verdict == DOES_NOT_HOLD
-    for figures in (gain, loss):
-        v = decide(figures, short)
+def test_budget_short_makes_a_clear_gain_and_a_clear_loss_inconclusive_for_poorer_text():
+    short = text_budget_short(5.9)
+    # nats/char above real text: book vs web final-token, paired by seed
+    gain, loss = ([0.1, 0.2, 0.15], [0.5, 0.62, 0.55]), ([0.5, 0.62, 0.55], [0.1, 0.2, 0.15])
+    assert poorer_text_verdict(*gain, None).verdict == HOLDS
+    assert poorer_text_verdict(*loss, None).verdict == DOES_NOT_HOLD
+    for pair in (gain, loss):
+        v = poorer_text_verdict(*pair, short)
         assert v.verdict == INCONCLUSIVE and SEED_LOSS_QUOTE in v.why and "decides nothing" in v.why
-    straddle = ([0.1, 0.3, 0.2], [0.1, 0.5, 0.35]) if row == "poorer text" else [0.6, 0.9, 1.2]
-    assert decide(straddle, None).verdict == INCONCLUSIVE
+    assert poorer_text_verdict([0.1, 0.3, 0.2], [0.1, 0.5, 0.35], None).verdict == INCONCLUSIVE
+
+
+def test_missing_spaces_is_decided_at_the_runs_budget_both_ways():
+    # word-start share over real text's, per seed: <= 0.90 is "missing spaces"; no reach rule
+    assert spaces_verdict([0.5, 0.55, 0.6]).verdict == HOLDS
+    assert spaces_verdict([1.05, 1.1, 1.15]).verdict == DOES_NOT_HOLD
+    assert spaces_verdict([0.6, 0.9, 1.2]).verdict == INCONCLUSIVE
+    assert spaces_verdict([1.05, 1.1, 1.15]).bar == "<= 0.90 of real"
+    with pytest.raises(TypeError):
+        spaces_verdict([1.0, 1.1, 1.2], "a budget")  # the row takes no budget_short
