@@ -10,28 +10,32 @@ from course_utils.lessons.l4_freeze import (
     ARMS,
     GROUPS,
     attention_moments_verdict,
+    beyond_web_figures,
     check_mlp_only_prediction,
     classify_parameters,
     compare_forgetting,
     count_verdicts,
     expected_trainable,
+    falls_every_evaluation,
     forgetting_verdict,
     freeze,
     freeze_combinations,
     group_counts,
-    latency_verdict,
+    latency_ratio,
     linear_module_names,
     loss_falls,
     memory_verdict,
     meta_step_peak,
-    mlp_beats_attention,
     mlps_suffice,
     name_rule_mistakes,
     set_arm,
     share_of_full,
     slightly_faster,
+    step_matmul_flops,
+    suffices_like_full,
     tied_parameters,
     training_step,
+    tuned_text_note,
     unfreeze_all,
 )
 from course_utils.measure import Timing
@@ -256,15 +260,14 @@ def test_slightly_faster_has_a_bar_on_both_sides():
     assert slightly_faster(*_timings(base, noisy)).verdict == INCONCLUSIVE
 
 
-def test_latency_verdict_asks_whether_unmerged_lora_is_slower_both_ways():
+def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
     plain = [1.0 + 0.01 * i for i in range(15)]
-    t = {"plain": Timing(plain), "unmerged": Timing([p * 1.2 for p in plain])}
-    v = latency_verdict(t, "plain", "unmerged")
-    assert v.verdict == HOLDS and v.measured.startswith("1.20x") and "'some'" in v.bar
-    t["unmerged"] = Timing([p * 0.8 for p in plain])  # faster than the plain model: refuted
-    assert latency_verdict(t, "plain", "unmerged").verdict == DOES_NOT_HOLD
-    t["unmerged"] = Timing([p * f for p, f in zip(plain, [0.9, 1.1] * 7 + [1.0])])
-    assert latency_verdict(t, "plain", "unmerged").verdict == INCONCLUSIVE
+    slow = [p * f for p, f in zip(plain, [1.1, 1.3] * 7 + [1.2])]
+    t = {"plain": Timing(plain), "unmerged": Timing(slow)}
+    figures = latency_ratio(t, "plain", "unmerged")
+    assert abs(figures["median"] - 1.2) < 1e-9 and abs(figures["low"] - 1.1) < 1e-9
+    assert abs(figures["high"] - 1.3) < 1e-9 and figures["rounds"] == 15
+    assert abs(latency_ratio(t, "unmerged", "plain")["median"] - 1 / 1.2) < 1e-9  # the other way round
 
 
 def test_attention_moments_verdict_is_the_lectures_reason_as_a_share():
@@ -322,14 +325,62 @@ def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
     assert mlps_suffice(0.196, full, [0.30, 0.40, 0.35]).verdict == INCONCLUSIVE  # 52%-102% per seed: noise
     with pytest.raises(ValueError, match="raised the style gap"):
         mlps_suffice(0.196, [0.396, 0.1, 0.396], [0.3, 0.3, 0.3])
-    assert mlp_beats_attention([0.137, 0.113, 0.125], [0.081, 0.068, 0.068]).verdict == DOES_NOT_HOLD  # notebook
-    assert mlp_beats_attention([0.081, 0.068, 0.068], [0.137, 0.113, 0.125]).verdict == HOLDS
+    text = beyond_web_figures([0.137, 0.113, 0.125], [0.081, 0.068, 0.068])  # a demonstration: figures only
+    assert "MLP - attention -0.056, -0.045, -0.057 (mean -0.053)" in text
 
 
-def test_count_verdicts_refute_65m_48_percent_and_r_half():
-    rows = count_verdicts(freeze(build_from_config("EleutherAI/gpt-neo-125M"), LECTURE))
-    assert [v.verdict for _, _, v, _ in rows] == [HOLDS, DOES_NOT_HOLD, DOES_NOT_HOLD, DOES_NOT_HOLD]
-    assert rows[1][2].measured == "56,707,584" and rows[2][2].measured == "54.7%" and rows[3][2].measured == "0.453"
+def test_as_full_and_mlps_suffice_are_one_verdict_of_two_parts():
+    full_gain, full_g = [0.30, 0.31, 0.32], [0.396, 0.396, 0.396]  # full FT: loss fell 0.3, G rose 0.2
+    both = suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.386, 0.384, 0.390])
+    assert both.verdict == HOLDS and "held-out loss fall: 97%" in both.measured and "style gap G" in both.measured
+    # the loss part clearly misses (50%), the style part is noise: one clear miss decides
+    miss = suffices_like_full(full_gain, [0.15, 0.16, 0.15], 0.196, full_g, [0.30, 0.40, 0.35])
+    assert miss.verdict == DOES_NOT_HOLD and "[inconclusive]" in miss.why and miss.bar == ">= 90% and >= 90%"
+    noisy = suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.30, 0.40, 0.35])
+    assert noisy.verdict == INCONCLUSIVE
+    assert suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.296, 0.290, 0.300]).verdict == \
+        DOES_NOT_HOLD  # the loss matches, the style gap reaches only half
+
+
+def test_falls_every_evaluation_both_ways():
+    steady = falls_every_evaluation([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
+    assert steady.verdict == HOLDS and "in 3 of 3 seeds" in steady.measured and "every seed" in steady.bar
+    rose = falls_every_evaluation([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
+    assert rose.verdict == DOES_NOT_HOLD and "in 2 of 3 seeds" in rose.measured
+    assert "seed 1, fall 2 -0.0500" in rose.why
+    with pytest.raises(ValueError, match="two evaluations"):
+        falls_every_evaluation([[4.1], [4.1, 4.0]])
+
+
+def test_tuned_text_note_says_which_arm_ended_worse_than_the_untouched_model():
+    note = tuned_text_note({"full": [-0.1, 0.2, 0.1], "partial": [0.1, 0.1, 0.2]})
+    assert "full held-out Alice fall +0.067 (per seed -0.100, +0.200, +0.100), worse than the untouched model " \
+           "in 1 of 3 seeds" in note
+    assert "partial held-out Alice fall +0.133" in note and "better than the untouched model in every seed" in note
+
+
+def test_step_matmul_flops_skip_the_frozen_weight_gradients():
+    neo = build_from_config("EleutherAI/gpt-neo-125M")
+    full, partial = step_matmul_flops(neo, [], 1, 32), step_matmul_flops(neo, LECTURE, 1, 32)
+    # the partial step skips exactly the weight-gradient matmuls of attention and the tied unembedding:
+    # 2 FLOPs x tokens x their matmul weights (q, k, v, out: 4 d^2 per block; wte as lm_head: V d)
+    d, L, V, tokens = 768, 12, 50257, 32
+    assert full - partial == 2 * tokens * (L * 4 * d * d + V * d)
+    assert all(p.grad is None for p in neo.parameters())
+    with pytest.raises(ValueError, match="meta device"):
+        step_matmul_flops(nn.Linear(2, 2), [], 1, 2)
+
+
+def test_count_verdicts_one_row_for_the_trainable_count():
+    neo = build_from_config("EleutherAI/gpt-neo-125M")
+    attention_only = freeze(neo, ["attention"]).n_trainable
+    rows = count_verdicts(freeze(neo, LECTURE), {"GPT-2 124M": 0.456}, attention_only)
+    assert [v.verdict for _, _, v, _ in rows] == [HOLDS, DOES_NOT_HOLD]  # 65M, 48% and R: one count, one verdict
+    claim, _, v, note = rows[1]
+    assert "48%" in claim and "R around 0.5" in claim and v.bar == "within 5% of 65,000,000"
+    assert v.measured == "56,707,584 (54.7% fewer, R = 0.453)" and abs(v.ratio - 56_707_584 / 65e6) < 1e-12
+    assert "attention only: 96.9M" in note and "(56.7M)" in note and "GPT-2 124M 0.456" in note
+    assert "dao động quanh 0.5" in note
 
 
 
