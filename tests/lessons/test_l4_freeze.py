@@ -9,7 +9,7 @@ from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURAB
 from course_utils.lessons.l4_freeze import (
     ARMS,
     GROUPS,
-    attention_moments_verdict,
+    attention_moments_fact,
     beyond_web_figures,
     check_mlp_only_prediction,
     classify_parameters,
@@ -17,6 +17,7 @@ from course_utils.lessons.l4_freeze import (
     count_verdicts,
     expected_trainable,
     falls_every_evaluation,
+    forgetting_precondition,
     forgetting_verdict,
     freeze,
     freeze_combinations,
@@ -270,10 +271,16 @@ def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
     assert abs(latency_ratio(t, "unmerged", "plain")["median"] - 1 / 1.2) < 1e-9  # the other way round
 
 
-def test_attention_moments_verdict_is_the_lectures_reason_as_a_share():
-    v = attention_moments_verdict(28_320_768, 2 * 1024**3)  # 216 MiB of 2 GiB: ~10.5%, below 20-35%
-    assert v.verdict == DOES_NOT_HOLD and "216.1 MiB" in v.measured
-    assert attention_moments_verdict(28_320_768, 800 * 1024**2).verdict == HOLDS  # 27%
+def test_attention_moments_are_a_bounded_fact_not_a_claim():
+    # GPT-Neo 125M: 28.3M attention of 125.2M parameters: 8 P_attn / (16 P_total) = 11.3%, whatever the peak
+    f = attention_moments_fact(28_320_768, 125_198_592, 2 * 1024**3)
+    assert abs(f["bound"] - 28_320_768 / (2 * 125_198_592)) < 1e-12 and 0.11 < f["bound"] < 0.12
+    assert abs(f["of_peak"] - 8 * 28_320_768 / (2 * 1024**3)) < 1e-12
+    assert "216.1 MiB" in f["text"] and "<= 11.3%" in f["text"] and "cannot explain 25-30%" in f["text"]
+    # even a model that is all attention stays at 50% of the state; the peak (activations) only lowers the share
+    assert attention_moments_fact(100, 100, 10**6)["bound"] == 0.5
+    with pytest.raises(ValueError):
+        attention_moments_fact(200, 100, 10**6)
 
 
 def test_compare_forgetting_is_paired_over_seeds_and_symmetric():
@@ -308,13 +315,34 @@ def test_loss_falls_and_share_of_full():
         share_of_full([0.3, -0.1, 0.3], [0.2, 0.2, 0.2])
 
 
-def test_forgetting_is_tested_only_where_full_fine_tuning_forgot():
-    v = forgetting_verdict([-0.014, -0.030, -0.023], [-0.020, -0.025, -0.022])  # full FT's web loss fell
-    assert v.verdict == NOT_MEASURABLE and "did not forget" in v.why and "full -0.0223" in v.measured
-    forgot = forgetting_verdict([0.10, 0.12, 0.11], [0.05, 0.06, 0.055])
+def test_forgetting_precondition_both_ways():
+    learned = [0.10, 0.20, 0.15]  # full FT beat the untouched model on held-out Alice in every seed
+    assert forgetting_precondition([0.10, 0.12, 0.11], learned)[0]
+    ok, why = forgetting_precondition([-0.014, -0.030, -0.023], learned)  # its web loss fell: nothing to reduce
+    assert not ok and "did not clearly forget" in why and "worse than the untouched" not in why
+    ok, why = forgetting_precondition([0.10, 0.12, 0.11], [-0.01, 0.20, 0.15])  # forgot, but damaged in one seed
+    assert not ok and "worse than the untouched model on held-out Alice in 1 of 3 seeds" in why
+    assert "did not clearly forget" not in why
+    ok, why = forgetting_precondition([0.01, -0.10, 0.12], [-0.2, -0.1, -0.3])  # both parts fail: both said
+    assert not ok and "did not clearly forget" in why and "in 3 of 3 seeds" in why
+    with pytest.raises(ValueError, match="one of each per seed"):
+        forgetting_precondition([0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_forgetting_is_decided_only_where_the_precondition_holds():
+    learned, damaged = [0.10, 0.20, 0.15], [-0.009, -0.249, -0.147]
+    v = forgetting_verdict([-0.014, -0.030, -0.023], [-0.020, -0.025, -0.022], learned)  # full FT's web loss fell
+    assert v.verdict == NOT_MEASURABLE and "did not clearly forget" in v.why and "full -0.0223" in v.measured
+    forgot = forgetting_verdict([0.10, 0.12, 0.11], [0.05, 0.06, 0.055], learned)
     assert forgot.verdict == HOLDS and "partial - full -0.0550 (-0.0674 to -0.0426)" in forgot.measured
-    assert forgot.bar == "partial - full < 0 (web-loss rise)"
-    assert forgetting_verdict([0.05, 0.06, 0.055], [0.10, 0.12, 0.11]).verdict == DOES_NOT_HOLD
+    assert forgot.bar.startswith("partial - full < 0 (web-loss rise)") and "precondition met" in forgot.why
+    assert forgetting_verdict([0.05, 0.06, 0.055], [0.10, 0.12, 0.11], learned).verdict == DOES_NOT_HOLD
+    # notebook 04's old lr 1e-3 figures: partial clearly forgot less, but full FT was damaged: not measurable,
+    # and the mirror image (full forgetting less) is not measurable either: the rule does not look at the winner
+    old_full, old_partial = [0.96, 0.69, 0.75], [0.26, 0.26, 0.28]
+    for a, b in ((old_full, old_partial), (old_partial, old_full)):
+        v = forgetting_verdict(a, b, damaged)
+        assert v.verdict == NOT_MEASURABLE and "in 3 of 3 seeds" in v.why and "full +" in v.measured
 
 
 def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
@@ -377,8 +405,9 @@ def test_count_verdicts_one_row_for_the_trainable_count():
     rows = count_verdicts(freeze(neo, LECTURE), {"GPT-2 124M": 0.456}, attention_only)
     assert [v.verdict for _, _, v, _ in rows] == [HOLDS, DOES_NOT_HOLD]  # 65M, 48% and R: one count, one verdict
     claim, _, v, note = rows[1]
-    assert "48%" in claim and "R around 0.5" in claim and v.bar == "within 5% of 65,000,000"
-    assert v.measured == "56,707,584 (54.7% fewer, R = 0.453)" and abs(v.ratio - 56_707_584 / 65e6) < 1e-12
+    assert claim == "about 65M trainable after freezing" and v.bar == "within 5% of 65,000,000"
+    assert v.measured == "56,707,584" and abs(v.ratio - 56_707_584 / 65e6) < 1e-12
+    assert "54.7% fewer and R = 0.453" in note and "R = 65/125 = 0.52, derived" in note
     assert "attention only: 96.9M" in note and "(56.7M)" in note and "GPT-2 124M 0.456" in note
     assert "dao động quanh 0.5" in note
 
