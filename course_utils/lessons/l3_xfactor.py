@@ -473,7 +473,7 @@ def _cut_means(ta: Sequence, tb: Sequence, digits: int | None = None) -> tuple[l
 def cut_text(cut_a: Sequence[float], cut_b: Sequence[float], rise: float) -> str:
     """The cut-to-shorter check in words: how much of the paired rise remains on the tokens both samples have."""
     cut = statistics.fmean(cut_b) - statistics.fmean(cut_a)
-    return f"each pair cut to its shorter sample, a rise of {cut:+.3f} of the {rise:+.3f} nats/token remains"
+    return f"each pair cut to its shorter sample, the rise is {cut:+.3f} nats/token (uncut: {rise:+.3f})"
 
 
 def sample_nll(judge, tokenizer, samples: Sequence[Sample]) -> list:
@@ -566,8 +566,8 @@ def run_verdicts(hists: dict, results: dict, steps: int, pairs: str = "samples",
     h_low = hists["lr 1e-6"]
     natural = _natural(*paired_samples(orig, low, "nll"), budget=budget, pairs=pairs)
     if cut is not None:
-        natural = natural.with_note(cut_text(*cut, -natural.gain) + f" (the original generated {orig.n_tokens} "
-                                    f"tokens, lr 1e-6 {low.n_tokens})")
+        natural = natural.with_note(cut_text(*cut, -natural.gain) + f"; the original generated {orig.n_tokens} "
+                                    f"tokens, lr 1e-6 {low.n_tokens}")
     out = {
         "low loss": share_left(h_low.train_loss[0], h_low.final_train_loss(5), budget),
         "few x": level(_rates(low), high=BARS["few x"], budget_short=budget, fmt="{:.2f}", what="R"),

@@ -415,12 +415,12 @@ def test_cut_to_shorter_compares_pairs_on_their_shared_length(tiny_llama):
     same = cut_to_shorter(m, ToyEncode(), a, a)
     assert same[0] == same[1]  # a model against itself: no rise left
     assert cut_text([1.0, 2.0], [1.5, 2.1], 0.5) == \
-        "each pair cut to its shorter sample, a rise of +0.300 of the +0.500 nats/token remains"
+        "each pair cut to its shorter sample, the rise is +0.300 nats/token (uncut: +0.500)"
     with pytest.raises(ValueError, match="same prompts"):
         cut_to_shorter(m, ToyEncode(), a, GenerationResult(samples=a.samples[:1]))
     here = run_verdicts({"lr 1e-6": _Hist(8.0), "lr 1e-4": _Hist(0.9)}, _lecture_like(0, 3.2, 9, 12.0), steps=40,
                         cut=([3.0, 3.1], [3.0, 3.1]))
-    assert "a rise of +0.000 of the +0.255 nats/token remains (the original generated 120 tokens" in here["natural"].why
+    assert "the rise is +0.000 nats/token (uncut: +0.255); the original generated 120 tokens" in here["natural"].why
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -436,7 +436,7 @@ def test_recorded_h100_figures_match_the_course_results_file():
         "low loss": DOES_NOT_HOLD_, "few x": HOLDS_, "natural": INCONCLUSIVE_, "high loss": DOES_NOT_HOLD_,
         "R about 1": HOLDS_, "nonsense": HOLDS_}
     assert "3.1x the original's (a rise of +1.134 nats/token, -0.911 to +3.178)" in v["natural"].measured
-    assert "perplexity rises by +1.134" in v["natural"].why and "a rise of +0.906 of the +1.134" in v["natural"].why
+    assert "perplexity rises by +1.134" in v["natural"].why and "the rise is +0.906 nats/token (uncut: +1.134)" in v["natural"].why
     assert "older code" in v["low loss"].why
     assert v["low loss"].measured == "H100, 300 steps, one run: 3.92 of 7.00 left: 0.56"
     assert "3.92 of 7.00 left: 0.56 (exact): outside 0.25-0.42" in v["low loss"].why
@@ -612,4 +612,4 @@ def test_saved_notebook_has_the_start_as_a_fact_not_a_claim():
     assert "7.00 is T = 64 (the H100 run's start: 7.00)" in shown
     assert "the first loss of this machine's runs at T = 8 (both learning rates" in shown
     assert "0.56 of its start left (the lecture's 6 -> 2: 0.33 left)" in shown
-    assert "each pair cut to its shorter sample, a rise of" in shown.split("this machine, 40 steps: +")[-1]
+    assert "each pair cut to its shorter sample, the rise is" in shown.split("this machine, 40 steps: +")[-1]
