@@ -300,6 +300,87 @@ def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gai
         f"LoRA {g_lora:+.3f} vs full FT {g_full:+.3f} nats{ratio}{warn}; {scope}")
 
 
+def _mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and Student's t 95% interval of per-seed figures (at least 2)."""
+    vals = [float(v) for v in values]
+    if len(vals) < 2:
+        raise ValueError(f"need at least 2 seeds for an interval, got {len(vals)}")
+    m = statistics.fmean(vals)
+    half = t975(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+    return m, m - half, m + half
+
+
+def full_ft_precondition(full_gain: Sequence[float], full_rise: Sequence[float] | None = None) -> tuple[bool, str]:
+    """The rule, fixed before the data, that makes a comparison of LoRA with full fine-tuning measurable: the
+    reference must be a fine-tuning, not a run the learning rate damaged (an arm worse than the untouched model).
+
+    ``full_gain[i]``: the untouched model's held-out task loss minus full fine-tuning's, seed ``i``: it must be
+    above 0 in EVERY seed (for "close to full FT": a gain to share). ``full_rise`` (for "forgets less"): full
+    fine-tuning's web-loss rise over the untouched model, one per seed: its 95% t interval must lie wholly above 0
+    (full FT forgot: there is forgetting to have less of). Returns (met, the reason in words, with the figures). It
+    looks at full fine-tuning alone, so it does not depend on which arm wins."""
+    gains = [float(g) for g in full_gain]
+    if not gains:
+        raise ValueError("full_gain needs one held-out gain per seed of full fine-tuning")
+    if full_rise is not None and len(full_rise) != len(gains):
+        raise ValueError(f"{len(full_rise)} web-loss rises and {len(gains)} held-out gains: one of each per seed")
+    per_seed = ", ".join(f"{g:+.3f}" for g in gains)
+    worse = sum(g <= 0 for g in gains)
+    failed, met = [], []
+    if full_rise is not None:
+        m, lo, hi = _mean_interval(full_rise)
+        forgot = f"full FT's web-loss rise {m:+.3f} (95% interval {lo:+.3f} to {hi:+.3f}) nats/token"
+        (met if lo > 0 else failed).append(forgot + (" is wholly above 0: it forgot" if lo > 0 else
+                                                     ", not wholly above 0: it did not clearly forget"))
+    beat = f"full FT's held-out gain over the untouched model per seed {per_seed} nats"
+    if worse:
+        failed.append(f"{beat}: no better than the untouched model in {worse} of {len(gains)} seeds (a damaged run, "
+                      "not a fine-tuning to compare with)")
+    else:
+        met.append(f"{beat}: better in all {len(gains)} seeds")
+    return (False, "; ".join(failed)) if failed else (True, "; ".join(met))
+
+
+def forgetting_verdict(lora: Sequence[float], full: Sequence[float], lora_gain: Sequence[float],
+                       full_gain: Sequence[float], base: float, scope: str) -> Verdict:
+    """"PEFT forgets less", where it can be measured (``full_ft_precondition`` with the web-loss rises: full FT
+    forgot AND beat the untouched model on the held-out task in every seed). Then ``forgetting_comparison`` decides
+    on the paired web losses, both ways. Otherwise ``not_measurable`` with the reason and the figures: against a
+    run that did not forget, or one the learning rate damaged, the paired difference says nothing about the
+    lecture's claim, whichever arm wins. Arguments as ``forgetting_comparison``."""
+    met, reason = full_ft_precondition(full_gain, [x - base for x in full])
+    bar_if = "if full FT forgot and beat the untouched model on held-out responses in every seed"
+    if met:
+        v = forgetting_comparison(lora, full, lora_gain, full_gain, base, scope)
+        return Verdict(v.verdict, v.measured, f"{v.why}; precondition met: {reason}", v.figures, f"{v.bar}, {bar_if}")
+    rises = {arm: _mean_interval([x - base for x in values]) for arm, values in (("LoRA", lora), ("full FT", full))}
+    shown = "; ".join(f"{arm} {m:+.3f} ({lo:+.3f} to {hi:+.3f})" for arm, (m, lo, hi) in rises.items())
+    v = not_measurable(f"web-loss rise over the untouched model {shown} nats/token",
+                       f"the precondition failed: {reason}; {scope}")
+    return Verdict(v.verdict, v.measured, v.why, v.figures, f"measurable only {bar_if}")
+
+
+def close_to_full_verdict(base_loss: float, full: Sequence[float], lora: Sequence[float], share: float, scope: str,
+                          budget_short: str | None = None) -> Verdict:
+    """"LoRA is close to full fine-tuning" (recovers ``share`` of its held-out gain), where it can be measured
+    (``full_ft_precondition``: full FT beat the untouched model on the held-out task in every seed, so there is a
+    gain to share). Then ``recovers_share`` decides, both ways (with ``budget_short`` quoted as
+    ``l5_sft.out_of_reach_stated`` does); otherwise ``not_measurable`` with the reason and the figures, whichever
+    arm is lower. ``full``, ``lora``: held-out losses, one per seed in the same order."""
+    from .l5_sft import out_of_reach_stated
+
+    met, reason = full_ft_precondition([base_loss - x for x in full])
+    if met:
+        v = out_of_reach_stated(recovers_share(base_loss, full, lora, share, budget_short), budget_short)
+        return v.with_note(f"precondition met: {reason}; {scope}")
+    changes = "; ".join(f"{arm} {statistics.fmean(x) - base_loss:+.3f}"
+                        for arm, x in (("LoRA", lora), ("full FT", full)))
+    v = not_measurable(f"held-out loss change over the untouched model ({base_loss:.3f}), mean: {changes} nats",
+                       f"the precondition failed: {reason}; {scope}")
+    return Verdict(v.verdict, v.measured, v.why, {"recovered": float("nan")},
+                   "measurable only if full FT beat the untouched model on held-out responses in every seed")
+
+
 def _peft_layer(peft_model, name: str):
     for prefix in ("base_model.model.", ""):
         try:
@@ -718,10 +799,3 @@ def nf4_vs_uniform(weights: Sequence[torch.Tensor]) -> Verdict:
                            f"({len(nf4)} matrices)").with_note(
         f"on normal samples: NF4 {grid_error(g, NF4_LEVELS):.4f} vs uniform {grid_error(g, UNIFORM4_LEVELS):.4f}; "
         "lower error, not the paper's information-theoretic optimality, is what is measured")
-
-
-#: Notebook 04's forgetting row, as saved there (read, not edited): the same model fine-tuned fully and partially at
-#: one shared learning rate, the rate this lesson's LoRA and full fine-tuning share.
-NB04_FORGETTING = ("notebook 04's forgetting row (SmolLM2-135M-Instruct, partial vs full FT, both at lr 0.001, 3 "
-                   "steps of 4 x 32 tokens, 3 seeds, 512 web tokens): full FT's web-loss rise +0.80 (+0.34 to "
-                   "+1.26), partial - full -0.53 (-0.89 to -0.18) nats/token: partial forgot less there")

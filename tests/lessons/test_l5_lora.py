@@ -475,3 +475,59 @@ def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     assert abs(grid_error(w, NF4_LEVELS) - ref) < 1e-6  # the same rounding as our NF4
     flat = [torch.rand(64, 64, generator=g) * 2 - 1 for _ in range(4)]  # uniform weights: the uniform grid wins
     assert nf4_vs_uniform(flat).verdict == "does not hold"
+
+
+def test_full_ft_precondition_both_ways_on_synthetic_figures():
+    from course_utils.lessons.l5_lora import full_ft_precondition
+
+    ok, why = full_ft_precondition([0.10, 0.08, 0.06], [0.11, 0.10, 0.13])  # gained in every seed, forgot clearly
+    assert ok and "better in all 3 seeds" in why and "wholly above 0" in why
+    ok, why = full_ft_precondition([0.10, -0.01, 0.06], [0.11, 0.10, 0.13])  # one seed worse than untouched
+    assert not ok and "1 of 3 seeds" in why
+    ok, why = full_ft_precondition([0.10, 0.08, 0.06], [0.20, -0.15, 0.01])  # did not clearly forget
+    assert not ok and "did not clearly forget" in why
+    ok, why = full_ft_precondition([-0.88, -0.80, -0.62], [0.70, 0.52, 0.72])  # forgot but damaged (lr too large)
+    assert not ok and "3 of 3 seeds" in why and "did not clearly forget" not in why
+    assert full_ft_precondition([0.01, 0.02, 0.03])[0]  # quality rows: the gain alone
+    assert not full_ft_precondition([0.01, 0.0, 0.03])[0]  # no gain is not a gain
+    with pytest.raises(ValueError):
+        full_ft_precondition([0.1, 0.1], [0.1, 0.1, 0.1])
+
+
+def test_forgetting_verdict_is_gated_by_the_precondition_symmetrically():
+    from course_utils.lessons.l5_lora import forgetting_comparison, forgetting_verdict
+
+    base, lora_gain = 4.2, [0.04] * 3
+    lora_low, lora_high = [4.21, 4.20, 4.22], [4.45, 4.47, 4.46]
+    full = [4.31, 4.33, 4.32]  # full FT forgot (+0.12)
+    good = [0.10, 0.08, 0.06]
+    held = forgetting_verdict(lora_low, full, lora_gain, good, base, scope="4 steps")
+    assert held.verdict == "holds" and "precondition met" in held.why and "if full FT forgot" in held.bar
+    assert held.verdict == forgetting_comparison(lora_low, full, lora_gain, good, base, scope="4 steps").verdict
+    assert forgetting_verdict(lora_high, full, lora_gain, good, base, scope="x").verdict == "does not hold"
+    damaged = [0.10, -0.20, 0.06]  # the same web losses, but full FT worse than the untouched model in one seed
+    for lora in (lora_low, lora_high):  # not measurable whichever arm wins
+        v = forgetting_verdict(lora, full, lora_gain, damaged, base, scope="4 steps")
+        assert v.verdict == "not measurable here" and "precondition failed" in v.why and "1 of 3" in v.why
+        assert "+0.120" in v.measured  # the figures are shown
+    no_forgetting = [4.19, 4.22, 4.20]
+    v = forgetting_verdict(lora_high, no_forgetting, lora_gain, good, base, scope="4 steps")
+    assert v.verdict == "not measurable here" and "did not clearly forget" in v.why
+
+
+def test_close_to_full_verdict_is_gated_by_the_precondition_symmetrically():
+    from course_utils.lessons.l5_lora import close_to_full_verdict, recovers_share
+
+    ref = [1.0, 1.02, 0.98]  # full FT gained about 1.0 over the untouched 2.0 in every seed
+    assert close_to_full_verdict(2.0, ref, [1.03, 1.05, 1.0], 0.9, "4 steps").verdict == "holds"
+    miss = close_to_full_verdict(2.0, ref, [1.3, 1.31, 1.29], 0.9, "4 steps")
+    assert miss.verdict == "does not hold" and "precondition met" in miss.why
+    assert miss.recovered == pytest.approx(recovers_share(2.0, ref, [1.3, 1.31, 1.29], 0.9).recovered)
+    short = close_to_full_verdict(2.0, ref, [1.03, 1.05, 1.0], 0.9, "4 steps", budget_short="the notes train 3 epochs")
+    assert short.verdict == "inconclusive" and "the notes train 3 epochs" in short.why
+    damaged = [2.8, 2.7, 2.5]  # full FT worse than the untouched model: no gain to share
+    for lora in ([1.9, 1.92, 1.88], [2.9, 2.95, 2.85]):  # LoRA better or worse: not measurable either way
+        v = close_to_full_verdict(2.0, damaged, lora, 0.9, "4 steps", budget_short="the notes train 3 epochs")
+        assert v.verdict == "not measurable here" and "3 of 3 seeds" in v.why and "+0.667" in v.measured
+    one_bad = close_to_full_verdict(2.0, [1.0, 2.05, 0.98], [1.03, 1.05, 1.0], 0.9, "4 steps")
+    assert one_bad.verdict == "not measurable here" and "1 of 3 seeds" in one_bad.why
