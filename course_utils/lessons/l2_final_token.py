@@ -725,7 +725,7 @@ def text_budget_short(book_loss: float) -> str | None:
     return (f'the notes compare with the one-book model of the earlier exercises: "{SEED_LOSS_QUOTE}" (in the '
             f'earlier exercises the loss usually fell to 3-4, while here it stayed higher) and "{SEED_BOOK_QUOTE}" '
             f"(compared with the model trained on one book, the quality is considerably lower); the book model here "
-            f"(Alice / all-token) is at {book_loss:.2f}, not at the 3-4 the notes state for it")
+            f"(Alice / all-token) is at a training loss of {book_loss:.2f}, not at the 3-4 the notes state for it")
 
 
 def poorer_text_verdict(book: Sequence[float], web_final: Sequence[float], budget_short: str | None) -> Verdict:
