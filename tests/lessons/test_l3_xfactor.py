@@ -1,6 +1,7 @@
 """Lesson 3: the x-factor target, the KL loss, the R metric, the claims' procedures and the exercise's checker."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -436,7 +437,8 @@ def test_recorded_h100_figures_match_the_course_results_file():
         "low loss": DOES_NOT_HOLD_, "few x": HOLDS_, "natural": INCONCLUSIVE_, "high loss": DOES_NOT_HOLD_,
         "R about 1": HOLDS_, "nonsense": HOLDS_}
     assert "3.1x the original's (a rise of +1.134 nats/token, -0.911 to +3.178)" in v["natural"].measured
-    assert "perplexity rises by +1.134" in v["natural"].why and "the rise is +0.906 nats/token (uncut: +1.134)" in v["natural"].why
+    assert "perplexity rises by +1.134" in v["natural"].why
+    assert "the rise is +0.906 nats/token (uncut: +1.134)" in v["natural"].why
     assert "older code" in v["low loss"].why
     assert v["low loss"].measured == "H100, 300 steps, one run: 3.92 of 7.00 left: 0.56"
     assert "3.92 of 7.00 left: 0.56 (exact): outside 0.25-0.42" in v["low loss"].why
@@ -612,4 +614,5 @@ def test_saved_notebook_has_the_start_as_a_fact_not_a_claim():
     assert "7.00 is T = 64 (the H100 run's start: 7.00)" in shown
     assert "the first loss of this machine's runs at T = 8 (both learning rates" in shown
     assert "0.56 of its start left (the lecture's 6 -> 2: 0.33 left)" in shown
-    assert "each pair cut to its shorter sample, the rise is" in shown.split("this machine, 40 steps: +")[-1]
+    # row 3's local figure carries the same cut-to-shorter check as the H100 figure
+    assert re.search(r"\(uncut: [+-][\d.]+\); the original generated \d+ tokens, lr 1e-6 \d+", shown)
