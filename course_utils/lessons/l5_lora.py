@@ -334,8 +334,8 @@ def full_ft_precondition(full_gain: Sequence[float], full_rise: Sequence[float] 
                                                      ", not wholly above 0: it did not clearly forget"))
     beat = f"full FT's held-out gain over the untouched model per seed {per_seed} nats"
     if worse:
-        failed.append(f"{beat}: no better than the untouched model in {worse} of {len(gains)} seeds (a damaged run, "
-                      "not a fine-tuning to compare with)")
+        failed.append(f"{beat}: no better than the untouched model in {worse} of {len(gains)} seeds (there it is no "
+                      "fine-tune to compare with)")
     else:
         met.append(f"{beat}: better in all {len(gains)} seeds")
     return (False, "; ".join(failed)) if failed else (True, "; ".join(met))
