@@ -344,9 +344,18 @@ def _device_mem_tracker():
     """PyTorch's ``MemTracker``, told to forget per-module statistics when the root module runs again
     (gradient accumulation calls it several times per step). Only the per-device totals are used here,
     and those are kept."""
-    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 
     class DeviceMemTracker(MemTracker):
+        def _update_peak_stats(self, peak_state):
+            # Only the per-device totals (the second half of MemTracker's own method, unchanged). Its first half
+            # updates every tracked module's local peak on every operation: with LoRA on SmolLM2 (about 700
+            # modules, 16,000 operations a step) that made one measured step take 25 s instead of 1.3 s.
+            for dev, dev_snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < dev_snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = dev_snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = dict(dev_snap)
+
         def _pre_fw_hook(self, module, inputs):
             if module in self.memory_tracking and not self._mod_tracker.is_bw:
                 parents = set(self._mod_tracker.parents) - {self._mod_tracker.get_known_fqn(module)}
