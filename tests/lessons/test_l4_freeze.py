@@ -472,3 +472,17 @@ def test_smollm2_arms_match_exactly():
             per_block[int(n.split(".")[2])] = per_block.get(int(n.split(".")[2]), 0) + p.numel()
     attn = {i: sum(p.numel() for p in model.model.layers[i].self_attn.parameters()) for i in range(30)}
     assert per_block == attn and set(attn.values()) == {884_736}
+
+
+def test_the_notebooks_small_forgetting_lr_is_the_module_constant():
+    """The settings cell holds literals only (the dry run reads it); its small forget_lr must be FORGET_LR."""
+    import json
+    import re
+    from pathlib import Path
+
+    from course_utils.lessons.l4_freeze import FORGET_LR
+
+    nb = json.loads((Path(__file__).parents[2] / "notebooks" / "04_freeze_attention.ipynb").read_text())
+    src = next("".join(c["source"]) for c in nb["cells"] if "profile_settings(" in "".join(c["source"]))
+    small = src.split("full=")[0]
+    assert float(re.search(r'"forget_lr": ([0-9.e-]+)', small).group(1)) == FORGET_LR
