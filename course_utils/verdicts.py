@@ -8,7 +8,8 @@ A lesson computes figures and hands them to one of these procedures; nothing els
 - ``inconclusive``: the interval straddles the bar, or ``budget_short`` says the claim's quantity is out of reach
   at this budget. ``budget_short`` turns a clear gain **and** a clear loss into inconclusive alike, and its text
   must quote the budget the lecture's notes state (e.g. "the notes train for 300 epochs");
-- ``not measurable here``: this hardware cannot measure it (``not_measurable``).
+- ``not measurable here``: this setup cannot run the experiment: the hardware, or an asset it cannot reach
+  offline (``not_measurable``).
 
 The procedures:
 
@@ -21,6 +22,8 @@ The procedures:
 - ``level(values, low=, high=)``: "reaches about X": a figure (one exact figure, or one per seed: t interval of
   their mean) inside or outside the band the claim names. ``exact(value, lecture, rel_tol=)`` is the level test
   of one exact figure (a count, bytes by arithmetic) against the lecture's figure.
+- ``given(comparison, reference_ok=, effect_shown=)``: a comparison whose reference arm must be valid and show
+  the effect (full fine-tuning beat the untouched model and forgot): inconclusive when it does not, never flipped.
 - ``all_of(...)``: a claim made of several parts: holds when every part holds, does not hold when any part does
   not, inconclusive otherwise.
 
@@ -96,7 +99,8 @@ class Verdict:
 
 
 def not_measurable(measured: str, why: str) -> Verdict:
-    """This hardware cannot measure the claim (no CUDA GPU for a CUDA-only kernel, no compiler, ...)."""
+    """This setup cannot run the experiment: the hardware (no CUDA GPU for a CUDA-only kernel, no compiler, ...) or
+    an asset it cannot reach offline (a base model only the Hugging Face hub has). ``why`` says which."""
     return Verdict(NOT_MEASURABLE, measured, why)
 
 
@@ -336,3 +340,44 @@ def all_of(*parts: Verdict, measured: str | None = None) -> Verdict:
     why = " AND ".join(f"[{p.verdict}] {p.why}" for p in parts)
     return Verdict(v, measured if measured is not None else "; ".join(p.measured for p in parts), why,
                    {"parts": tuple(parts)}, " and ".join(p.bar for p in parts if p.bar))
+
+
+# ---- a comparison that needs a working reference ------------------------------------------------------------
+def given(comparison: Verdict, *, reference_ok: tuple[bool, str], effect_shown: tuple[bool, str] | None = None,
+          bar_if: str = "") -> Verdict:
+    """A comparison that means something only when its reference arm did what the claim presupposes, with the
+    preconditions fixed before the data and looking at the reference arm alone.
+
+    - ``reference_ok`` ``(met, reason)``: the reference is a valid run (e.g. full fine-tuning beat the untouched
+      model: not a run the learning rate damaged). Failed: inconclusive, whichever arm wins; a comparison with a
+      broken reference decides nothing in either direction.
+    - ``effect_shown`` ``(met, reason)``: the reference shows the effect the claim says the candidate has less of
+      (e.g. full fine-tuning clearly forgot). Failed: a "holds" cannot be told from noise, so it is inconclusive;
+      a clear "does not hold" stands (the candidate did clearly worse than a reference that barely showed the
+      effect: the claim is refuted without it), and so does an inconclusive comparison.
+
+    Not measurable stays not measurable. The rule never turns one verdict into its opposite; it only withholds a
+    verdict the data cannot support."""
+    if not isinstance(comparison, Verdict):
+        raise TypeError(f"given() takes the comparison's Verdict, got {type(comparison).__name__}")
+    for name, pre in (("reference_ok", reference_ok), ("effect_shown", effect_shown)):
+        if pre is not None and not (isinstance(pre, tuple) and len(pre) == 2 and str(pre[1]).strip()):
+            raise ValueError(f"{name} must be (met: bool, reason: str) with the reason in words, got {pre!r}")
+    bar = f"{comparison.bar}, {bar_if}" if comparison.bar and bar_if else (comparison.bar or bar_if)
+    if comparison.verdict == NOT_MEASURABLE:
+        return Verdict(NOT_MEASURABLE, comparison.measured, comparison.why, comparison.figures, bar)
+    if not reference_ok[0]:
+        return Verdict(INCONCLUSIVE, comparison.measured, f"the reference run is not valid: {reference_ok[1]}; the "
+                       "comparison decides nothing either way", comparison.figures, bar)
+    met = [reference_ok[1]]
+    if effect_shown is not None:
+        if not effect_shown[0] and comparison.verdict == HOLDS:
+            return Verdict(INCONCLUSIVE, comparison.measured, f"{comparison.why}, but the reference did not show "
+                           f"the effect: {effect_shown[1]}; less of an effect that is not there cannot be told "
+                           "from noise", comparison.figures, bar)
+        if not effect_shown[0]:
+            return Verdict(comparison.verdict, comparison.measured, f"{comparison.why} (the reference did not "
+                           f"clearly show the effect: {effect_shown[1]})", comparison.figures, bar)
+        met.append(effect_shown[1])
+    return Verdict(comparison.verdict, comparison.measured, f"{comparison.why}; precondition met: "
+                   + "; ".join(met), comparison.figures, bar)

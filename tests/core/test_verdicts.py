@@ -11,6 +11,7 @@ from course_utils.verdicts import (
     all_of,
     compare_runs,
     exact,
+    given,
     level,
     not_measurable,
     paired_difference,
@@ -168,3 +169,36 @@ def test_speed_band_is_decided_the_same_way_on_both_sides():
     assert speed_verdict(Timing(base), Timing(base)).max_speedup is None  # one-sided by default
     with pytest.raises(ValueError, match="max_speedup"):
         speed_verdict(Timing(base), Timing(base), 1.0, max_speedup=1.0)
+
+
+# ---- given(): a comparison that needs a working reference ----
+def _cmp(base, cand):
+    return compare_runs(base, cand, lower=True)
+
+
+@pytest.mark.parametrize("cand, expect", [((0.5, 0.6, 0.4), HOLDS), ((1.5, 1.6, 1.4), DOES_NOT_HOLD)])
+def test_given_passes_the_comparison_through_when_both_preconditions_hold(cand, expect):
+    v = given(_cmp((1.0, 1.1, 0.9), cand), reference_ok=(True, "full beat untouched"),
+              effect_shown=(True, "full forgot"), bar_if="if full FT forgot")
+    assert v.verdict == expect and "precondition met: full beat untouched; full forgot" in v.why
+    assert v.bar.endswith("if full FT forgot")
+
+
+@pytest.mark.parametrize("cand", [(0.5, 0.6, 0.4), (1.5, 1.6, 1.4)])
+def test_given_an_invalid_reference_is_inconclusive_both_ways(cand):
+    v = given(_cmp((1.0, 1.1, 0.9), cand), reference_ok=(False, "full FT was damaged"))
+    assert v.verdict == INCONCLUSIVE and "full FT was damaged" in v.why
+
+
+def test_given_effect_not_shown_withholds_holds_but_keeps_a_clear_miss():
+    hold = given(_cmp((1.0, 1.1, 0.9), (0.5, 0.6, 0.4)), reference_ok=(True, "ok"), effect_shown=(False, "no rise"))
+    miss = given(_cmp((1.0, 1.1, 0.9), (1.5, 1.6, 1.4)), reference_ok=(True, "ok"), effect_shown=(False, "no rise"))
+    assert hold.verdict == INCONCLUSIVE and "no rise" in hold.why
+    assert miss.verdict == DOES_NOT_HOLD and "no rise" in miss.why
+
+
+def test_given_rejects_a_precondition_without_a_reason():
+    with pytest.raises(ValueError, match="reason in words"):
+        given(_cmp((1.0, 1.1, 0.9), (0.5, 0.6, 0.4)), reference_ok=(True, ""))
+    with pytest.raises(TypeError):
+        given("holds", reference_ok=(True, "ok"))
