@@ -264,7 +264,7 @@ def dry_run_values(small: dict, full: dict) -> dict:
     procedures accept; 4 held-out examples, 8 generated tokens), while flags, dtypes and modes (bools, strings:
     ``amp="auto"``, ``compile=True``, ``grad_checkpointing=True``, ``attn_dtype="bfloat16"``) stay the full
     profile's: its code paths, in minutes on a CPU. Tuples of numbers (sequence lengths, ranks) come from the small
-    profile too."""
+    profile too; a tuple of seeds keeps its first two."""
     def is_number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -276,6 +276,8 @@ def dry_run_values(small: dict, full: dict) -> dict:
         for ending, cap in DRY_CAPS:
             if key.endswith(ending) and is_number(value):
                 value = type(value)(min(value, cap))
+            elif key.endswith(ending) and ending == "seeds" and isinstance(value, tuple):
+                value = value[:cap]  # the seeds themselves, (0, 1, 2): the first two
         out[key] = value
     return out
 

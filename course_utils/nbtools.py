@@ -272,11 +272,29 @@ def _name_of(func) -> str:
     return getattr(func, "id", getattr(func, "attr", ""))
 
 
-def full_profile_flags(nb) -> tuple[set[str], set[str]]:
+def same_path_here(key: str, small_value, full_value, device=None) -> bool:
+    """Whether a flag's two values run one code path on ``device`` (default: this machine's): ``amp`` "auto"
+    resolves to no autocast on a CPU, exactly as "off" does (``train.resolve_amp``), so a CPU's dry run need not
+    repeat cells that nbval already ran on that path. Any other flag: only when the values are equal."""
+    if small_value == full_value:
+        return True
+    if key == "amp" and isinstance(small_value, str) and isinstance(full_value, str):
+        from .env import resolve_device
+        from .train import resolve_amp
+
+        device = resolve_device(device)
+        try:
+            return resolve_amp(small_value, device) == resolve_amp(full_value, device)
+        except ValueError:  # a mode this device cannot run (fp16 on a CPU): a path of its own, which fails loudly
+            return False
+    return False
+
+
+def full_profile_flags(nb, device=None) -> tuple[set[str], set[str]]:
     """``(flags, holders)``: the settings whose full-profile value is a flag, dtype or mode (not a number) and
-    differs from the small profile's, the full profile's own code paths (``env.dry_run_values`` keeps exactly these
-    from the full profile), and the names the settings are assigned to. Read from the cell that calls
-    ``profile_settings(small=..., full=...)``."""
+    takes another code path than the small profile's on ``device`` (``same_path_here``), the full profile's own
+    code paths (``env.dry_run_values`` keeps exactly these from the full profile), and the names the settings are
+    assigned to. Read from the cell that calls ``profile_settings(small=..., full=...)``."""
     import ast
 
     flags, holders = set(), set()
@@ -306,7 +324,7 @@ def full_profile_flags(nb) -> tuple[set[str], set[str]]:
                 raise ValueError(f"the settings cell's small/full profiles are not literal: {e}") from e
             for key, value in full.items():
                 number = isinstance(value, (int, float, tuple)) and not isinstance(value, bool)
-                if not number and small.get(key) != value:
+                if not number and not same_path_here(key, small.get(key), value, device):
                     flags.add(key)
     return flags, holders
 
@@ -395,7 +413,7 @@ def _mutated(stmt) -> set[str]:
     return {n for n in out if n} - local
 
 
-def dry_run_cells(nb) -> tuple[int, dict[int, list[str]]]:
+def dry_run_cells(nb, device=None) -> tuple[int, dict[int, list[str]]]:
     """How far a dry run of the full profile must execute a notebook: ``(last, why)``.
 
     ``why`` maps each code cell on the full profile's own path to what puts it there (``_full_path_reasons``). A
@@ -405,9 +423,10 @@ def dry_run_cells(nb) -> tuple[int, dict[int, list[str]]]:
     dry run executes the notebook in order up to ``last``, the last cell on the path, or up to its settings cell
     where no cell is. Past ``last`` no cell reads a flag, the profile or a value made on the path: those cells run
     the small profile's code paths, which nbval executes (``make test``) at sizes no smaller than the dry run's
-    caps. A cell that does not parse counts as on the path; settings that are not literal make every cell run."""
+    caps. A cell that does not parse counts as on the path; settings that are not literal make every cell run.
+    ``device`` (default: this machine's) decides which flags are paths of their own (``same_path_here``)."""
     try:
-        flags, holders = full_profile_flags(nb)
+        flags, holders = full_profile_flags(nb, device)
     except ValueError as e:
         code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         return (code[-1] if code else 0), {i: [f"every cell runs: {e}"] for i in code[-1:]}

@@ -18,6 +18,8 @@ def test_dry_values_keep_full_flags_and_take_small_numbers_capped():
     assert d["steps"] == 4 and d["train_steps"] == 4 and d["seeds"] == 2 and d["eval_batches"] == 2
     assert d["rounds"] == 5  # the fewest rounds speed_verdict accepts
     assert d["n_heldout"] == 4 and d["gen_tokens"] == 8
+    d = dry_run_values({**SMALL, "seeds": (0, 1, 2)}, {**FULL, "seeds": (0, 1, 2)})
+    assert d["seeds"] == (0, 1)  # the seeds named one by one: the first two
 
 
 def test_profile_settings_dry_run_only_for_the_full_profile(monkeypatch):

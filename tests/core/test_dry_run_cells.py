@@ -1,7 +1,11 @@
 """The dry run executes each notebook up to its last cell on the full profile's own path (``dry_run_cells``)."""
 import nbformat
+import pytest
+import torch
 
-from course_utils.nbtools import dry_run_cells, full_profile_flags
+import course_utils.env
+import course_utils.train
+from course_utils.nbtools import dry_run_cells, full_profile_flags, same_path_here
 
 SETTINGS = '''common = {"seeds": 3}
 S = profile_settings(
@@ -9,6 +13,14 @@ S = profile_settings(
     full=dict(**common, steps=800, amp="auto", compile=True, dtype="bfloat16", rounds=20),
 )
 print(S)'''
+
+
+@pytest.fixture(autouse=True)
+def _on_a_bf16_gpu(monkeypatch):
+    """These tests read the notebook as a machine with a bf16 GPU would (amp="auto" is its own path there);
+    ``test_amp_*`` below pass their device explicitly."""
+    monkeypatch.setattr(course_utils.env, "get_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(course_utils.train, "has_fast_bf16", lambda device: device.type == "cuda")
 
 
 def _nb(*sources):
@@ -70,3 +82,18 @@ def test_settings_that_are_not_literal_run_every_cell():
     nb.cells[2].source = "S = profile_settings(small=SMALL, full=FULL)"
     last, why = dry_run_cells(nb)
     assert last == 4 and "every cell runs" in why[4][0]
+
+
+def test_amp_auto_is_the_small_profiles_path_on_a_cpu():
+    """On a CPU amp="auto" resolves to no autocast, as "off" does: the dry run need not repeat nbval's cells."""
+    assert full_profile_flags(_nb(), device="cpu") == ({"dtype"}, {"S"})
+    last, why = dry_run_cells(_nb("model = train(amp=S.amp)", "loss = model.loss"), device="cpu")
+    assert last == 2 and why == {}
+    assert same_path_here("amp", "off", "auto", "cpu") and not same_path_here("amp", "off", "bf16", "cpu")
+
+
+def test_amp_fp16_on_a_cpu_and_auto_on_a_gpu_without_bf16_are_paths_of_their_own(monkeypatch):
+    assert not same_path_here("amp", "off", "fp16", "cpu")  # resolve_amp refuses it on a CPU: it must run and fail
+    monkeypatch.setattr(course_utils.train, "has_fast_bf16", lambda device: False)  # a T4: fp16 + GradScaler
+    assert not same_path_here("amp", "off", "auto", "cuda")
+    assert full_profile_flags(_nb(), device="cuda") == ({"amp", "dtype"}, {"S"})
