@@ -21,7 +21,8 @@ The procedures:
   seeds (the same texts, prompts or held-out examples scored by two models).
 - ``level(values, low=, high=)``: "reaches about X": a figure (one exact figure, or one per seed: t interval of
   their mean) inside or outside the band the claim names. ``exact(value, lecture, rel_tol=)`` is the level test
-  of one exact figure (a count, bytes by arithmetic) against the lecture's figure.
+  of one exact figure (a count, bytes by arithmetic) against the lecture's figure. ``level_range(values, low=,
+  high=)``: one exact figure per setting of a sweep the claim does not name: the whole range against the band.
 - ``given(comparison, reference_ok=, effect_shown=)``: a comparison whose reference arm must be valid and show
   the effect (full fine-tuning beat the untouched model and forgot): inconclusive when it does not, never flipped.
 - ``all_of(...)``: a claim made of several parts: holds when every part holds, does not hold when any part does
@@ -320,6 +321,36 @@ def exact(value: float, lecture: float, *, rel_tol: float, unit: str = "", fmt: 
                    f"({'within' if v.verdict == HOLDS else 'outside'} the {rel_tol:.0%} the claim allows)",
                    {"value": value, "lecture": lecture, "ratio": value / lecture, "rel_tol": rel_tol},
                    f"within {rel_tol:.0%} of {fmt.format(lecture)}{unit}")
+
+
+
+def level_range(values: Sequence[float], *, low: float = -math.inf, high: float = math.inf, strict: bool = False,
+                unit: str = "", fmt: str = "{:.3g}", what: str = "", over: str = "the settings swept") -> Verdict:
+    """A figure measured EXACTLY at several settings that the claim does not name (a sweep over batch and context,
+    on the meta device): the claim holds only if it holds over the whole sweep. The range [min, max] of the figures
+    against the band [``low``, ``high``] (``strict``: the open band): holds when every figure lies inside, does not
+    hold when every figure lies outside on one side, inconclusive when the range straddles an edge (the claim then
+    depends on the setting the lecture does not give). ``over`` names the sweep in the note."""
+    vals = [float(v) for v in values]
+    if len(vals) < 2:
+        raise ValueError(f"level_range() needs a sweep (2 figures or more); for one figure use level(), got {vals}")
+    if not all(map(math.isfinite, vals)):
+        raise ValueError(f"level_range() needs finite figures, got {vals}")
+    if not low <= high or (math.isinf(low) and math.isinf(high)):
+        raise ValueError(f"the band needs low <= high and at least one finite edge, got low={low}, high={high}")
+    lo, hi = min(vals), max(vals)
+    if math.isinf(low):
+        band = f"{'<' if strict else '<='} {fmt.format(high)}{unit}"
+    elif math.isinf(high):
+        band = f"{'>' if strict else '>='} {fmt.format(low)}{unit}"
+    else:
+        band = f"{fmt.format(low)}-{fmt.format(high)}{unit}" + (" (open)" if strict else "")
+    fig = (f"{what + ' ' if what else ''}{fmt.format(lo)}-{fmt.format(hi)}{unit} over {over} "
+           f"({len(vals)} exact figures)")
+    v, why = _decide(lo, hi, low, high, None, f"{fig}: every one inside {band}", f"{fig}: every one outside {band}",
+                     f"{fig}: the range straddles the edge of {band}", strict=strict)
+    return Verdict(v, f"{fmt.format(lo)}{unit} to {fmt.format(hi)}{unit}", why,
+                   {"low": lo, "high": hi, "n": len(vals), "band_low": low, "band_high": high}, band)
 
 
 # ---- claims made of parts -----------------------------------------------------------------------------------

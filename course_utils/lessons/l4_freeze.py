@@ -27,11 +27,12 @@ shows exactly what a name rule gets wrong on a given model.
 Also here: every combination of frozen groups (``freeze_combinations``: where "65M / 48%" could come from), the
 fine-tuning arms of the lesson's experiment (``set_arm``: full, the lecture's partial freeze, and the two arms that
 test the notebook's reading of its rationale at an equal trainable count), one whole training step as a function
-(``training_step``), its matmul FLOPs on the meta device (``step_matmul_flops``), the lesson's claims as
-``course_utils.verdicts`` procedures with their bars fixed here, before any data (the counts, the held-out loss
-falling at every evaluation, memory, "slightly" faster, forgetting where its precondition holds, "as good as full
-fine-tuning / tuning the MLPs suffices"), the figures of two demonstrations (matched MLP vs attention arms, unmerged
-LoRA's decoding time), the bound on attention's AdamW moments (a fact), and the checker of the lesson's exercise.
+(``training_step``), its exact peak and matmul FLOPs on the meta device over a sweep of shapes
+(``meta_step_sweep``), the lesson's claims as ``course_utils.verdicts`` procedures with their bars fixed here, before
+any data (the counts, the held-out loss falling at every evaluation, memory and "slightly" faster over the whole
+sweep, forgetting given a valid reference that forgot, "as good as full fine-tuning / tuning the MLPs suffices"),
+the figures of two demonstrations (matched MLP vs attention arms, unmerged LoRA's decoding time), the bound on
+attention's AdamW moments (a fact), and the checker of the lesson's exercise.
 The bytes that training keeps per parameter live in ``course_utils.memory``.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ..claims import CheckResult
 from ..losses import all_token_loss
 from ..memory import format_bytes
 from ..train import forward_loss
-from ..verdicts import Verdict, all_of, compare_runs, exact, level, not_measurable, speed_verdict
+from ..verdicts import Verdict, all_of, compare_runs, exact, given, level, level_range
 
 GROUPS = ("embeddings", "attention", "mlp", "norm", "other")
 # When a tensor is shared (tied weights), the group earlier in this order wins.
@@ -374,49 +375,70 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch, los
     return step
 
 
-def meta_step_peak(model: nn.Module, groups: Iterable[str], batch_size: int, block_size: int,
-                   clip_grad: float | None = 1.0) -> int:
-    """The exact tensor peak (bytes) of one whole training step of ``model`` with ``groups`` frozen, on PyTorch's
-    ``meta`` device: the same step as ``train`` (forward, all-token loss, backward, gradient clipping, AdamW update,
-    gradients released), taken after AdamW's moments exist, every tensor counted by ``MemTracker`` as in
-    ``runs.training_step_peak``, but with shapes only, no arithmetic. A realistic batch then costs seconds on a CPU,
-    where the real step would take minutes. ``model`` must be on the meta device (``build_from_config``) and use
+def meta_step_sweep(model: nn.Module, groups: Iterable[str], shapes: Sequence[tuple[int, int]],
+                    clip_grad: float | None = 1.0) -> dict:
+    """One whole training step of ``model`` with ``groups`` frozen, on PyTorch's ``meta`` device, at every
+    ``(batch_size, block_size)`` in ``shapes``: ``{shape: {"peak": bytes, "flops": matmul FLOPs}}``.
+
+    - ``peak``: the exact tensor peak of the same step as ``train`` (forward, all-token loss, backward, gradient
+      clipping, AdamW update, gradients released), taken after AdamW's moments exist, every tensor counted by
+      ``MemTracker`` as in ``runs.training_step_peak``, but with shapes only, no arithmetic: a realistic batch costs
+      about a second on a CPU, where the real step would take minutes.
+    - ``flops``: what PyTorch's ``FlopCounterMode`` counts (matmuls, attention) in the same step's forward and
+      backward (the AdamW update and elementwise work are not matmuls): frozen weights skip their weight-gradient
+      matmuls. Exact counts; their ratio between two arms estimates a speed-up where matmuls dominate.
+
+    AdamW's moments are created once, by AdamW itself, from zero gradients (no forward pass), and every shape is
+    then measured with the same optimizer. ``model`` must be on the meta device (``build_from_config``) and use
     eager attention (GPT-Neo's only kind): a fused attention kernel (SDPA, flash) has no meta version of its memory
     savings, so the meta step would count the eager path's score matrices for it (tested in the lesson's tests)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from ..memory import _device_mem_tracker
 
     if next(model.parameters()).device.type != "meta":
-        raise ValueError("meta_step_peak needs a model on the meta device, e.g. build_from_config(name)")
+        raise ValueError("meta_step_sweep needs a model on the meta device, e.g. build_from_config(name)")
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if impl not in (None, "eager"):
-        raise ValueError(f"meta_step_peak counts eager attention; this model uses {impl!r}: load it with "
+        raise ValueError(f"meta_step_sweep counts eager attention; this model uses {impl!r}: load it with "
                          "attn_implementation='eager' or measure the real step (runs.training_step_peak)")
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise ValueError(f"give (batch_size, block_size) pairs of positive sizes, got {shapes}")
     freeze(model, groups)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    for p in params:  # AdamW creates its moments on its first step
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     vocab = model.get_input_embeddings().num_embeddings
-    x = torch.randint(0, vocab, (batch_size, block_size), device="meta")
-    y = torch.randint(0, vocab, (batch_size, block_size), device="meta")
-
-    def step():
-        all_token_loss(model(x).logits, y).backward()
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     model.train()
-    step()  # AdamW creates its moments on its first step
-    tracker = _device_mem_tracker()
-    tracker.track_external(model, optimizer, x, y)
-    with tracker:
-        step()
-    snap = tracker.get_tracker_snapshot("peak")
-    peak = sum(v.get("Total", 0) for k, v in snap.items() if torch.device(k).type == "meta")
+    out = {}
+    for batch_size, block_size in shapes:
+        x = torch.randint(0, vocab, (batch_size, block_size), device="meta")
+        y = torch.randint(0, vocab, (batch_size, block_size), device="meta")
+        tracker = _device_mem_tracker()
+        tracker.track_external(model, optimizer, x, y)
+        with FlopCounterMode(display=False) as counter, tracker:
+            all_token_loss(model(x).logits, y).backward()
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        snap = tracker.get_tracker_snapshot("peak")
+        peak = sum(v.get("Total", 0) for k, v in snap.items() if torch.device(k).type == "meta")
+        out[(batch_size, block_size)] = {"peak": int(peak), "flops": int(counter.get_total_flops())}
     optimizer.state.clear()
     for p in params:
         p.grad = None
-    return int(peak)
+    return out
+
+
+def meta_step_peak(model: nn.Module, groups: Iterable[str], batch_size: int, block_size: int,
+                   clip_grad: float | None = 1.0) -> int:
+    """The exact tensor peak (bytes) of one whole training step at one shape (``meta_step_sweep``)."""
+    shape = (batch_size, block_size)
+    return meta_step_sweep(model, groups, [shape], clip_grad)[shape]["peak"]
 
 
 # ---- The fine-tuning arms -------------------------------------------------------------------------------------
@@ -504,12 +526,14 @@ FALLS_NOTE = ("held-out Alice (one fixed batch per seed) evaluated before the fi
               "the partial arm; only the trend over these few steps is tested, not the limit L -> L_min: the course's "
               "H100 run (results/nvidia-h100-80gb/README.md, older code) found 300 full fine-tuning steps (17 "
               "epochs) memorised Alice and pushed held-out Alice loss above the pretrained model's; ")
-MEMORY_NOTE = ("with fewer tokens per step the activations shrink and the share saved rises, with more it falls "
-               "(section 4)")
+MEMORY_NOTE = ("the notes give no batch, so the verdict is the whole sweep: with fewer tokens per step the "
+               "activations shrink and the share saved rises towards the state's, with more it falls (section 4)")
 FORGET_NOTE = ("lr fixed before the data (FORGET_LR): between section 5's 1e-4, where full FT's web loss fell, and "
                "1e-3, where full FT ended worse than the untouched model on held-out Alice in 3 of 3 seeds (this "
-               "notebook's earlier run, commit d4d918c); notebook 05's forgetting row (LoRA vs full FT, both at lr "
-               "1e-3) asks about another method (section 6)")
+               "notebook's earlier run, commit d4d918c); the full profile (a GPU: 40 steps of 8 x 256 tokens at lr "
+               "5e-5) runs this pair at 5e-4 instead, a rate it sets for its own budget (no GPU result of it yet); "
+               "notebook 05's forgetting row (LoRA vs full FT, at its own shared lr) asks about another method "
+               "(section 6)")
 
 
 def count_verdicts(report: FreezeReport, other_r: dict | None = None,
@@ -542,21 +566,49 @@ def count_verdicts(report: FreezeReport, other_r: dict | None = None,
     ]
 
 
-def memory_verdict(full_peak: int, partial_peak: int, band: tuple[float, float] = MEMORY_BAND) -> Verdict:
-    """"GPU memory falls about 25-30%": the saving of two EXACT step peaks (``runs.training_step_peak``: weights,
-    gradients, optimizer state and activations) inside ``band``?"""
-    if full_peak <= 0 or partial_peak <= 0:
-        raise ValueError(f"peaks must be positive byte counts, got {full_peak} and {partial_peak}")
-    saving = 1 - partial_peak / full_peak
-    v = level(saving, low=band[0], high=band[1], fmt="{:.1%}", what="step-peak saving")
-    return v.with_measured(f"{saving:.1%} less step peak ({format_bytes(full_peak)} -> {format_bytes(partial_peak)})")
+def _shape_text(shape) -> str:
+    return f"{shape[0]} x {shape[1]}"
 
 
-def slightly_faster(full, partial, most: float = SLIGHTLY) -> Verdict:
-    """"Speed rises slightly": from one interleaved timing (``measure.Timing`` of full and partial steps), the
-    speed-up full / partial time lies in the band (1.00x, ``most``): faster, but not "much faster". One
-    ``speed_verdict`` with a two-sided bar, decided the same way on both sides."""
-    return speed_verdict(full, partial, 1.0, max_speedup=most)
+def memory_verdict(full_peaks: dict, partial_peaks: dict, band: tuple[float, float] = MEMORY_BAND) -> Verdict:
+    """"GPU memory falls about 25-30%", at a batch the notes never give: the saving of the EXACT step peaks
+    (``meta_step_sweep``: weights, gradients, optimizer state and activations), ``{(batch, block): bytes}`` per arm,
+    over a sweep of shapes. ``level_range``: holds if the saving is inside ``band`` at every shape, does not hold if
+    it is outside at every shape (on one side), inconclusive if the sweep straddles an edge of the band."""
+    if set(full_peaks) != set(partial_peaks) or len(full_peaks) < 2:
+        raise ValueError(f"give both arms' peaks at the same shapes, two or more: {list(full_peaks)} vs "
+                         f"{list(partial_peaks)}")
+    if any(v <= 0 for v in [*full_peaks.values(), *partial_peaks.values()]):
+        raise ValueError("peaks must be positive byte counts")
+    saving = {k: 1 - partial_peaks[k] / full_peaks[k] for k in full_peaks}
+    v = level_range(list(saving.values()), low=band[0], high=band[1], fmt="{:.1%}", what="step-peak saving",
+                    over=f"{len(saving)} shapes (batch x tokens)")
+    lo, hi = min(saving, key=saving.get), max(saving, key=saving.get)
+    inside = [k for k, x in saving.items() if band[0] <= x <= band[1]]
+    return v.with_measured(f"{saving[lo]:.1%} ({_shape_text(lo)}) to {saving[hi]:.1%} ({_shape_text(hi)}) less "
+                           f"step peak; inside the band at {len(inside)} of {len(saving)} shapes"
+                           + (f" ({', '.join(_shape_text(k) for k in inside)})" if inside else ""))
+
+
+def flop_speed_verdict(full_flops: dict, partial_flops: dict, most: float = SLIGHTLY) -> Verdict:
+    """"Speed rises slightly", decided on exact counts at the shapes swept (``meta_step_sweep``'s ``flops``,
+    ``{(batch, block): FLOPs}`` per arm): the matmul FLOPs of one forward + backward, full / partial, against the
+    band (1.00x, ``most``) of "slightly" (faster, but not "much faster"), over the whole sweep (``level_range``,
+    open band: holds if every shape is inside, does not hold if every shape is outside on one side, inconclusive
+    if the sweep straddles an edge). A FLOP ratio is an estimate of the speed-up where matmuls dominate (large
+    batches, a GPU), not a timing: elementwise work and the AdamW update are not counted."""
+    if set(full_flops) != set(partial_flops) or len(full_flops) < 2:
+        raise ValueError(f"give both arms' FLOPs at the same shapes, two or more: {list(full_flops)} vs "
+                         f"{list(partial_flops)}")
+    if any(v <= 0 for v in [*full_flops.values(), *partial_flops.values()]):
+        raise ValueError("FLOP counts must be positive")
+    ratio = {k: full_flops[k] / partial_flops[k] for k in full_flops}
+    v = level_range(list(ratio.values()), low=1.0, high=most, strict=True, fmt="{:.2f}", unit="x",
+                    what="matmul FLOP ratio full / partial", over=f"{len(ratio)} shapes (batch x tokens)")
+    lo, hi = min(ratio, key=ratio.get), max(ratio, key=ratio.get)
+    return dataclasses.replace(v.with_measured(
+        f"FLOP ratio {ratio[lo]:.2f}x ({_shape_text(lo)}) to {ratio[hi]:.2f}x ({_shape_text(hi)})"),
+        bar=f"1.00x < FLOP ratio < {most:.2f}x at every shape")
 
 
 def compare_forgetting(full: Sequence[float], partial: Sequence[float]) -> Verdict:
@@ -568,68 +620,46 @@ def compare_forgetting(full: Sequence[float], partial: Sequence[float]) -> Verdi
     return compare_runs(full, partial, lower=True, unit="nats/token of forgetting", fmt="{:+.4f}")
 
 
-def forgetting_precondition(full: Sequence[float], full_tuned_fall: Sequence[float]) -> tuple[bool, str]:
-    """The rule, fixed before the data, that makes "partial forgets less than full" measurable: full fine-tuning
-    must (1) forget: its web-loss rise over the seeds has a 95% t interval wholly above 0, and (2) still be a
-    fine-tuning, not a damaged run: its held-out fall on the TUNED text (``full_tuned_fall``, one per seed) above 0
-    in every seed (better than the untouched model). Returns (met, the reason in words). It looks at full
-    fine-tuning alone, so it does not depend on which arm wins."""
-    if len(full) != len(full_tuned_fall):
-        raise ValueError(f"{len(full)} web-loss rises and {len(full_tuned_fall)} tuned-text falls: one of each per "
-                         "seed of full fine-tuning")
-    rise = level(full, low=0.0, fmt="{:+.4f}")
-    worse = sum(f <= 0 for f in full_tuned_fall)
-    failed = []
-    if not rise.low > 0:
-        failed.append(f"full fine-tuning did not clearly forget (web-loss rise {rise.value:+.4f}, 95% interval "
-                      f"{rise.low:+.4f} to {rise.high:+.4f}, not wholly above 0)")
-    if worse:
-        failed.append(f"full fine-tuning ended worse than the untouched model on held-out Alice in {worse} of "
-                      f"{len(full_tuned_fall)} seeds (a damaged run, not a fine-tuning to compare with)")
-    if failed:
-        return False, "; ".join(failed)
-    return True, (f"full fine-tuning forgot (web-loss rise 95% interval {rise.low:+.4f} to {rise.high:+.4f}) and "
-                  f"beat the untouched model on held-out Alice in all {len(full_tuned_fall)} seeds")
-
-
 def forgetting_verdict(full: Sequence[float], partial: Sequence[float],
                        full_tuned_fall: Sequence[float]) -> Verdict:
-    """"Freezing attention reduces catastrophic forgetting", where it can be measured (``forgetting_precondition``:
-    full fine-tuning forgot AND still beat the untouched model on the tuned text in every seed). Then
-    ``compare_forgetting`` decides on the paired web-loss rises, both ways. Otherwise ``not_measurable`` with the
-    reason and the figures: a paired difference against a run that did not forget, or against one the learning rate
-    damaged, says nothing about the lecture's claim, whichever arm wins."""
-    met, reason = forgetting_precondition(full, full_tuned_fall)
+    """"Freezing attention reduces catastrophic forgetting": ``compare_forgetting`` on the paired web-loss rises,
+    through ``verdicts.given`` with the two preconditions fixed before the data, looking at full fine-tuning (the
+    reference) alone: ``reference_ok``, full fine-tuning beat the untouched model on held-out Alice in every seed
+    (``full_tuned_fall`` above 0: a fine-tuning, not a run its learning rate damaged); ``effect_shown``, full
+    fine-tuning forgot (its web-loss rise's 95% t interval wholly above 0). A failed precondition is noise or a bad
+    reference, never "not measurable": ``given`` makes it inconclusive (and keeps a clear "does not hold")."""
+    if not len(full) == len(partial) == len(full_tuned_fall):
+        raise ValueError(f"{len(full)} full and {len(partial)} partial web-loss rises, {len(full_tuned_fall)} "
+                         "tuned-text falls: one of each per seed")
+    rise = level(full, low=0.0, fmt="{:+.4f}")
+    worse = sum(f <= 0 for f in full_tuned_fall)
+    n = len(full_tuned_fall)
+    reference_ok = (not worse, f"full fine-tuning beat the untouched model on held-out Alice in all {n} seeds"
+                    if not worse else f"full fine-tuning ended no better than the untouched model on held-out Alice "
+                                      f"in {worse} of {n} seeds (a damaged run, not a fine-tuning to compare with)")
+    interval = f"web-loss rise {rise.value:+.4f}, 95% interval {rise.low:+.4f} to {rise.high:+.4f}"
+    effect_shown = (rise.low > 0, f"full fine-tuning forgot ({interval})" if rise.low > 0
+                    else f"full fine-tuning did not clearly forget ({interval}, not wholly above 0)")
     shown = {k: level(v, low=0.0, fmt="{:+.4f}") for k, v in (("full", full), ("partial", partial))}
     changes = "; ".join(f"{k} {r.value:+.4f} ({r.low:+.4f} to {r.high:+.4f})" for k, r in shown.items())
-    if met:
-        v = compare_forgetting(full, partial)  # gain = full - partial per seed; shown as partial - full
-        v = dataclasses.replace(v, bar="partial - full < 0 (web-loss rise), if full FT forgot and beat the "
-                                       "untouched model on Alice")
-        return v.with_measured(f"web-loss rise {changes}; paired difference partial - full {-v.gain:+.4f} "
-                               f"({-v.high:+.4f} to {-v.low:+.4f}) nats/token").with_note(f"precondition met: {reason}")
-    v = not_measurable(f"web-loss change {changes} nats/token (mean, 95% interval)",
-                       f"not measurable here: the precondition failed: {reason}")
-    return dataclasses.replace(v, bar="measurable only if full FT forgot and beat the untouched model on Alice")
+    v = compare_forgetting(full, partial)  # gain = full - partial per seed; shown as partial - full
+    v = v.with_measured(f"web-loss rise {changes}; paired difference partial - full {-v.gain:+.4f} "
+                        f"({-v.high:+.4f} to {-v.low:+.4f}) nats/token")
+    return given(v, reference_ok=reference_ok, effect_shown=effect_shown,
+                 bar_if="if full FT beat the untouched model on Alice in every seed and clearly forgot")
 
 
-def loss_falls(before: float, after: Sequence[float], general_fall: Sequence[float] | None = None) -> Verdict:
-    """"The loss still falls with attention frozen": the held-out loss on the tuned text after fine-tuning (one per
-    seed) against the one before (the same pretrained weights for every seed), paired by seed.
-
-    Without ``general_fall``: lower by more than 0? With it (per seed, how far the loss on GENERAL text fell in the
-    same run: a stand-in rounded to 4 bits wins part of its rounding error back on any text), the tuned text's fall
-    must exceed that general fall, seed by seed: a run that only repaired the rounding, or learned nothing of the
-    tuned text, fails."""
-    falls = [before - a for a in after]
-    if general_fall is None:
-        v = compare_runs([before] * len(after), after, lower=True)
-        return v.with_measured(f"held-out loss {before:.3f} -> {statistics.fmean(after):.3f} (mean of {len(after)} "
-                               f"seeds); fall {v.measured}")
-    v = compare_runs(list(general_fall), falls, lower=False, unit="nats more than the general-text fall")
-    return v.with_measured(f"held-out loss {before:.3f} -> {statistics.fmean(after):.3f} (mean of {len(after)} "
-                           f"seeds), fall {statistics.fmean(falls):+.3f} vs general text's "
-                           f"{statistics.fmean(general_fall):+.3f}; difference {v.measured}")
+def _share_of_full(full: Sequence[float], partial: Sequence[float], share: float, what: str, mismatch: str,
+                   needs: str) -> tuple[Verdict, list[float]]:
+    """Per seed, partial's figure as a share of full fine-tuning's (same seed, steps, learning rate), and ``level``
+    of the shares against ``share`` (``what`` names them): holds when the t interval of the mean share is at or above
+    it. ``mismatch`` and ``needs`` finish the two error messages (unequal lengths; full not above 0 in every seed)."""
+    if len(full) != len(partial):
+        raise ValueError(f"{len(full)} full and {len(partial)} partial {mismatch}")
+    if any(g <= 0 for g in full):
+        raise ValueError(needs.format(list(full)))
+    shares = [p / f for p, f in zip(partial, full)]
+    return level(shares, low=share, fmt="{:.0%}", what=what), shares
 
 
 def share_of_full(full_gain: Sequence[float], partial_gain: Sequence[float],
@@ -637,13 +667,10 @@ def share_of_full(full_gain: Sequence[float], partial_gain: Sequence[float],
     """"Partial fine-tuning learns the style about as well as full fine-tuning": per seed, the share of full
     fine-tuning's fall in held-out loss that partial reaches (same seed, steps, learning rate); holds when the t
     interval of the mean share is wholly at or above ``share``."""
-    if len(full_gain) != len(partial_gain):
-        raise ValueError(f"{len(full_gain)} full and {len(partial_gain)} partial gains: give one of each per seed")
-    if any(g <= 0 for g in full_gain):
-        raise ValueError(f"full fine-tuning must have lowered the held-out loss in every seed to take a share of "
-                         f"its gain, got {list(full_gain)}: train longer or check the learning rate")
-    shares = [p / f for p, f in zip(partial_gain, full_gain)]
-    v = level(shares, low=share, fmt="{:.0%}", what="share of full FT's gain")
+    v, shares = _share_of_full(
+        full_gain, partial_gain, share, "share of full FT's gain", "gains: give one of each per seed",
+        "full fine-tuning must have lowered the held-out loss in every seed to take a share of its gain, got {}: "
+        "train longer or check the learning rate")
     return v.with_measured(f"{v.measured} of full FT's fall in held-out loss (per seed: "
                            + ", ".join(f"{s:.0%}" for s in shares) + ")")
 
@@ -656,15 +683,10 @@ def mlps_suffice(style_before: float, full_after: Sequence[float], partial_after
     L(tuned author), held out, that partial fine-tuning (MLPs + norms only) reaches as a share of full fine-tuning's
     rise (same seed, steps, learning rate); holds when the t interval of the mean share is at or above ``share``
     (the same bar as "equivalent to full fine-tuning")."""
-    full_rise = [g - style_before for g in full_after]
-    partial_rise = [g - style_before for g in partial_after]
-    if len(full_rise) != len(partial_rise):
-        raise ValueError(f"{len(full_rise)} full and {len(partial_rise)} partial style gaps: one of each per seed")
-    if any(r <= 0 for r in full_rise):
-        raise ValueError(f"full fine-tuning must have raised the style gap in every seed to take a share of its "
-                         f"rise, got {full_rise}")
-    shares = [p / f for p, f in zip(partial_rise, full_rise)]
-    v = level(shares, low=share, fmt="{:.0%}", what="share of full FT's rise of G")
+    v, shares = _share_of_full(
+        [g - style_before for g in full_after], [g - style_before for g in partial_after], share,
+        "share of full FT's rise of G", "style gaps: one of each per seed",
+        "full fine-tuning must have raised the style gap in every seed to take a share of its rise, got {}")
     return v.with_measured(f"G {style_before:+.3f} -> full {statistics.fmean(full_after):+.3f}, partial "
                            f"{statistics.fmean(partial_after):+.3f}; partial reaches {v.measured} of full FT's rise "
                            "(per seed: " + ", ".join(f"{s:.0%}" for s in shares) + ")")
@@ -729,25 +751,6 @@ def latency_ratio(timings: dict, plain: str, unmerged: str) -> dict:
     return {"median": statistics.median(ratios), "low": ratios[0], "high": ratios[-1], "rounds": len(ratios)}
 
 
-def step_matmul_flops(model: nn.Module, groups: Iterable[str], batch_size: int, block_size: int) -> int:
-    """FLOPs that PyTorch's ``FlopCounterMode`` counts (matmuls, attention) in one forward + backward of ``model``
-    with ``groups`` frozen, on the meta device (shapes only: exact counts, no arithmetic). Frozen weights skip their
-    weight-gradient matmuls; elementwise work and AdamW's update are not counted, so a ratio of two counts is an
-    ESTIMATE of a speed-up where matmuls dominate (large batches), not a timing."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if next(model.parameters()).device.type != "meta":
-        raise ValueError("step_matmul_flops needs a model on the meta device, e.g. build_from_config(name)")
-    freeze(model, groups)
-    vocab = model.get_input_embeddings().num_embeddings
-    x = torch.randint(0, vocab, (batch_size, block_size), device="meta")
-    with FlopCounterMode(display=False) as counter:
-        all_token_loss(model(x).logits, x).backward()
-    for p in model.parameters():
-        p.grad = None
-    return int(counter.get_total_flops())
-
-
 def attention_moments_fact(attention_params: int, total_params: int, full_peak: int,
                            moment_bytes: int = ADAMW_MOMENT_BYTES) -> dict:
     """The lecture's reason for its memory saving (the attention weights need no AdamW moments), as a FACT: those
@@ -762,7 +765,7 @@ def attention_moments_fact(attention_params: int, total_params: int, full_peak: 
     bound = moments / ((4 + 4 + moment_bytes) * total_params)
     return {"moments": moments, "bound": bound, "of_peak": moments / full_peak,
             "text": f"<= {bound:.1%} of weights + gradients + AdamW state ({format_bytes(moments)}; "
-                    f"{moments / full_peak:.1%} of the full step peak at the verdict's batch), so they cannot explain "
+                    f"{moments / full_peak:.1%} of the smallest full step peak swept), so they cannot explain "
                     "25-30%"}
 
 

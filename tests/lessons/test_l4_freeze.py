@@ -17,22 +17,20 @@ from course_utils.lessons.l4_freeze import (
     count_verdicts,
     expected_trainable,
     falls_every_evaluation,
-    forgetting_precondition,
+    flop_speed_verdict,
     forgetting_verdict,
     freeze,
     freeze_combinations,
     group_counts,
     latency_ratio,
     linear_module_names,
-    loss_falls,
     memory_verdict,
     meta_step_peak,
+    meta_step_sweep,
     mlps_suffice,
     name_rule_mistakes,
     set_arm,
     share_of_full,
-    slightly_faster,
-    step_matmul_flops,
     suffices_like_full,
     tied_parameters,
     training_step,
@@ -226,40 +224,47 @@ def test_partial_step_needs_less_memory_than_full(tiny_llama, token_stream):
         batch = (token_stream[:128].view(4, 32), token_stream[1:129].view(4, 32))
         peaks[len(groups)], _ = training_step_peak(lambda m=model: m, lambda g, b=batch: b, device="cpu")
         assert peaks[len(groups)] >= training_state_bytes(model)["total"]
-    v = memory_verdict(peaks[0], peaks[2], band=(0.0, 0.99))
-    assert peaks[2] < peaks[0] and v.verdict == HOLDS and 0 < v.value < 0.99
+    v = memory_verdict({(4, 32): peaks[0], (1, 32): peaks[0]}, {(4, 32): peaks[2], (1, 32): peaks[2]},
+                       band=(0.0, 0.99))
+    assert peaks[2] < peaks[0] and v.verdict == HOLDS and 0 < v.low < 0.99
 
+def test_memory_verdict_judges_the_whole_sweep_both_ways():
+    shapes = [(1, 256), (8, 256), (32, 1024)]
 
-def test_memory_verdict_is_a_level_test_of_the_saving_both_ways():
-    inside = memory_verdict(1000, 730)  # 27% less: inside "about 25-30%" (20-35%)
-    assert inside.verdict == HOLDS and abs(inside.value - 0.27) < 1e-9 and "27.0% less" in inside.measured
-    assert memory_verdict(1000, 520).verdict == DOES_NOT_HOLD  # 48% less: more than the lecture says
-    assert memory_verdict(1000, 1000).verdict == DOES_NOT_HOLD  # no saving at all
-    assert memory_verdict(1000, 1100).verdict == DOES_NOT_HOLD  # more memory
-    assert inside.bar == "20.0%-35.0%"
+    def verdict(*partial):
+        return memory_verdict(dict.fromkeys(shapes, 1000), dict(zip(shapes, partial)))
+
+    inside = verdict(730, 750, 780)  # 27%, 25%, 22% less: inside "about 25-30%" (20-35%) at every shape
+    assert inside.verdict == HOLDS and abs(inside.low - 0.22) < 1e-9 and abs(inside.high - 0.27) < 1e-9
+    assert inside.measured.startswith("22.0% (32 x 1024) to 27.0% (1 x 256) less step peak")
+    assert "inside the band at 3 of 3 shapes" in inside.measured and inside.bar == "20.0%-35.0%"
+    assert verdict(520, 550, 600).verdict == DOES_NOT_HOLD  # 48%-40% less at every shape: more than the lecture
+    assert verdict(900, 950, 1000).verdict == DOES_NOT_HOLD  # 10%-0%: less at every shape
+    assert verdict(1000, 1050, 1100).verdict == DOES_NOT_HOLD  # more memory
+    straddle = verdict(610, 860, 960)  # 39%, 14%, 4%: the saving depends on the batch the notes never give
+    assert straddle.verdict == INCONCLUSIVE and "straddles" in straddle.why
+    assert "inside the band at 0 of 3 shapes" in straddle.measured
+    assert verdict(700, 860, 960).verdict == INCONCLUSIVE  # one shape inside, the others below
     with pytest.raises(ValueError, match="positive"):
-        memory_verdict(0, 10)
+        memory_verdict({(1, 2): 0, (2, 2): 5}, {(1, 2): 10, (2, 2): 5})
+    with pytest.raises(ValueError, match="same shapes"):
+        memory_verdict({(1, 2): 10}, {(1, 2): 5})
 
 
-def _timings(full, partial):
-    return Timing(list(full)), Timing(list(partial))
+def test_flop_speed_verdict_has_a_bar_on_both_sides_over_the_sweep():
+    shapes = [(1, 256), (1, 1024)]
 
+    def verdict(*ratios):
+        return flop_speed_verdict(dict.fromkeys(shapes, 100.0), {k: 100.0 / r for k, r in zip(shapes, ratios)})
 
-def test_slightly_faster_has_a_bar_on_both_sides():
-    base = [1.0 + 0.01 * i for i in range(15)]
-    # 1.1x faster in every round: slightly
-    assert slightly_faster(*_timings(base, [b / 1.1 for b in base])).verdict == HOLDS
-    # 1.5x faster: much faster, not "slightly"
-    much = slightly_faster(*_timings(base, [b / 1.5 for b in base]))
-    assert much.verdict == DOES_NOT_HOLD and abs(much.speedup - 1.5) < 1e-9 and "wholly above 1.25x" in much.why
-    assert much.measured.startswith("1.50x") and much.bar == "1.00x < speed-up < 1.25x" and "AND" not in much.why
-    # slower: does not hold either
-    slower = slightly_faster(*_timings(base, [b * 1.1 for b in base]))
-    assert slower.verdict == DOES_NOT_HOLD and "wholly below 1.00x" in slower.why
-    # rounds that straddle 1.0: within the noise
-    noisy = [b * f for b, f in zip(base, [0.9, 1.1] * 7 + [1.0])]
-    assert slightly_faster(*_timings(base, noisy)).verdict == INCONCLUSIVE
-
+    slight = verdict(1.21, 1.19)  # the lecture's "slightly" at both shapes
+    assert slight.verdict == HOLDS and slight.measured == "FLOP ratio 1.19x (1 x 1024) to 1.21x (1 x 256)"
+    assert slight.bar == "1.00x < FLOP ratio < 1.25x at every shape"
+    much = verdict(1.5, 1.6)  # much faster, not "slightly"
+    assert much.verdict == DOES_NOT_HOLD and "every one outside" in much.why
+    assert verdict(0.9, 0.95).verdict == DOES_NOT_HOLD  # slower
+    assert verdict(1.0, 1.1).verdict == INCONCLUSIVE  # no faster at one shape: on the open band's edge
+    assert verdict(1.2, 1.3).verdict == INCONCLUSIVE  # straddles 1.25x
 
 def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
     plain = [1.0 + 0.01 * i for i in range(15)]
@@ -301,13 +306,7 @@ def test_compare_forgetting_is_paired_over_seeds_and_symmetric():
         compare_forgetting([0.1], [0.0])
 
 
-def test_loss_falls_and_share_of_full():
-    assert loss_falls(3.6, [3.30, 3.35, 3.32]).verdict == HOLDS
-    assert loss_falls(3.6, [3.70, 3.75, 3.72]).verdict == DOES_NOT_HOLD
-    assert "3.600 -> 3.323" in loss_falls(3.6, [3.30, 3.35, 3.32]).measured
-    # with the general-text fall of the same runs: the tuned text must fall further, seed by seed
-    assert loss_falls(3.6, [3.30, 3.35, 3.32], [0.02, 0.03, 0.02]).verdict == HOLDS
-    assert loss_falls(3.6, [3.58, 3.57, 3.58], [0.05, 0.06, 0.05]).verdict == DOES_NOT_HOLD  # only repair
+def test_share_of_full():
     assert share_of_full([0.30, 0.31, 0.32], [0.29, 0.30, 0.31]).verdict == HOLDS  # ~97% of full's gain
     assert share_of_full([0.30, 0.31, 0.32], [0.15, 0.16, 0.15]).verdict == DOES_NOT_HOLD  # ~50%
     assert share_of_full([0.328, 0.310, 0.338], [0.291, 0.275, 0.278]).verdict == INCONCLUSIVE  # 87% (77-96%)
@@ -315,35 +314,30 @@ def test_loss_falls_and_share_of_full():
         share_of_full([0.3, -0.1, 0.3], [0.2, 0.2, 0.2])
 
 
-def test_forgetting_precondition_both_ways():
-    learned = [0.10, 0.20, 0.15]  # full FT beat the untouched model on held-out Alice in every seed
-    assert forgetting_precondition([0.10, 0.12, 0.11], learned)[0]
-    ok, why = forgetting_precondition([-0.014, -0.030, -0.023], learned)  # its web loss fell: nothing to reduce
-    assert not ok and "did not clearly forget" in why and "worse than the untouched" not in why
-    ok, why = forgetting_precondition([0.10, 0.12, 0.11], [-0.01, 0.20, 0.15])  # forgot, but damaged in one seed
-    assert not ok and "worse than the untouched model on held-out Alice in 1 of 3 seeds" in why
-    assert "did not clearly forget" not in why
-    ok, why = forgetting_precondition([0.01, -0.10, 0.12], [-0.2, -0.1, -0.3])  # both parts fail: both said
-    assert not ok and "did not clearly forget" in why and "in 3 of 3 seeds" in why
-    with pytest.raises(ValueError, match="one of each per seed"):
-        forgetting_precondition([0.1, 0.2, 0.3], [0.1, 0.2])
-
-
-def test_forgetting_is_decided_only_where_the_precondition_holds():
+def test_forgetting_is_decided_given_a_valid_reference_that_forgot():
     learned, damaged = [0.10, 0.20, 0.15], [-0.009, -0.249, -0.147]
-    v = forgetting_verdict([-0.014, -0.030, -0.023], [-0.020, -0.025, -0.022], learned)  # full FT's web loss fell
-    assert v.verdict == NOT_MEASURABLE and "did not clearly forget" in v.why and "full -0.0223" in v.measured
     forgot = forgetting_verdict([0.10, 0.12, 0.11], [0.05, 0.06, 0.055], learned)
     assert forgot.verdict == HOLDS and "partial - full -0.0550 (-0.0674 to -0.0426)" in forgot.measured
-    assert forgot.bar.startswith("partial - full < 0 (web-loss rise)") and "precondition met" in forgot.why
+    assert forgot.bar.startswith("partial - full < 0") or "if full FT beat the untouched model" in forgot.bar
+    assert "precondition met" in forgot.why and "full fine-tuning forgot" in forgot.why
     assert forgetting_verdict([0.05, 0.06, 0.055], [0.10, 0.12, 0.11], learned).verdict == DOES_NOT_HOLD
-    # notebook 04's old lr 1e-3 figures: partial clearly forgot less, but full FT was damaged: not measurable,
-    # and the mirror image (full forgetting less) is not measurable either: the rule does not look at the winner
+    # full FT's web loss fell: nothing shown to reduce; partial forgetting "less" is noise: inconclusive, never
+    # "not measurable" (the hardware could run it)
+    v = forgetting_verdict([-0.014, -0.030, -0.023], [-0.030, -0.045, -0.040], learned)
+    assert v.verdict == INCONCLUSIVE and "did not clearly forget" in v.why and "full -0.0223" in v.measured
+    # the noisy rise of the committed run: full +0.10 (interval contains 0), partial below it in every seed
+    noisy = forgetting_verdict([0.100, 0.040, 0.163], [-0.02, -0.045, -0.003], learned)
+    assert noisy.verdict == INCONCLUSIVE and "not wholly above 0" in noisy.why
+    # a clear miss stands even where full FT barely forgot: partial forgot clearly more
+    assert forgetting_verdict([-0.01, 0.0, 0.01], [0.10, 0.12, 0.11], learned).verdict == DOES_NOT_HOLD
+    # lr 1e-3's figures: partial clearly forgot less, but full FT was damaged: inconclusive both ways
     old_full, old_partial = [0.96, 0.69, 0.75], [0.26, 0.26, 0.28]
     for a, b in ((old_full, old_partial), (old_partial, old_full)):
         v = forgetting_verdict(a, b, damaged)
-        assert v.verdict == NOT_MEASURABLE and "in 3 of 3 seeds" in v.why and "full +" in v.measured
-
+        assert v.verdict == INCONCLUSIVE and "in 3 of 3 seeds" in v.why and "full +" in v.measured
+        assert v.verdict != NOT_MEASURABLE
+    with pytest.raises(ValueError, match="one of each per seed"):
+        forgetting_verdict([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.1, 0.2])
 
 def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
     full = [0.396, 0.396, 0.396]  # full FT raised G by 0.2 in every seed
@@ -387,17 +381,22 @@ def test_tuned_text_note_says_which_arm_ended_worse_than_the_untouched_model():
     assert "partial held-out Alice fall +0.133" in note and "better than the untouched model in every seed" in note
 
 
-def test_step_matmul_flops_skip_the_frozen_weight_gradients():
+def test_meta_step_sweep_flops_skip_the_frozen_weight_gradients():
     neo = build_from_config("EleutherAI/gpt-neo-125M")
-    full, partial = step_matmul_flops(neo, [], 1, 32), step_matmul_flops(neo, LECTURE, 1, 32)
+    shapes = [(1, 32), (2, 32)]
+    full, partial = meta_step_sweep(neo, [], shapes), meta_step_sweep(neo, LECTURE, shapes)
     # the partial step skips exactly the weight-gradient matmuls of attention and the tied unembedding:
     # 2 FLOPs x tokens x their matmul weights (q, k, v, out: 4 d^2 per block; wte as lm_head: V d)
-    d, L, V, tokens = 768, 12, 50257, 32
-    assert full - partial == 2 * tokens * (L * 4 * d * d + V * d)
+    d, L, V = 768, 12, 50257
+    for b, t in shapes:
+        assert full[(b, t)]["flops"] - partial[(b, t)]["flops"] == 2 * b * t * (L * 4 * d * d + V * d)
+    assert full[(2, 32)]["flops"] == 2 * full[(1, 32)]["flops"]  # matmul FLOPs grow linearly with the batch
+    assert full[(2, 32)]["peak"] > full[(1, 32)]["peak"] > partial[(1, 32)]["peak"]
     assert all(p.grad is None for p in neo.parameters())
     with pytest.raises(ValueError, match="meta device"):
-        step_matmul_flops(nn.Linear(2, 2), [], 1, 2)
-
+        meta_step_sweep(nn.Linear(2, 2), [], [(1, 2)])
+    with pytest.raises(ValueError, match="positive sizes"):
+        meta_step_sweep(neo, [], [(0, 2)])
 
 def test_count_verdicts_one_row_for_the_trainable_count():
     neo = build_from_config("EleutherAI/gpt-neo-125M")
@@ -486,3 +485,23 @@ def test_the_notebooks_small_forgetting_lr_is_the_module_constant():
     src = next("".join(c["source"]) for c in nb["cells"] if "profile_settings(" in "".join(c["source"]))
     small = src.split("full=")[0]
     assert float(re.search(r'"forget_lr": ([0-9.e-]+)', small).group(1)) == FORGET_LR
+
+
+def test_level_range_judges_a_sweep_as_a_whole_both_ways():
+    """verdicts.level_range (added for this lesson's sweeps): every figure inside the band holds, every figure
+    outside on one side does not hold, a range across an edge is inconclusive; the open band for "slightly"."""
+    from course_utils.verdicts import level_range
+
+    assert level_range([0.22, 0.27, 0.30], low=0.2, high=0.35).verdict == HOLDS
+    assert level_range([0.04, 0.10, 0.16], low=0.2, high=0.35).verdict == DOES_NOT_HOLD
+    assert level_range([0.40, 0.50], low=0.2, high=0.35).verdict == DOES_NOT_HOLD
+    across = level_range([0.04, 0.24, 0.39], low=0.2, high=0.35, fmt="{:.0%}", what="saving", over="6 shapes")
+    assert across.verdict == INCONCLUSIVE and across.low == 0.04 and across.high == 0.39
+    assert "saving 4%-39% over 6 shapes (3 exact figures)" in across.why and across.measured == "4% to 39%"
+    assert level_range([0.01, 0.40], low=0.2, high=0.35).verdict == INCONCLUSIVE  # below and above: no side
+    assert level_range([1.0, 1.2], low=1.0, high=1.25).verdict == HOLDS  # the closed band includes its edge
+    assert level_range([1.0, 1.2], low=1.0, high=1.25, strict=True).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="sweep"):
+        level_range([0.3], low=0.2, high=0.35)
+    with pytest.raises(ValueError, match="finite"):
+        level_range([0.3, float("nan")], low=0.2)
