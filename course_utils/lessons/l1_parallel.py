@@ -49,7 +49,6 @@ from ..model import GPT, GPTConfig
 from ..paths import REPO_ROOT
 from ..tables import Table
 from ..validate import at_least
-from ..verdicts import Verdict, all_of, paired_difference
 from .l1_ddp import LaunchPlan, RunSettings, launch_plan, load_token_stream, max_loss_difference, run_torchrun
 
 SCRIPT = REPO_ROOT / "scripts" / "parallel_train.py"
@@ -60,7 +59,7 @@ CPU_SPEED_NOTE = "speed: not measurable here on CPU (2 gloo processes share 2 co
 
 __all__ = [
     "CPU_SPEED_NOTE", "INJECTIONS", "LOSS_TOL", "MODES", "LaunchPlan", "ParallelSettings", "bubble_fraction",
-    "bubble_table", "bubble_verdict", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
+    "bubble_table", "column_parallel_linear", "launch", "launch_plan", "load_tokens",
     "max_loss_difference", "parallel_facts", "parallel_plan", "parallel_table", "pipeline_forward",
     "pipeline_schedule", "plot_bubble",
     "pp_max_loss_difference", "reference_run", "row_parallel_linear", "run_mode", "tp_weights_table", "validate",
@@ -685,16 +684,6 @@ def plot_bubble(run: dict, ax=None):
 LOSS_TOL = 1e-4
 
 
-def _idle_steps(run: dict, m: int, schedule: str) -> list[float]:
-    """Every stage's measured idle fractions at ``m`` micro-batches, the first (warm-up) step of each left out,
-    stage after stage: item i at one m pairs with item i at another (same stage, same batch)."""
-    for r in run["runs"]:
-        if r["schedule"] == schedule and r["m"] == m and "idle_steps_per_stage" in r:
-            return [v for s in r["idle_steps_per_stage"] for v in (s[1:] or s)]
-    raise ValueError(f"the pipeline run has no {schedule} run with m={m}; launch it with micro_batches that "
-                     f"include {m}")
-
-
 def bubble_measured(run: dict, schedule: str = "gpipe") -> str:
     """The bubble row's figures, as ``bubble_table`` shows them: each stage's idle fraction per m (3 decimals,
     stages joined by "/"), then the formula's."""
@@ -706,25 +695,6 @@ def bubble_measured(run: dict, schedule: str = "gpipe") -> str:
     p, ms = run["world_size"], [r["m"] for r in done]
     return (f"idle per stage {', '.join(per_m)} at m = {', '.join(map(str, ms))} (formula "
             f"{', '.join(f'{bubble_fraction(p, m):.2f}' for m in ms)})")
-
-
-def bubble_verdict(run: dict, schedule: str = "gpipe") -> Verdict:
-    """"More micro-batches shrink the pipeline bubble", judged at EVERY measured step of m (1 -> 2 -> 4 -> ...).
-
-    Bar (fixed before the run): GPipe's bubble (p - 1) / (m + p - 1) falls at every increase of m, so the claim
-    holds when, at each increase, the measured idle fraction is lower (``paired_difference`` over the stages'
-    steps, same stage and batch at both m), and does not hold when any increase clearly idles more (the fixed
-    cost of each send and receive grows with m and the formula leaves it out)."""
-    ms = sorted({r["m"] for r in run["runs"] if r["schedule"] == schedule and "idle_steps_per_stage" in r})
-    if len(ms) < 2:
-        raise ValueError(f"the pipeline run needs at least two {schedule} micro-batch counts, got {ms}")
-    parts = [paired_difference(_idle_steps(run, a, schedule), _idle_steps(run, b, schedule), lower=True,
-                               unit="of the step idle", fmt="{:+.3f}", pairs="stage steps")
-             .with_note(f"m={a} -> m={b}") for a, b in zip(ms, ms[1:])]
-    measured = bubble_measured(run, schedule)
-    v = all_of(*parts, measured=measured)
-    return Verdict(v.verdict, measured, v.why, v.figures,
-                   f"idle falls at every step of m ({' -> '.join(map(str, ms))}), as (p-1)/(m+p-1) does")
 
 
 def parallel_facts(runs: dict, ref: dict, tol: float = LOSS_TOL) -> list[tuple[str, str]]:

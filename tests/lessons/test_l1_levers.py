@@ -392,3 +392,72 @@ def test_bubble_departures_names_the_m_where_idle_exceeds_gpipes_formula():
     assert levers.bubble_departures(run) == [4]
     assert levers.bubble_departures(run, tol=0.0) == [1, 4, 8]
     assert levers.bubble_departures(run, schedule="1f1b") == [4]
+
+
+
+def test_fake_step_peak_counts_the_real_steps_peak_without_allocating_it(tiny, batches):
+    cfg = dict(vocab_size=41, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    for amp in ("off", "bf16"):
+        real, _ = runs.training_step_peak(tiny, batches(4), device="cpu", amp=amp)
+        fake = levers.fake_step_peak(GPTConfig(**cfg), 4, 16, amp=amp)
+        # the same step (train()'s loss, clipping, fused AdamW), counted by MemTracker: equal but for the batch's
+        # own two id tensors, which train() builds inside the step and the fake count holds from before it
+        assert abs(fake["peak"] - real) <= 2 * 4 * 16 * 8
+        state = memory.training_state_bytes(tiny())["total"]
+        assert fake["state"] == state and fake["activation share"] == pytest.approx(1 - state / fake["peak"])
+    # the share grows with the batch (more activations, the same state); tying lowers the state, not only the peak
+    small, big = (levers.fake_step_peak(GPTConfig(**cfg), b, 16)["activation share"] for b in (2, 16))
+    assert 0 < small < big < 1
+    untied = levers.fake_step_peak(GPTConfig(**cfg, tie_weights=False), 4, 16)
+    assert untied["state"] - fake["state"] >= 41 * 32 * ADAMW_FP32_BYTES_PER_PARAM
+
+
+def test_pilot_drop_is_the_baselines_drop_by_the_pilot_step():
+    from types import SimpleNamespace as H
+
+    h = H(eval_step=[0, 1, 2, 3, 4], test_loss=[10.8, 10.5, 10.1, 9.9, 9.6])
+    assert levers.pilot_drop(h, 3) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="at step 7"):
+        levers.pilot_drop(h, 7)
+    with pytest.raises(ValueError, match="did not fall"):
+        levers.pilot_drop(H(eval_step=[0, 1], test_loss=[10.8, 10.9]), 1)
+
+
+def test_steps_to_drop_verdict_decides_against_a_bar_in_steps_both_ways():
+    from types import SimpleNamespace as H
+
+    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
+    steps = list(range(11))
+    base = [H(eval_step=steps, test_loss=[10.0 - 0.1 * s * (1 + d) for s in steps]) for d in (0.0, 0.01, -0.01)]
+
+    def faster(f):  # the same curve, f times faster: crosses the target at 1/f of the baseline's step
+        return [H(eval_step=steps, test_loss=[10.0 - 0.1 * s * (1 + d) * f for s in steps])
+                for d in (0.0, 0.01, -0.01)]
+    rule = "the drop the baseline made by step 8 on pilot seed 99"
+    # target 0.8 nats below the start: the baseline crosses at about step 8; 5% of 8 = 0.4 steps
+    won = levers.steps_to_drop_verdict(base, faster(1.25), 0.8, 10, min_fewer=0.4, target_rule=rule)
+    assert won.verdict == HOLDS and rule in won.why and won.bar == "lower by > +0.40 steps"
+    assert levers.steps_to_drop_verdict(base, faster(1.02), 0.8, 10, min_fewer=0.4).verdict == DOES_NOT_HOLD
+    assert levers.steps_to_drop_verdict(base, faster(0.8), 0.8, 10, min_fewer=0.4).verdict == DOES_NOT_HOLD
+    # a gain of 1.02x is "fewer at all" but not 5% fewer: the bar, not the sign, decides
+    assert levers.steps_to_drop_verdict(base, faster(1.02), 0.8, 10).verdict == HOLDS
+    noisy = [H(eval_step=steps, test_loss=[10.0 - 0.1 * s * f for s in steps]) for f in (1.2, 0.95, 1.01)]
+    assert levers.steps_to_drop_verdict(base, noisy, 0.8, 10, min_fewer=0.4).verdict == INCONCLUSIVE
+
+
+def test_gpu_comparison_covers_every_lever_of_section_11():
+    assert set(levers.GPU_COMPARISON) == {"batch power of two", "mixed precision", "multi-GPU (DDP)", "scheduler",
+                                          "kernel fusion (SDPA)"}
+    assert "-0.515" in levers.GPU_COMPARISON["scheduler"] and "-0.515" in levers.GPU_NOTES["schedule_quality"]
+    assert {"contiguous", "contiguous_layout"} <= set(levers.CLAIMS) <= set(levers.GPU_NOTES) | {
+        "align", "adamw", "early_dropout"}
+
+
+def test_closest_share_batch_picks_the_batch_nearest_the_target_share():
+    cfg = GPTConfig(vocab_size=41, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    b, shares = levers.closest_share_batch(cfg, 16, 0.5, batch_sizes=(1, 4, 32))
+    assert list(shares) == [1, 4, 32] and shares[1] < shares[4] < shares[32]
+    assert b == min(shares, key=lambda k: abs(shares[k] - 0.5))
+    assert levers.closest_share_batch(cfg, 16, 0.999, batch_sizes=(1, 4, 32))[0] == 32
+    with pytest.raises(ValueError, match="share in"):
+        levers.closest_share_batch(cfg, 16, 1.5)

@@ -180,24 +180,6 @@ def _pp_run(*steps_per_m):
     return {"world_size": 2, "runs": runs}
 
 
-def test_bubble_verdict_judges_every_step_of_m():
-    from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE
-    from course_utils.verdicts import Verdict
-
-    # the first (warm-up) step of each stage is left out, whatever it measured
-    m1, m2, m4 = [[0.0, 0.5, 0.55], [0.9, 0.45, 0.5]], [[0.9, 0.3, 0.35], [0.0, 0.32, 0.33]], [[0, 0.2, 0.21]] * 2
-    v = par.bubble_verdict(_pp_run(m1, m2, m4))
-    assert isinstance(v, Verdict) and v.verdict == HOLDS
-    assert "formula 0.50, 0.33, 0.20" in v.measured and "every step of m (1 -> 2 -> 4)" in v.bar
-    # idle rises from m=2 to m=4 on every stage step: the claim is refuted, whatever m=1 -> 2 did
-    assert par.bubble_verdict(_pp_run(m1, m2, [[0, 0.6, 0.62], [0, 0.61, 0.63]])).verdict == DOES_NOT_HOLD
-    # mixed signs at one step of m: inconclusive
-    mixed = [[0, 0.36, 0.2], [0, 0.25, 0.4]]
-    assert par.bubble_verdict(_pp_run(m1, m2, mixed)).verdict == INCONCLUSIVE
-    with pytest.raises(ValueError, match="at least two gpipe"):
-        par.bubble_verdict(_pp_run(m1))
-
-
 def test_parallel_facts_from_the_runs(runs, ref):
     from course_utils.claims import ClaimsTable
 
@@ -212,7 +194,6 @@ def test_parallel_facts_from_the_runs(runs, ref):
         par.parallel_facts(runs, ref, tol=1e-12)
     with pytest.raises(ValueError, match="missing"):
         par.parallel_facts({"tp": runs["tp"]}, ref)
-    assert par.bubble_verdict(runs["pp"]).bar.startswith("idle falls at every step of m (1 -> 2)")
 
 
 def test_bubble_measured_shows_the_tables_figures():
