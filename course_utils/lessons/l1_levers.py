@@ -614,7 +614,8 @@ CLAIMS = {
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
     "align": ("an aligned matrix product is faster per row (a power of two vs not)",
               "power-of-two sizes: vectorization, memory alignment"),
-    "pad": ("vocabulary padded to 50,304 trains faster than 50,257", "power-of-two sizes are faster"),
+    "int_ids": ("token ids stored as int take less memory than as float (PyTorch's index dtype, int64, vs float32)",
+                "data types: 'int instead of float for indices' reduces memory cost (section 3.2)"),
     "bf16_matmul": ("16-bit matrix products are faster than fp32 (bfloat16: this row answers the lecture's 'or')",
                     "float16 or bfloat16: faster transfers and compute"),
     "fp16_matmul": ("fp16 matrix products are faster than fp32 (float16 alone; the lecture's 'or' is the bf16 row)",
@@ -652,12 +653,29 @@ CLAIMS = {
     "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
 }
 
-#: The course's own experiments, not lecture claims (the notes name no weight decay and no plain dropout, so there is
-#: no word to fix a bar from): measured the same way, listed under the claims table, never in it.
+#: The course's own questions, beyond the lecture (the notes never mention the vocabulary, weight decay or plain
+#: dropout, so no lecture claim and no word to fix a bar from): key -> (the question, the course's bar, fixed before
+#: the runs). Measured the same way, listed under the claims table, never in it.
 COURSE_EXPERIMENTS = {
-    "weight_decay": "weight decay 0.1 vs none: held-out loss, lower by",
-    "dropout": "dropout 0.1 all along vs none: held-out loss, lower by",
+    "pad": ("is nanoGPT's vocabulary padding (50,257 -> 50,304 = 393 x 128, a multiple of 128, not a power of two) "
+            "faster per training step?", "> 1.05x, the course's reading of a speed-up, as in the batch rows"),
+    "weight_decay": ("does weight decay 0.1 lower the held-out loss?", "lower by > 0 nats (any gain)"),
+    "dropout": ("does dropout 0.1 all along lower the held-out loss?", "lower by > 0 nats (any gain)"),
 }
+#: The course's GPU run on the padded vocabulary (its figure, not carried over: see the note).
+GPU_PAD = ("0.98x (slower beyond its +/-2% noise), but that code sliced the padded logits inside the timed step; the "
+           "current step crops in the fused loss (model.loss), so the GPU figure does not carry over")
+
+
+def course_experiments_text(answers: dict) -> str:
+    """The lines under the claims table: each of the course's own questions (``COURSE_EXPERIMENTS``), its bar and
+    the ``Verdict`` a ``course_utils.verdicts`` procedure gave it, labelled as no lecture claim."""
+    lines = ["Beyond the lecture: the course's own questions (the notes never mention them: no lecture claim, not "
+             "in the table; each bar is the course's, fixed before the runs)"]
+    for key, (question, bar) in COURSE_EXPERIMENTS.items():
+        a = answers[key]
+        lines.append(f"- {question}\n  bar (the course's): {bar}; measured {a.measured}: {a.verdict} ({a.why})")
+    return "\n".join(lines)
 
 #: Where the course's older GPU run decides or informs a row: results/nvidia-h100-80gb/01_optimization_options.md
 #: (H100 80GB, full profile: GPT-2-small Model 5, 124,439,808 parameters, timed steps at T=256, one seed per
@@ -668,10 +686,10 @@ GPU_STACK = ("the same three levers (tying, batch 64, vocabulary 50,304) on its 
              "0.98x tokens/s (56,920 -> 55,802, medians of one run, no interval); its 6.23x started from hand-written "
              "attention and added autocast and torch.compile, not in this stack")
 GPU_NOTES = {
-    "batch64": "1.01x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
-    "batch128": "1.00x per token at T=256 (medians, no interval), within its +/-1% noise: no gain there",
-    "pad": "0.98x (slower beyond its +/-2% noise), but that code sliced the padded logits inside the timed step; "
-           "the current step crops in the fused loss (model.loss), so the GPU figure does not carry over",
+    "batch64": "1.01x per token at T=256 (medians, no interval), but at T=256 B x T is a multiple of 256 whatever B "
+               "is (62 x 256 as aligned as 64 x 256), so that run could not test the claim: no evidence either way",
+    "batch128": "1.00x per token at T=256 (medians, no interval), but at T=256 B x T is a multiple of 256 whatever B "
+                "is (120 x 256 as aligned as 128 x 256), so that run could not test the claim: no evidence either way",
     "bf16_matmul": "bf16 13.80x at 4096 x 4096 on tensor cores: agrees",
     "fp16_matmul": "fp16 13.25x at 4096 x 4096 on tensor cores: the lecture holds there; this CPU has no fp16 "
                    "matrix units",
@@ -703,9 +721,11 @@ GPU_NOTES = {
                       "interval): below the 1.5x bar there too",
     "compile": "about 1.20x: below the 1.5x bar there too",
     "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there; on a GPU this row and the 16-bit rows agree",
-    "tying_memory": "step peak 18.3 -> 18.2 GiB at batch 62 x 256, 0.995x: a CUDA allocator peak (cached blocks, "
-                    "workspaces) shown to 0.1 GiB, from older code, not the tensor peak this row counts exactly; it "
-                    "saved about 0.1 GiB there, less than the V x d state tying removes",
+    "tying_memory": "step peak 18.3 -> 18.2 GiB at batch 62 x 256, 0.995x: by that figure the row would MISS its "
+                    "0.99 bar. It does not decide: it is a CUDA allocator peak (cached blocks, workspaces) rounded to "
+                    "0.1 GiB, so the ratio lies anywhere in 0.989-1.000 (straddling the bar), from older code at "
+                    "another shape; this row's exact tensor peak at the lecture's model and the full profile's shape "
+                    "(GPT-2 small, batch 16 x 1024) decides instead",
     "tying_compute": "tied vs untied step at T=256 (batch 62, fused attention): 0.99x tokens/s (281 vs 279 ms, "
                      "medians of one run, no interval): no gain there, where the optimizer is a small part of the step",
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
@@ -714,7 +734,8 @@ GPU_NOTES = {
 #: Section 11's comparison table: the course's GPU run (results/nvidia-h100-80gb/01_optimization_options.md, its own
 #: comparison table) beside each lever, and why it differs from this machine where it does.
 GPU_COMPARISON = {
-    "batch power of two": "64 vs 62: 1.01x; 128 vs 120: 1.00x: no gain there either (agrees)",
+    "batch power of two": "64 vs 62: 1.01x; 128 vs 120: 1.00x at T=256, where B x T is a multiple of 256 whatever "
+                          "B is: that run could not test the claim (no evidence either way)",
     "mixed precision": "3.86x tokens/s, final training loss +0.006 nats: the speed holds there on tensor cores; a "
                        "CPU's bf16 units give far less (hardware, not a contradiction); quality agrees",
     "multi-GPU (DDP)": "0.67x, 2 processes sharing one GPU: not measurable there either (agrees)",

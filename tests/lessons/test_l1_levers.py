@@ -371,7 +371,21 @@ def test_steps_to_drop_verdict_pairs_the_seeds_and_decides_both_ways():
 
 def test_claims_are_the_notes_claims():
     assert not set(levers.COURSE_EXPERIMENTS) & set(levers.CLAIMS)
-    assert "int_ids" not in levers.CLAIMS and "stack" not in levers.CLAIMS  # a fact and a demonstration, not rows
+    assert "stack" not in levers.CLAIMS  # a demonstration, not a row
+    assert "int_ids" in levers.CLAIMS and "int instead of float" in levers.CLAIMS["int_ids"][1]  # the notes' 3.2
+    assert "pad" in levers.COURSE_EXPERIMENTS and "pad" not in levers.CLAIMS  # the notes never name the vocabulary
+
+
+def test_course_experiments_text_labels_each_question_with_its_bar_and_answer():
+    from course_utils.verdicts import compare_runs
+    answers = {key: compare_runs([1.0, 1.1, 1.2], [0.9, 1.0, 1.1]) for key in levers.COURSE_EXPERIMENTS}
+    text = levers.course_experiments_text(answers)
+    assert text.startswith("Beyond the lecture") and "no lecture claim" in text
+    for question, bar in levers.COURSE_EXPERIMENTS.values():
+        assert question in text and f"bar (the course's): {bar}" in text
+    assert text.count(answers["dropout"].verdict) == len(levers.COURSE_EXPERIMENTS)
+    with pytest.raises(KeyError):
+        levers.course_experiments_text({})
     for key in ("schedule", "clip", "early_dropout"):  # section 3.6's claim: fewer epochs, counted as steps
         assert "fewer steps" in levers.CLAIMS[key][0] and "fewer epochs" in levers.CLAIMS[key][1]
 
@@ -450,7 +464,7 @@ def test_gpu_comparison_covers_every_lever_of_section_11():
                                           "kernel fusion (SDPA)"}
     assert "-0.515" in levers.GPU_COMPARISON["scheduler"] and "-0.515" in levers.GPU_NOTES["schedule_quality"]
     assert {"contiguous", "contiguous_layout"} <= set(levers.CLAIMS) <= set(levers.GPU_NOTES) | {
-        "align", "adamw", "early_dropout"}
+        "align", "adamw", "early_dropout", "int_ids"}
 
 
 def test_closest_share_batch_picks_the_batch_nearest_the_target_share():
