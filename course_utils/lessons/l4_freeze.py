@@ -434,6 +434,19 @@ def meta_step_sweep(model: nn.Module, groups: Iterable[str], shapes: Sequence[tu
     return out
 
 
+def random_model(name: str, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
+    """``name``'s architecture with random weights from the model's own initialisation, run once: built on the meta
+    device, given memory on ``device``, then ``init_weights()`` (seeded). ``build_from_config(name, device)`` does
+    the same work twice (PyTorch's default init of every layer, then the model's own over it): about 4x the CPU."""
+    from ..pretrained import build_from_config
+
+    model = build_from_config(name)  # meta: shapes only
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    model.init_weights()  # every weight and buffer (GPT-Neo's causal mask too), ties the unembedding
+    return model
+
+
 def meta_step_peak(model: nn.Module, groups: Iterable[str], batch_size: int, block_size: int,
                    clip_grad: float | None = 1.0) -> int:
     """The exact tensor peak (bytes) of one whole training step at one shape (``meta_step_sweep``)."""

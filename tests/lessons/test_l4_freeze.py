@@ -29,6 +29,7 @@ from course_utils.lessons.l4_freeze import (
     meta_step_sweep,
     mlps_suffice,
     name_rule_mistakes,
+    random_model,
     set_arm,
     share_of_full,
     suffices_like_full,
@@ -505,3 +506,20 @@ def test_level_range_judges_a_sweep_as_a_whole_both_ways():
         level_range([0.3], low=0.2, high=0.35)
     with pytest.raises(ValueError, match="finite"):
         level_range([0.3, float("nan")], low=0.2)
+
+
+def test_random_model_is_the_architecture_with_its_own_init_once():
+    torch.manual_seed(0)
+    ref = build_from_config("EleutherAI/gpt-neo-125M", device="cpu")  # PyTorch's init, then the model's over it
+    m = random_model("EleutherAI/gpt-neo-125M", seed=0)
+    assert [(n, p.shape) for n, p in m.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    assert m.lm_head.weight is m.transformer.wte.weight  # the unembedding still tied
+    buffers = dict(ref.named_buffers())
+    assert all(torch.equal(b, buffers[n]) for n, b in m.named_buffers())  # causal masks built, not left empty
+    for (n, p), q in zip(m.named_parameters(), ref.parameters()):
+        if p.dim() == 2:  # the model's own normal(0, 0.02), not PyTorch's default uniform
+            assert abs(p.std().item() - 0.02) < 1e-3 and abs(q.std().item() - 0.02) < 1e-3, n
+        else:
+            assert torch.equal(p, q), n  # LayerNorm gains 1, biases 0
+    again = random_model("EleutherAI/gpt-neo-125M", seed=0)
+    assert torch.equal(again.transformer.h[0].mlp.c_fc.weight, m.transformer.h[0].mlp.c_fc.weight)  # seeded
