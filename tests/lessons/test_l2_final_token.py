@@ -14,15 +14,20 @@ from course_utils.lessons.l2_final_token import (
     check_last_k_loss,
     count_target_tokens,
     distinct_n,
+    dropout_verdict,
     final_position_loss,
     final_position_test_loss,
     final_token_logits,
     first_step_below,
+    glued_rate,
+    glued_split,
+    glued_words,
     gpu_samples,
     head_share,
     known_word_share,
     last_k_loss_reference,
     lecture_step_flops,
+    letter_vocabulary,
     loss_noise,
     nll_on_raw_logits,
     noisier_verdict,
@@ -522,10 +527,55 @@ def test_real_id_pieces_are_real_pieces_before_decoding():
 
 
 def test_missing_spaces_is_decided_at_the_runs_budget_both_ways():
-    # word-start share over real text's, per seed: <= 0.90 is "missing spaces"; no reach rule
-    assert spaces_verdict([0.5, 0.55, 0.6]).verdict == HOLDS
-    assert spaces_verdict([1.05, 1.1, 1.15]).verdict == DOES_NOT_HOLD
-    assert spaces_verdict([0.6, 0.9, 1.2]).verdict == INCONCLUSIVE
-    assert spaces_verdict([1.05, 1.1, 1.15]).bar == "<= 0.90 of real"
+    # glued-word rate over real text's, per seed: >= 1/0.90 = 1.11x is "missing spaces"; no reach rule
+    assert spaces_verdict([2.0, 2.5, 3.0]).verdict == HOLDS
+    assert spaces_verdict([0.5, 0.6, 0.55]).verdict == DOES_NOT_HOLD
+    assert spaces_verdict([0.5, 1.1, 1.8]).verdict == INCONCLUSIVE
+    assert spaces_verdict([0.5, 0.6, 0.55]).bar == ">= 1.11x real"
     with pytest.raises(TypeError):
         spaces_verdict([1.0, 1.1, 1.2], "a budget")  # the row takes no budget_short
+
+
+def test_glued_words_are_unknown_words_that_split_into_two_known_ones():
+    known = letter_vocabulary("And this is the Access page, or a way: I and the queen.")
+    assert glued_split("andThis", known) == ("and", "this")
+    assert glued_split("this", known) is None  # a known word is not glued
+    assert glued_split("queens", known) is None  # "s" is no word: a plural is not a glued pair
+    assert glued_split("Iand", known) == ("i", "and") and glued_split("aThe", known) == ("a", "the")
+    glued, n = glued_words("the andThis, orAccess page2queen xyz", known)
+    assert glued == ["andThis", "orAccess"] and n == 6  # "page2queen": a digit separates two known words
+    assert glued_rate(["the the", "andThis"], known) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no letter-word"):
+        glued_rate("... 42", known)
+    with pytest.raises(ValueError, match="frozenset"):
+        glued_words("the", {"the"})
+
+
+def test_glued_words_find_the_gpu_runs_glued_pairs():
+    # the known words as the notebook builds them: the web training text (the offline C4 sample, 300 documents)
+    from course_utils.data import load_fineweb, load_text, tokenize, train_test_split
+
+    tok = gpt2_tokenizer()
+    docs, _ = load_fineweb(n_docs=300)
+    train_ids, test_ids = train_test_split(tokenize(docs, tok))
+    known = letter_vocabulary(tok.decode(train_ids.tolist()))
+    sampled = gpu_samples(GPU_NOTEBOOK, PROMPTS)["web | final-token"][1][1]
+    glued, n = glued_words(sampled, known)
+    assert {"andThis", "orAccess"} <= set(glued) and n > 50
+    alice = gpu_samples(GPU_NOTEBOOK, PROMPTS)["Alice | final-token"]
+    assert "thethe" in glued_words(alice[0][1], letter_vocabulary(load_text("alice")))[0]
+    # real held-out web text has a level of its own (rare words split by chance), below the glued sample's
+    assert 0 < glued_rate(tok.decode(test_ids.tolist()), known) < len(glued) / n
+
+
+def test_dropout_needs_a_valid_reference_that_overfits():
+    p0_test, better = [7.0, 7.2, 7.1], [6.5, 6.6, 6.55]
+    untrained, trained = [10.8] * 3, [7.0, 7.1, 7.2]
+    overfit, no_overfit = [5.0, 5.2, 5.1], [7.1, 7.0, 7.3]
+    assert dropout_verdict(p0_test, better, untrained, trained, overfit).verdict == HOLDS
+    held = dropout_verdict(p0_test, better, untrained, trained, no_overfit)
+    assert held.verdict == INCONCLUSIVE and "did not show" in held.why  # a gain without overfitting: not "holds"
+    broken = dropout_verdict(p0_test, better, untrained, [11.0, 7.1, 7.2], overfit)
+    assert broken.verdict == INCONCLUSIVE and "not valid" in broken.why
+    worse = dropout_verdict(p0_test, [7.5, 7.7, 7.6], untrained, trained, no_overfit)
+    assert worse.verdict == DOES_NOT_HOLD  # a clear loss stands
