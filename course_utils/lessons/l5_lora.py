@@ -132,6 +132,17 @@ def add_lora(model: nn.Module, target_modules: Iterable[str], r: int, alpha: flo
     return [n for n, _ in found]
 
 
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters share the original's storage: new ``nn.Parameter`` objects (so
+    ``requires_grad``, a device or dtype move, LoRA wrapping stay on the copy; tied weights stay tied) over the same
+    tensors, so no weight is copied. For what never writes into the weights: LoRA on frozen ones, ``merge_lora``
+    (it builds new layers), saving an adapter. Full fine-tuning (or peft's in-place merge) needs ``copy.deepcopy``."""
+    import copy
+
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     if not layers:

@@ -17,6 +17,7 @@ from course_utils.lessons.l5_lora import (
     lora_param_count,
     merge_lora,
     randomize_lora_B,
+    shared_copy,
 )
 from course_utils.memory import BYTES_PER_PARAM, count_parameters, finetune_memory, optimizer_state_bytes
 
@@ -544,3 +545,26 @@ def test_per_rank_scope_names_the_ranks_each_way():
     assert per_rank_scope(adapter_size_verdict, n65, qv) == "r=8: holds; r=16: holds; r=64: does not hold"
     with pytest.raises(ValueError):
         per_rank_scope(fewer_params_verdict, n65, {})
+
+
+def test_shared_copy_shares_weights_not_parameters(ids, tiny_llama):
+    """LoRA on a shared copy trains as on a deep copy and leaves the original untouched (trainable, same values);
+    tied weights stay tied; a dtype move stays on the copy."""
+    base = tiny_llama(vocab=101, hidden=48, intermediate=96, tie=True)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    shared, deep = shared_copy(base), copy.deepcopy(base)
+    assert shared.get_input_embeddings().weight is shared.get_output_embeddings().weight
+    assert shared.get_input_embeddings().weight is not base.get_input_embeddings().weight
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(shared.parameters(), base.parameters()))
+    for m in (shared, deep):
+        add_lora(m, TARGETS, r=4, alpha=8, seed=0)
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(2):
+            m(ids).logits.square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert torch.equal(shared(ids).logits, deep(ids).logits)
+    assert all(p.requires_grad for p in base.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())
+    assert shared_copy(base).to(torch.bfloat16).lm_head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in base.parameters())
