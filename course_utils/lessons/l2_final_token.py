@@ -495,8 +495,9 @@ def dropout_verdict(p0_test: Sequence[float], p_test: Sequence[float], p0_untrai
         comparison,
         reference_ok=(trained, f"the p = 0 runs' own test loss fell, {per_seed(p0_untrained, fmt)} untrained -> "
                                f"{per_seed(p0_trained, fmt)}" + ("" if trained else " (not on every seed)")),
-        effect_shown=(gap.figures["low"] > 0, f"the p = 0 runs overfit {'' if gap.figures['low'] > 0 else 'not '}"
-                                              f"clearly: test - train {gap.figures['gain']:+.2f} nats "
+        effect_shown=(gap.figures["low"] > 0, f"the p = 0 runs {'' if gap.figures['low'] > 0 else 'did not '}"
+                                              f"{'overfit' if gap.figures['low'] > 0 else 'clearly overfit'}: "
+                                              f"test - train {gap.figures['gain']:+.2f} nats "
                                               f"({gap.figures['low']:+.2f} to {gap.figures['high']:+.2f}), train "
                                               f"{per_seed(p0_train, fmt)} vs test {per_seed(p0_test, fmt)}"))
 
