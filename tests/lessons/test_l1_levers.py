@@ -475,3 +475,21 @@ def test_closest_share_batch_picks_the_batch_nearest_the_target_share():
     assert levers.closest_share_batch(cfg, 16, 0.999, batch_sizes=(1, 4, 32))[0] == 32
     with pytest.raises(ValueError, match="share in"):
         levers.closest_share_batch(cfg, 16, 1.5)
+
+
+def test_rounded_ratio_bounds_covers_every_pair_the_printed_figures_allow():
+    lo, hi = levers.rounded_ratio_bounds(*levers.GPU_TYING_PEAKS_GIB)  # 18.3 -> 18.2 GiB, printed to 0.1 GiB
+    assert lo == pytest.approx(18.15 / 18.35) and hi == pytest.approx(1.0)
+    assert lo < 0.99 < hi  # straddles the tying row's bar: the GPU figure alone cannot decide it
+    for u, t in ((18.26, 18.24), (18.34, 18.15), (18.3, 18.2)):  # true figures that print as 18.3 and 18.2
+        assert lo <= t / u <= hi
+    with pytest.raises(ValueError):
+        levers.rounded_ratio_bounds(1.0, 1.0, step=0.0)
+
+
+def test_one_row_per_lecture_quote_and_unsized_fewer_steps():
+    quotes = [lecture for _, lecture in levers.CLAIMS.values() if "float16 or bfloat16" in lecture]
+    assert len(quotes) == 1 and "fp16_matmul" not in levers.CLAIMS  # fp16's figure is a fact, bf16 the row
+    for key in ("schedule", "clip", "early_dropout"):  # an unsized 'faster': any gain, as in the speed rows
+        assert "> 0 steps fewer" in levers.CLAIMS[key][0] and ">= 5%" not in levers.CLAIMS[key][0]
+    assert "constant-lr" in levers.CLAIMS["mp_quality"][0]  # judged on the recipe that learns most here
