@@ -16,8 +16,6 @@ from course_utils.lessons.l4_freeze import (
     compare_forgetting,
     count_verdicts,
     expected_trainable,
-    falls_every_evaluation,
-    flop_speed_verdict,
     forgetting_verdict,
     freeze,
     freeze_combinations,
@@ -30,11 +28,15 @@ from course_utils.lessons.l4_freeze import (
     mlps_suffice,
     name_rule_mistakes,
     random_model,
+    same_batches,
     set_arm,
+    share_figures,
     share_of_full,
-    suffices_like_full,
+    speed_row,
+    sweep_figures,
     tied_parameters,
     training_step,
+    trend_figures,
     tuned_text_note,
     unfreeze_all,
 )
@@ -225,47 +227,47 @@ def test_partial_step_needs_less_memory_than_full(tiny_llama, token_stream):
         batch = (token_stream[:128].view(4, 32), token_stream[1:129].view(4, 32))
         peaks[len(groups)], _ = training_step_peak(lambda m=model: m, lambda g, b=batch: b, device="cpu")
         assert peaks[len(groups)] >= training_state_bytes(model)["total"]
-    v = memory_verdict({(4, 32): peaks[0], (1, 32): peaks[0]}, {(4, 32): peaks[2], (1, 32): peaks[2]},
-                       band=(0.0, 0.99))
+    v = memory_verdict(peaks[0], peaks[2], shape=(4, 32), band=(0.0, 0.99))
     assert peaks[2] < peaks[0] and v.verdict == HOLDS and 0 < v.low < 0.99
 
-def test_memory_verdict_judges_the_whole_sweep_both_ways():
-    shapes = [(1, 256), (8, 256), (32, 1024)]
-
-    def verdict(*partial):
-        return memory_verdict(dict.fromkeys(shapes, 1000), dict(zip(shapes, partial)))
-
-    inside = verdict(730, 750, 780)  # 27%, 25%, 22% less: inside "about 25-30%" (20-35%) at every shape
-    assert inside.verdict == HOLDS and abs(inside.low - 0.22) < 1e-9 and abs(inside.high - 0.27) < 1e-9
-    assert inside.measured.startswith("22.0% (32 x 1024) to 27.0% (1 x 256) less step peak")
-    assert "inside the band at 3 of 3 shapes" in inside.measured and inside.bar == "20.0%-35.0%"
-    assert verdict(520, 550, 600).verdict == DOES_NOT_HOLD  # 48%-40% less at every shape: more than the lecture
-    assert verdict(900, 950, 1000).verdict == DOES_NOT_HOLD  # 10%-0%: less at every shape
-    assert verdict(1000, 1050, 1100).verdict == DOES_NOT_HOLD  # more memory
-    straddle = verdict(610, 860, 960)  # 39%, 14%, 4%: the saving depends on the batch the notes never give
-    assert straddle.verdict == INCONCLUSIVE and "straddles" in straddle.why
-    assert "inside the band at 0 of 3 shapes" in straddle.measured
-    assert verdict(700, 860, 960).verdict == INCONCLUSIVE  # one shape inside, the others below
+def test_memory_verdict_is_one_shape_fixed_before_the_data_both_ways():
+    inside = memory_verdict(1000, 750)  # 25% less at the row's shape: inside "about 25-30%" (20-35%)
+    assert inside.verdict == HOLDS and inside.bar == "20.0%-35.0%" and abs(inside.value - 0.25) < 1e-12
+    assert inside.measured.startswith("25.0% less step peak at batch 8 x 256 tokens")
+    low = memory_verdict(1000, 865)  # 13.5%: the notebook's figure at 8 x 256, below the band
+    assert low.verdict == DOES_NOT_HOLD and "outside" in low.why and "at 8 x 256" in low.why
+    assert memory_verdict(1000, 500).verdict == DOES_NOT_HOLD  # 50% less: more than "about 25-30%"
+    assert memory_verdict(1000, 1100).verdict == DOES_NOT_HOLD  # more memory
+    assert memory_verdict(1000, 800, shape=(1, 64)).measured.startswith("20.0% less step peak at batch 1 x 64")
     with pytest.raises(ValueError, match="positive"):
-        memory_verdict({(1, 2): 0, (2, 2): 5}, {(1, 2): 10, (2, 2): 5})
+        memory_verdict(0, 5)
+    # the sweep is a demonstration: one figure per shape, in order, no verdict
+    text = sweep_figures({(1, 256): 1000, (8, 256): 1000}, {(1, 256): 611, (8, 256): 865})
+    assert text == "1 x 256 38.9%, 8 x 256 13.5%"
     with pytest.raises(ValueError, match="same shapes"):
-        memory_verdict({(1, 2): 10}, {(1, 2): 5})
+        sweep_figures({(1, 2): 10}, {(2, 2): 5})
 
 
-def test_flop_speed_verdict_has_a_bar_on_both_sides_over_the_sweep():
-    shapes = [(1, 256), (1, 1024)]
+def test_speed_row_is_a_timing_on_a_gpu_and_not_measurable_without_one():
+    shapes = [(1, 256), (8, 256)]
+    full, part = dict.fromkeys(shapes, 121.0), dict.fromkeys(shapes, 100.0)
+    cpu = speed_row(None, full, part)  # no timing: a CPU, whose budget does not fit 15 rounds at 8 x 256
+    assert cpu.verdict == NOT_MEASURABLE and "8 x 256 for 15 interleaved rounds" in cpu.why
+    assert cpu.measured == "no timing on this CPU"
+    assert "estimate: matmul FLOP ratio full / partial 1.21-1.21x" in cpu.why
 
-    def verdict(*ratios):
-        return flop_speed_verdict(dict.fromkeys(shapes, 100.0), {k: 100.0 / r for k, r in zip(shapes, ratios)})
+    def timed(speedups):  # full's round times over partial's: the speed-up per round
+        partial = [1.0 + 0.01 * i for i in range(15)]
+        return {"full": Timing([p * s for p, s in zip(partial, speedups)]), "partial": Timing(partial)}
 
-    slight = verdict(1.21, 1.19)  # the lecture's "slightly" at both shapes
-    assert slight.verdict == HOLDS and slight.measured == "FLOP ratio 1.19x (1 x 1024) to 1.21x (1 x 256)"
-    assert slight.bar == "1.00x < FLOP ratio < 1.25x at every shape"
-    much = verdict(1.5, 1.6)  # much faster, not "slightly"
-    assert much.verdict == DOES_NOT_HOLD and "every one outside" in much.why
-    assert verdict(0.9, 0.95).verdict == DOES_NOT_HOLD  # slower
-    assert verdict(1.0, 1.1).verdict == INCONCLUSIVE  # no faster at one shape: on the open band's edge
-    assert verdict(1.2, 1.3).verdict == INCONCLUSIVE  # straddles 1.25x
+    slight = speed_row(timed([1.10, 1.15, 1.12] * 5), full, part)
+    assert slight.verdict == HOLDS and slight.bar == "1.00x < speed-up < 1.25x" and "estimate" in slight.why
+    assert speed_row(timed([1.5, 1.6, 1.7] * 5), full, part).verdict == DOES_NOT_HOLD  # much faster, not slightly
+    assert speed_row(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
+    assert speed_row(timed([0.9, 1.1, 1.0] * 5), full, part).verdict == INCONCLUSIVE  # no faster than the noise
+    with pytest.raises(ValueError, match="FLOP"):
+        speed_row(None, {(1, 2): 1.0}, {(1, 2): 0.0})
+
 
 def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
     plain = [1.0 + 0.01 * i for i in range(15)]
@@ -282,7 +284,8 @@ def test_attention_moments_are_a_bounded_fact_not_a_claim():
     f = attention_moments_fact(28_320_768, 125_198_592, 2 * 1024**3)
     assert abs(f["bound"] - 28_320_768 / (2 * 125_198_592)) < 1e-12 and 0.11 < f["bound"] < 0.12
     assert abs(f["of_peak"] - 8 * 28_320_768 / (2 * 1024**3)) < 1e-12
-    assert "216.1 MiB" in f["text"] and "<= 11.3%" in f["text"] and "cannot explain 25-30%" in f["text"]
+    assert "216.1 MiB" in f["text"] and "<= 11.3%" in f["text"] and "8 x 256" in f["text"]
+    assert "cannot" not in f["text"]  # a figure: the memory row judges the saving, not this fact
     # even a model that is all attention stays at 50% of the state; the peak (activations) only lowers the share
     assert attention_moments_fact(100, 100, 10**6)["bound"] == 0.5
     with pytest.raises(ValueError):
@@ -352,27 +355,38 @@ def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
     assert "MLP - attention -0.056, -0.045, -0.057 (mean -0.053)" in text
 
 
-def test_as_full_and_mlps_suffice_are_one_verdict_of_two_parts():
-    full_gain, full_g = [0.30, 0.31, 0.32], [0.396, 0.396, 0.396]  # full FT: loss fell 0.3, G rose 0.2
-    both = suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.386, 0.384, 0.390])
-    assert both.verdict == HOLDS and "held-out loss fall: 97%" in both.measured and "style gap G" in both.measured
-    # the loss part clearly misses (50%), the style part is noise: one clear miss decides
-    miss = suffices_like_full(full_gain, [0.15, 0.16, 0.15], 0.196, full_g, [0.30, 0.40, 0.35])
-    assert miss.verdict == DOES_NOT_HOLD and "[inconclusive]" in miss.why and miss.bar == ">= 90% and >= 90%"
-    noisy = suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.30, 0.40, 0.35])
-    assert noisy.verdict == INCONCLUSIVE
-    assert suffices_like_full(full_gain, [0.29, 0.30, 0.31], 0.196, full_g, [0.296, 0.290, 0.300]).verdict == \
-        DOES_NOT_HOLD  # the loss matches, the style gap reaches only half
+def test_share_figures_are_figures_for_a_note():
+    assert share_figures([0.30, 0.31, 0.32], [0.29, 0.30, 0.31]) == share_of_full([0.30, 0.31, 0.32],
+                                                                                 [0.29, 0.30, 0.31]).measured
+    assert share_figures([0.30, -0.1, 0.32], [0.29, 0.30, 0.31]).startswith("no share")
 
 
-def test_falls_every_evaluation_both_ways():
-    steady = falls_every_evaluation([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
-    assert steady.verdict == HOLDS and "in 3 of 3 seeds" in steady.measured and "every seed" in steady.bar
-    rose = falls_every_evaluation([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
-    assert rose.verdict == DOES_NOT_HOLD and "in 2 of 3 seeds" in rose.measured
-    assert "seed 1, fall 2 -0.0500" in rose.why
+def test_trend_figures_count_the_seeds_that_fell_at_every_evaluation():
+    steady = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
+    assert steady.startswith("fell at every evaluation in 3 of 3 seeds at 3 steps (4.100 -> 4.000")
+    rose = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
+    assert "in 2 of 3 seeds" in rose
     with pytest.raises(ValueError, match="two evaluations"):
-        falls_every_evaluation([[4.1], [4.1, 4.0]])
+        trend_figures([[4.1], [4.1, 4.0]])
+
+
+def test_same_batches_draws_what_evaluate_draws_at_its_seed(token_stream):
+    """The partial arm's trend runs through ``same_batches``, so its last evaluation is the held-out figure."""
+    from course_utils.data import get_batch
+
+    def batches(g):
+        return get_batch(token_stream, 2, 8, generator=g)
+
+    ref = torch.Generator().manual_seed(1234)
+    want = [batches(ref)[0] for _ in range(3)]
+    draw = same_batches(batches)
+    for other_seed in (1, 2):  # each new generator (train makes one per evaluation, from its own seed) reseeded
+        g = torch.Generator().manual_seed(other_seed)
+        assert all(torch.equal(draw(g)[0], w) for w in want)
+    model = GPT(GPTConfig(vocab_size=int(token_stream.max()) + 1, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    from course_utils.train import evaluate
+
+    assert evaluate(model, draw, n_batches=3, seed=7) == evaluate(model, batches, n_batches=3)
 
 
 def test_tuned_text_note_says_which_arm_ended_worse_than_the_untouched_model():
@@ -407,9 +421,9 @@ def test_count_verdicts_one_row_for_the_trainable_count():
     claim, _, v, note = rows[1]
     assert claim == "about 65M trainable after freezing" and v.bar == "within 5% of 65,000,000"
     assert v.measured == "56,707,584" and abs(v.ratio - 56_707_584 / 65e6) < 1e-12
-    assert "54.7% fewer and R = 0.453" in note and "R = 65/125 = 0.52, derived" in note
+    assert "54.7% fewer and R = 0.453" in note and "1 - 65/125 = 48%" in note and "0.52" not in note
     assert "attention only: 96.9M" in note and "(56.7M)" in note and "GPT-2 124M 0.456" in note
-    assert "dao động quanh 0.5" in note
+    assert "thường dao động quanh mức 0.5" in note
 
 
 
@@ -489,8 +503,8 @@ def test_the_notebooks_small_forgetting_lr_is_the_module_constant():
 
 
 def test_level_range_judges_a_sweep_as_a_whole_both_ways():
-    """verdicts.level_range (added for this lesson's sweeps): every figure inside the band holds, every figure
-    outside on one side does not hold, a range across an edge is inconclusive; the open band for "slightly"."""
+    """verdicts.level_range (added for lesson 4's sweeps; notebook 01 uses it now): every figure inside the band
+    holds, every figure outside on one side does not hold, a range across an edge is inconclusive; the open band."""
     from course_utils.verdicts import level_range
 
     assert level_range([0.22, 0.27, 0.30], low=0.2, high=0.35).verdict == HOLDS
