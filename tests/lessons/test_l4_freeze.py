@@ -494,12 +494,17 @@ def test_the_notebooks_small_forgetting_lr_is_the_module_constant():
     import re
     from pathlib import Path
 
-    from course_utils.lessons.l4_freeze import FORGET_LR
+    from course_utils.lessons.l4_freeze import FORGET_LR, ROW_SHAPE
 
     nb = json.loads((Path(__file__).parents[2] / "notebooks" / "04_freeze_attention.ipynb").read_text())
     src = next("".join(c["source"]) for c in nb["cells"] if "profile_settings(" in "".join(c["source"]))
-    small = src.split("full=")[0]
+    small, full = src.split("full=")
     assert float(re.search(r'"forget_lr": ([0-9.e-]+)', small).group(1)) == FORGET_LR
+    # the memory and speed rows' one shape is the full profile's training shape, and the sweep contains it
+    shape = tuple(int(re.search(rf'"{k}": (\d+)', full).group(1)) for k in ("batch_size", "block_size"))
+    assert shape == ROW_SHAPE
+    assert all(f"({ROW_SHAPE[0]}, {ROW_SHAPE[1]})" in part.split('"sweep_shapes"')[1].split("]")[0]
+               for part in (small, full))
 
 
 def test_level_range_judges_a_sweep_as_a_whole_both_ways():
