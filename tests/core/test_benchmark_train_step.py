@@ -18,7 +18,7 @@ def load_benchmark():
 def test_train_step_benchmark_runs_and_pairs_rounds(tmp_path, capsys):
     bench = load_benchmark()
     out = tmp_path / "bench.json"
-    rc = bench.main(["--device", "cpu", "--configs", "tiny", "--contexts", "32", "--steps", "5", "--warmup", "0",
+    rc = bench.main(["--device", "cpu", "--configs", "tiny", "--contexts", "32", "--batch", "4", "--steps", "5", "--warmup", "0",
                      "--no-levers", "--out", str(out)])
     assert rc == 0
     row = json.loads(out.read_text())["results"][0]
