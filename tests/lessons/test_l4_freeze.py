@@ -252,8 +252,9 @@ def test_speed_row_is_a_timing_on_a_gpu_and_not_measurable_without_one():
     shapes = [(1, 256), (8, 256)]
     full, part = dict.fromkeys(shapes, 121.0), dict.fromkeys(shapes, 100.0)
     cpu = speed_row(None, full, part)  # no timing: a CPU, whose budget does not fit 15 rounds at 8 x 256
-    assert cpu.verdict == NOT_MEASURABLE and "8 x 256 for 15 interleaved rounds" in cpu.why
-    assert cpu.measured == "no timing on this CPU"
+    assert cpu.verdict == NOT_MEASURABLE and "15 interleaved rounds at 8 x 256" in cpu.why
+    assert cpu.measured == "not timed on this CPU" and "budget choice, not the hardware" in cpu.why
+    assert cpu.bar == "1.00x < speed-up < 1.25x"  # the band is shown even though the row was not timed
     assert "estimate: matmul FLOP ratio full / partial 1.21-1.21x" in cpu.why
 
     def timed(speedups):  # full's round times over partial's: the speed-up per round
