@@ -23,7 +23,7 @@ import torch
 from ..env import device_of
 from ..memory import optimizer_state_bytes, step_peak_memory
 from ..model import eval_mode
-from ..verdicts import Verdict, compare_runs, not_measurable, paired_difference
+from ..verdicts import Verdict, not_measurable, paired_difference
 
 IGNORE_INDEX = -100
 LOSS_ON = ("response", "all")
@@ -244,53 +244,6 @@ def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable
     return batches
 
 
-# ---- SFT data quality: corrupted responses -------------------------------------------------------
-
-def corrupt_responses(pairs: Sequence[tuple[str, str]], share: float, seed: int) -> list[tuple[str, str]]:
-    """A copy of ``(prompt, response)`` pairs in which ``round(share * len(pairs))`` responses sit under the wrong
-    prompt: the chosen examples (drawn with ``seed``) pass their responses one place along a cycle, so every
-    prompt is kept, no chosen response stays with its own prompt, and the set of responses is unchanged. The rest
-    of the pairs are returned as they were, in order. Deterministic for a given ``seed``.
-
-    A share that moves exactly one response is an error (one response cannot change places with itself).
-    """
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
-        raise ValueError(f"share must be a number between 0 and 1 (the fraction of responses to move), got {share!r}")
-    pairs = [(p, r) for p, r in pairs]
-    k = round(share * len(pairs))
-    if k == 1:
-        raise ValueError(f"share={share} of {len(pairs)} pairs moves one response, which has nowhere to go: ask for "
-                         "a share that moves 0 or at least 2 responses")
-    if k == 0:
-        return pairs
-    chosen = random.Random(seed).sample(range(len(pairs)), k)
-    same = [i for i, j in zip(chosen, chosen[1:] + chosen[:1]) if pairs[i][1] == pairs[j][1]]
-    if same:
-        raise ValueError(f"pairs {same[:3]} would get a response identical to their own (duplicate responses): "
-                         "remove duplicate responses first")
-    out = list(pairs)
-    for i, j in zip(chosen, chosen[1:] + chosen[:1]):
-        out[i] = (pairs[i][0], pairs[j][1])
-    return out
-
-
-def wrong_answer_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, seed: int,
-                          template: str = "auto", system: str | None = None) -> tuple[list[dict], int]:
-    """What a quality filter removes, made on purpose: the pairs whose whole example fits in ``max_len`` (those that
-    ``sft_dataset(..., drop_truncated=True)`` keeps), each prompt given another kept pair's response
-    (``corrupt_responses(..., share=1.0, seed=seed)``). The curated set plus these is an unfiltered set about twice
-    as large, half of it fluent answers to the wrong question. A moved response that no longer fits is dropped, so
-    every example still ends with EOS, like the curated ones. Returns the examples and how many were dropped.
-    """
-    kind = _resolve_template(tokenizer, template)
-    fits = [(p, r) for p, r in pairs
-            if len(_token_ids(tokenizer, p, r, kind, system)[0]) <= max_len]
-    if len(fits) < 2:
-        raise ValueError(f"{len(fits)} pair(s) fit whole in max_len={max_len}: need at least 2 to swap answers")
-    return sft_dataset(tokenizer, corrupt_responses(fits, 1.0, seed), max_len, kind, drop_truncated=True,
-                       system=system)
-
-
 def out_of_reach_stated(v: Verdict, budget_short: str | None) -> Verdict:
     """``v`` with the notes' budget quoted in its note whenever ``budget_short`` is given: a procedure quotes it only
     where it turned a clear result into inconclusive, and a row whose interval straddles the bar must still say that
@@ -299,18 +252,6 @@ def out_of_reach_stated(v: Verdict, budget_short: str | None) -> Verdict:
         return v
     return v.with_note(f"out of reach at this budget in any case ({budget_short}): a clear result either way would "
                        "read inconclusive too")
-
-
-def swapped_answers_figures(base: float, clean: Sequence[float], with_swapped: Sequence[float], steps: int) -> str:
-    """A demonstration's figures (no verdict): what swapped answers cost. ``clean[i]``, ``with_swapped[i]``: seed
-    ``i``'s held-out response loss after LoRA on the clean set and on the same set plus wrong-answer copies
-    (``wrong_answer_examples``), at ``steps`` equal steps, the same seeds. The paired difference with its 95% t
-    interval (``compare_runs``' figure) and each arm's change from the base model (``base``)."""
-    v = compare_runs(with_swapped, clean, lower=True, fmt="{:+.3f}")
-    change = lambda arm: ", ".join(f"{x - base:+.3f}" for x in arm)
-    return (f"clean lower by {v.gain:+.3f} nats ({v.low:+.3f} to {v.high:+.3f}, {len(clean)} paired seeds); change "
-            f"from the base model's {base:.3f} per seed: clean {change(clean)}, with swapped answers "
-            f"{change(with_swapped)}; {steps} equal steps")
 
 
 def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None) -> dict:

@@ -285,14 +285,14 @@ def test_batch_losses_are_the_same_batch_by_batch_or_together(llama):
         batch_losses(model, batches, 5, all_token_loss, per_forward=0)
 
 
-def test_paged_verdict_can_fail():
-    from course_utils.lessons.l5_lora import paged_verdict
+def test_paged_figures_say_what_each_capped_run_did():
+    from course_utils.lessons.l5_lora import paged_figures
 
     run = lambda ok: {"completed": ok, "peak_bytes": 1, "error": None if ok else "out of memory"}
     res = lambda plain, paged: {"AdamW": run(plain), "PagedAdamW": run(paged), "figures": "cap 1.00 GiB"}
-    assert paged_verdict(res(False, True)).verdict == "holds"
-    assert paged_verdict(res(False, False)).verdict == "does not hold"
-    assert paged_verdict(res(True, True)).verdict == "not measurable here"  # the cap did not bind
+    assert paged_figures(res(False, True)) == "cap 1.00 GiB: PagedAdamW finished where AdamW ran out of memory"
+    assert paged_figures(res(False, False)) == "cap 1.00 GiB: PagedAdamW ran out of memory too"
+    assert "the cap did not bind" in paged_figures(res(True, True))  # nothing was paged
 
 
 def test_paged_optimizer_experiment_needs_cuda_and_says_so():
@@ -442,28 +442,39 @@ def test_adapter_size_is_judged_in_the_lectures_band_at_every_rank():
 
     n65 = 65_285_660_672
     qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}
-    v = adapter_size_verdict(n65, qv)  # bf16: 41.9 / 83.9 / 335.5 MB; model 130.6 GB
-    assert v.verdict == "does not hold" and v.measured == (
-        "adapter r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB; model 130.6 GB")
-    assert adapter_size_verdict(n65, {r: qv[r] for r in (8, 16)}).verdict == "holds"
-    assert adapter_size_verdict(n65, {1: 1_000}).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
-    assert adapter_size_verdict(100_000_000, {8: 10_000_000}).verdict == "does not hold"  # a 0.2 GB model
+    rows = {r: adapter_size_verdict(n65, n, r) for r, n in qv.items()}  # one row per rank, bf16
+    assert {r: (v.verdict, v.measured) for r, v in rows.items()} == {
+        8: ("holds", "41.9 MB"), 16: ("holds", "83.9 MB"), 64: ("does not hold", "335.5 MB")}
+    assert "r=64 adapter" in rows[64].why and "130.6 GB" in rows[64].why  # the model it replaces, in the note
+    assert adapter_size_verdict(n65, 1_000, 1).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
+    assert adapter_size_verdict(n65, qv[8], 8, bytes_per_param=4).measured == "83.9 MB"  # float32
 
 
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     import torch
 
-    from course_utils.lessons.l5_lora import NF4_LEVELS, grid_error, nf4_dequantize, nf4_quantize, nf4_vs_uniform
+    from course_utils.lessons.l5_lora import (
+        NF4_LEVELS,
+        UNIFORM4_LEVELS,
+        grid_error,
+        nf4_dequantize,
+        nf4_quantize,
+        nf4_vs_uniform,
+    )
 
     g = torch.Generator().manual_seed(0)
     normal = [torch.randn(64, 64, generator=g) for _ in range(4)]
-    v = nf4_vs_uniform(normal)
-    assert v.verdict == "holds" and "4 matrices" in v.measured
+    nf4_err = lambda ws: [grid_error(w, NF4_LEVELS) for w in ws]
+    uni_err = lambda ws: [grid_error(w, UNIFORM4_LEVELS) for w in ws]
+    assert all(a < b for a, b in zip(nf4_err(normal), uni_err(normal)))
+    shown = nf4_vs_uniform(normal)
+    assert "4 weight matrices" in shown and "NF4 lower by +0.0" in shown and "normal samples: NF4 0.09" in shown
     w = normal[0]
     ref = float((nf4_dequantize(nf4_quantize(w)) - w).norm() / w.norm())
     assert abs(grid_error(w, NF4_LEVELS) - ref) < 1e-6  # the same rounding as our NF4
     flat = [torch.rand(64, 64, generator=g) * 2 - 1 for _ in range(4)]  # uniform weights: the uniform grid wins
-    assert nf4_vs_uniform(flat).verdict == "does not hold"
+    assert all(a > b for a, b in zip(nf4_err(flat), uni_err(flat)))
+    assert "NF4 lower by -0.0" in nf4_vs_uniform(flat)
 
 
 def test_full_ft_preconditions_both_ways_on_synthetic_figures():
@@ -519,6 +530,7 @@ def test_close_to_full_verdict_is_gated_by_given_symmetrically():
     for lora in ([1.9, 1.92, 1.88], [2.9, 2.95, 2.85]):  # LoRA better or worse: inconclusive either way
         v = close_to_full_verdict(2.0, damaged, lora, 0.9, "4 steps", budget_short="the notes train 3 epochs")
         assert v.verdict == "inconclusive" and "3 of 3 seeds" in v.why and "+0.667" in v.measured
+        assert "the notes train 3 epochs" in v.why  # the budget survives the failed precondition
         assert v.bar.startswith("recovers >= 90% of full FT's held-out gain")
         assert v.recovered != v.recovered  # nan: no share of a gain that is not there
     one_bad = close_to_full_verdict(2.0, [1.0, 2.05, 0.98], [1.03, 1.05, 1.0], 0.9, "4 steps")
@@ -537,12 +549,11 @@ def test_qlora_65b_row_is_not_measurable_with_the_arithmetic():
 
 
 def test_per_rank_scope_names_the_ranks_each_way():
-    from course_utils.lessons.l5_lora import adapter_size_verdict, fewer_params_verdict, per_rank_scope
+    from course_utils.lessons.l5_lora import fewer_params_verdict, per_rank_scope
 
     n65 = 65_285_660_672
     qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}
     assert per_rank_scope(fewer_params_verdict, n65, qv) == "r=8: holds; r=16: holds; r=64: does not hold"
-    assert per_rank_scope(adapter_size_verdict, n65, qv) == "r=8: holds; r=16: holds; r=64: does not hold"
     with pytest.raises(ValueError):
         per_rank_scope(fewer_params_verdict, n65, {})
 

@@ -260,30 +260,6 @@ def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
     assert all(p.register_hook.__self__ is p for p in lora.parameters())  # the hooks are restored
 
 
-def test_corrupt_responses_moves_an_exact_share_and_keeps_the_prompts():
-    from course_utils.lessons.l5_sft import corrupt_responses
-
-    pairs = [(f"prompt {i}", f"response {i}") for i in range(40)]
-    for share, k in ((0.5, 20), (0.25, 10), (1.0, 40), (0.05, 2)):
-        out = corrupt_responses(pairs, share, seed=3)
-        assert [p for p, _ in out] == [p for p, _ in pairs]  # prompts unchanged, in order
-        moved = [i for i, ((_, r), (_, r0)) in enumerate(zip(out, pairs)) if r != r0]
-        assert len(moved) == k  # the exact share: every chosen response left its prompt
-        assert sorted(r for _, r in out) == sorted(r for _, r in pairs)  # the same responses, redistributed
-        assert all(out[i][1] != f"response {i}" for i in moved)
-    assert corrupt_responses(pairs, 0.5, seed=3) == corrupt_responses(pairs, 0.5, seed=3)  # deterministic
-    assert corrupt_responses(pairs, 0.5, seed=3) != corrupt_responses(pairs, 0.5, seed=4)
-    assert corrupt_responses(pairs, 0.0, seed=3) == pairs
-    assert corrupt_responses(iter(pairs), 0.5, seed=3) == corrupt_responses(pairs, 0.5, seed=3)  # any iterable
-    for bad in (-0.1, 1.5, "half", True):
-        with pytest.raises(ValueError, match="share must be a number between 0 and 1"):
-            corrupt_responses(pairs, bad, seed=0)
-    with pytest.raises(ValueError, match="moves one response"):
-        corrupt_responses(pairs, 1 / 40, seed=0)
-    with pytest.raises(ValueError, match="duplicate responses"):
-        corrupt_responses([("a", "same"), ("b", "same")], 1.0, seed=0)
-
-
 def test_example_losses_score_each_example_as_mean_label_loss_would(tiny_llama):
     from course_utils.lessons.l5_sft import example_losses, mean_label_loss
 
@@ -324,38 +300,6 @@ def test_generalization_scoped_by_the_lectures_scale_and_exact_interval():
     up = generalization_verdict(0.1, 0.9, none, [True] * 6 + [False] * 2, steps=8, budget_short="thousands")
     assert up.verdict == "inconclusive"  # a clear gain is inconclusive too, below the lecture's scale
 
-
-def test_wrong_answer_examples_give_each_complete_prompt_another_response(smol):
-    from course_utils.lessons.l5_sft import wrong_answer_examples
-
-    pairs = [(f"Name colour number {i}.", f"Colour {i} is {c}.") for i, c in enumerate(
-        ["red", "blue", "green", "yellow", "purple", "orange"])]
-    pairs.append(("Write a long story.", "Once upon a time " * 40))  # does not fit in 48 tokens: left out
-    curated, _ = sft_dataset(smol, pairs, 48, drop_truncated=True, system="S")
-    wrong, dropped = wrong_answer_examples(smol, pairs, 48, seed=0, system="S")
-    assert len(curated) == 6 and len(wrong) + dropped == 6
-    decode = lambda e: smol.decode(e["input_ids"])
-    for w in wrong:
-        text = decode(w)
-        i = int(text.split("Name colour number ")[1].split(".")[0])
-        assert f"Colour {i} is" not in text and "Colour" in text  # the prompt kept, its own answer gone
-        assert "Once upon" not in text  # only pairs that fit whole are swapped
-        assert smol.eos_token_id in w["labels"].tolist()  # complete: the response ends with its EOS
-    same = wrong_answer_examples(smol, pairs, 48, seed=0, system="S")[0]
-    assert [decode(e) for e in same] == [decode(e) for e in wrong]  # deterministic
-    with pytest.raises(ValueError, match="at least 2"):
-        wrong_answer_examples(smol, pairs[-1:], 48, seed=0)
-
-
-def test_swapped_answers_figures_show_the_paired_difference_and_each_arm():
-    from course_utils.lessons.l5_sft import swapped_answers_figures
-
-    f = swapped_answers_figures(2.0, [1.90, 1.91, 1.89], [1.95, 1.97, 1.96], steps=4)
-    assert f.startswith("clean lower by +0.060 nats (") and "3 paired seeds" in f
-    assert "clean -0.100, -0.090, -0.110" in f and "with swapped answers -0.050, -0.030, -0.040" in f
-    assert "4 equal steps" in f
-    assert swapped_answers_figures(2.0, [1.95, 1.97, 1.96], [1.90, 1.91, 1.89], steps=4).startswith(
-        "clean lower by -0.060")  # the sign says which way, no verdict either way
 
 def test_base_model_is_unreachable_offline_and_the_row_says_which_model(monkeypatch):
     from course_utils.lessons.l5_sft import BASE_HUB_ID, base_unreachable_verdict, load_base_model
