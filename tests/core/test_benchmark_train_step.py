@@ -18,8 +18,8 @@ def load_benchmark():
 def test_train_step_benchmark_runs_and_pairs_rounds(tmp_path, capsys):
     bench = load_benchmark()
     out = tmp_path / "bench.json"
-    rc = bench.main(["--device", "cpu", "--configs", "tiny", "--contexts", "32", "--batch", "4", "--steps", "5", "--warmup", "0",
-                     "--no-levers", "--out", str(out)])
+    rc = bench.main(["--device", "cpu", "--configs", "tiny", "--contexts", "32", "--batch", "4", "--steps", "5",
+                     "--warmup", "0", "--no-levers", "--out", str(out)])
     assert rc == 0
     row = json.loads(out.read_text())["results"][0]
     assert row["max_abs_logit_diff_fp32"] < 1e-4 and row["fused_loss_diff_fp32"] < 1e-4
