@@ -13,6 +13,7 @@ from course_utils.verdicts import (
     exact,
     given,
     level,
+    level_range,
     not_measurable,
     paired_difference,
     speed_verdict,
@@ -202,3 +203,21 @@ def test_given_rejects_a_precondition_without_a_reason():
         given(_cmp((1.0, 1.1, 0.9), (0.5, 0.6, 0.4)), reference_ok=(True, ""))
     with pytest.raises(TypeError):
         given("holds", reference_ok=(True, "ok"))
+
+
+def test_level_range_judges_a_sweep_as_a_whole_both_ways():
+    """level_range (notebook 01's tying row over the GPU's rounded interval): every figure inside the band
+    holds, every figure outside on one side does not hold, a range across an edge is inconclusive; the open band."""
+    assert level_range([0.22, 0.27, 0.30], low=0.2, high=0.35).verdict == HOLDS
+    assert level_range([0.04, 0.10, 0.16], low=0.2, high=0.35).verdict == DOES_NOT_HOLD
+    assert level_range([0.40, 0.50], low=0.2, high=0.35).verdict == DOES_NOT_HOLD
+    across = level_range([0.04, 0.24, 0.39], low=0.2, high=0.35, fmt="{:.0%}", what="saving", over="6 shapes")
+    assert across.verdict == INCONCLUSIVE and across.low == 0.04 and across.high == 0.39
+    assert "saving 4%-39% over 6 shapes (3 exact figures)" in across.why and across.measured == "4% to 39%"
+    assert level_range([0.01, 0.40], low=0.2, high=0.35).verdict == INCONCLUSIVE  # below and above: no side
+    assert level_range([1.0, 1.2], low=1.0, high=1.25).verdict == HOLDS  # the closed band includes its edge
+    assert level_range([1.0, 1.2], low=1.0, high=1.25, strict=True).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="sweep"):
+        level_range([0.3], low=0.2, high=0.35)
+    with pytest.raises(ValueError, match="finite"):
+        level_range([0.3, float("nan")], low=0.2)
