@@ -119,13 +119,14 @@ class ClaimsTable:
                      if self.facts else "")
 
     def __str__(self) -> str:
+        """The plain-text form (what a text-only viewer shows): per claim one line with its verdict, one with the
+        lecture's figure, the figure measured here and the bar, one with the note; the facts one line each."""
         lines = [self.title] + ([self.context] if self.context else [])
         for i, c in enumerate(self.claims, 1):
-            lines.append(f"{i}. {c.claim}\n   lecture : {c.lecture}\n"
-                         + (f"   bar     : {c.bar}\n" if c.bar else "")
-                         + f"   measured: {c.measured}\n   verdict : {c.verdict.upper()}")
+            lines.append(f"{i}. {c.claim}: {c.verdict.upper()}")
+            lines.append(f"   lecture: {c.lecture}; measured: {c.measured}" + (f"; bar: {c.bar}" if c.bar else ""))
             if c.why:
-                lines.append(f"   note    : {c.why}")
+                lines.append(f"   note: {c.why}")
         lines += [f"fact: {f.what}: {f.value}" for f in self.facts]
         return "\n".join(lines)
 

@@ -648,14 +648,3 @@ def base_unreachable_verdict(why: str, used: str) -> Verdict:
                           f"instruction-tuned (it was tuned from {BASE_HUB_ID}); where the hub is reachable (Colab) "
                           "this notebook loads the base model, tunes it on these Alpaca pairs and scores held-out "
                           "instructions before and after")
-
-
-def claims_bundle(table) -> dict:
-    """A ``ClaimsTable``'s display with a short plain-text form: the HTML table as ``display(table)`` shows it, and
-    two lines per claim (claim, verdict, figure and bar; the note) instead of six. ``display(bundle, raw=True)``."""
-    lines = [table.title] + ([table.context] if table.context else [])
-    for i, c in enumerate(table.claims, 1):
-        lines.append(f"{i}. {c.claim}: {c.verdict.upper()}; measured: {c.measured}"
-                     + (f"; bar: {c.bar}" if c.bar else ""))
-        lines.append(f"   note: {c.why}")
-    return {"text/html": table._repr_html_(), "text/plain": "\n".join(lines)}

@@ -55,6 +55,11 @@ def test_claims_table_takes_verdicts_whole_and_keeps_facts_beside_it():
     md = t.to_markdown()
     assert "| loss falls to about 2 | 6 -> 2 | 2.3 | holds | 1.5-2.5 |" in md and "bf16 bytes per element" in md
     assert "fact: bf16 bytes per element: 2" in str(t) and "NOT MEASURABLE HERE" in str(t)
+    lines = str(t).splitlines()  # the text form: title, context, three lines per claim, one per fact
+    assert len(lines) == 2 + 3 * 3 + 1
+    assert lines[5] == "2. loss falls to about 2: HOLDS"
+    assert lines[6] == "   lecture: 6 -> 2; measured: 2.3; bar: 1.5-2.5" and lines[7].startswith("   note: ")
+    assert lines[8] == "3. GPU memory falls 25-30%: NOT MEASURABLE HERE" and lines[10] == "   note: no CUDA GPU"
     with pytest.raises(ValueError, match="say why"):
         Claim("x", "1", "n/a", NOT_MEASURABLE)
     with pytest.raises(ValueError, match="one of"):

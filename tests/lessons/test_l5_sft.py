@@ -325,22 +325,7 @@ def test_base_to_chat_is_decided_on_finished_turns_both_ways(smol, tiny_llama):
     assert ends_turn(model, smol, ["Name a colour.", "Say hi."], 3, system="Be brief.") == [False, False]
 
 
-def test_claims_bundle_keeps_the_html_and_shortens_the_text():
-    from course_utils.claims import ClaimsTable
-    from course_utils.lessons.l5_sft import claims_bundle
-    from course_utils.verdicts import level, not_measurable
-
-    table = ClaimsTable("T", context="ctx")
-    table.add("c1", "'x'", level(2.0, low=1.0, fmt="{:.1f}", unit="x", what="ratio"))
-    table.add("c2", "'y'", not_measurable("not run", "needs a GPU"))
-    b = claims_bundle(table)
-    assert b["text/html"] == table._repr_html_()
-    lines = b["text/plain"].splitlines()
-    assert len(lines) == 2 + 2 * 2 and lines[2].startswith("1. c1: HOLDS; measured: 2.0x; bar: ")
-    assert lines[4] == "2. c2: NOT MEASURABLE HERE; measured: not run" and lines[5] == "   note: needs a GPU"
-
-
-def test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
+ef test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
     from course_utils.lessons.l5_sft import base_to_chat_verdict
 
     never, most = [False] * 8, [True] * 7 + [False]
