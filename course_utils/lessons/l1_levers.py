@@ -514,6 +514,24 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> str:
     return "no AMX or AVX512-BF16: bf16 products are converted to fp32 here, so they gain little or lose"
 
 
+def cpu_fp16_units(cpuinfo: str | None = None) -> str:
+    """Which fp16 arithmetic instructions this CPU has, in one sentence: AMX-FP16 (Intel Granite Rapids: fp16
+    tiles) and AVX512-FP16 (Intel Sapphire Rapids and later) compute in fp16; F16C only converts fp16 to and from
+    fp32, so without the first two an fp16 product is emulated. ``cpuinfo`` as in ``cpu_bf16_units``."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return "unknown: this system has no /proc/cpuinfo to read the CPU's instruction sets from"
+    flags = set(cpuinfo.split())
+    units = [name for flag, name in (("amx_fp16", "AMX-FP16 (fp16 tiles)"), ("avx512_fp16", "AVX512-FP16"))
+             if flag in flags]
+    if units:
+        return f"{' and '.join(units)}: fp16 arithmetic in hardware here"
+    return "no AMX-FP16 or AVX512-FP16 (F16C at most: conversions only): fp16 products are emulated here"
+
+
 # ---- "Fewer steps": steps to a target loss -------------------------------------------------------------
 def steps_to_target(losses: Sequence[float], target: float, window: int = 3) -> int:
     """The first optimizer step (1-based) at which the mean of the last ``window`` training losses is at or
@@ -611,6 +629,8 @@ def diverged_seeds(test_losses: Sequence[float], vocab_size: int) -> list[int]:
 FEWER_STEPS = "learn faster, fewer epochs needed (section 3.6)"
 #: The course's standing reading of an unsized "faster" (section 2's speed rows): any gain, strict.
 UNSIZED = "unsized 'faster' read as any gain: > 0 steps fewer"
+#: The notes' 3.2 names two 16-bit types; each is a choice a learner makes, so each gets its own row.
+SIXTEEN_BIT = "'float16 hoặc bfloat16' instead of float32: faster transfers and compute (sections 3.2-3.3)"
 CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
@@ -618,8 +638,8 @@ CLAIMS = {
               "power-of-two sizes: vectorization, memory alignment"),
     "int_ids": ("token ids stored as int take less memory than as float (PyTorch's index dtype, int64, vs float32)",
                 "data types: 'int instead of float for indices' reduces memory cost (section 3.2)"),
-    "bf16_matmul": ("16-bit matrix products are faster than fp32 (bfloat16: this row answers the lecture's 'or')",
-                    "float16 or bfloat16: faster transfers and compute"),
+    "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT} (the bfloat16 choice)"),
+    "fp16_matmul": ("float16 matrix products are faster than fp32", f"{SIXTEEN_BIT} (the float16 choice)"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
     "mp_memory": ("mixed precision lowers a training step's peak memory (a step whose activation share matches GPT-2 "
                   "small's at batch 16 x 1024)", "mixed precision reduces memory"),
@@ -648,9 +668,9 @@ CLAIMS = {
     "adamw": ("fused AdamW step is faster than the for-loop", "fused kernels: speed impact high"),
     "compile": ("torch.compile makes a training step faster", "fused kernels: speed impact high"),
     "tensor_cores": ("tensor cores: bf16 matmul far above fp32", "tensor cores raise FLOPS"),
-    "tying_memory": ("weight tying lowers a training step's peak memory (GPT-2 small: counted exactly at batch 16 x "
-                     "1024, the GPU run's allocator at 62 x 256)",
-                     "tying saves memory"),
+    "tying_memory": ("weight tying lowers a training step's peak memory (GPT-2 small at batch 16 x 1024, a step once "
+                     "AdamW's state exists, counted exactly)",
+                     "tying saves memory (section 3.9)"),
     "tying_compute": ("weight tying makes a training step cheaper", "tying also lowers the compute cost"),
     "multi_gpu": ("several GPUs train much faster", "multi-GPU: speed impact very high"),
 }
@@ -692,7 +712,8 @@ GPU_NOTES = {
                "is (62 x 256 as aligned as 64 x 256), so that run could not test the claim: no evidence either way",
     "batch128": "1.00x per token at T=256 (medians, no interval), but at T=256 B x T is a multiple of 256 whatever B "
                 "is (120 x 256 as aligned as 128 x 256), so that run could not test the claim: no evidence either way",
-    "bf16_matmul": "bf16 13.80x (fp16 13.25x) at 4096 x 4096 on tensor cores: agrees",
+    "bf16_matmul": "bf16 13.80x fp32 at 4096 x 4096 on tensor cores: holds there",
+    "fp16_matmul": "fp16 13.25x fp32 at 4096 x 4096 on tensor cores: holds there",
     "mp_speed": "3.86x tokens/s (autocast, GPT-2 small): holds there, far above 1.5x",
     "mp_memory": "a whole step's peak 15.0 vs 18.8 GiB, 0.80x (bf16 autocast vs fp32, batch 16 x 1024, CUDA "
                  "allocator peak): less there too",
@@ -720,29 +741,23 @@ GPU_NOTES = {
     "attention_step": "a whole step at T=256 (batch 62, fp32, untied): 1.08x tokens/s (medians of one run, no "
                       "interval): below the 1.5x bar there too",
     "compile": "about 1.20x: below the 1.5x bar there too",
-    "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there; on a GPU this row and the 16-bit row agree",
-    "tying_memory": "step peak (torch.cuda.max_memory_allocated: live tensors, the allocator's cache excluded) "
-                    "18.3 -> 18.2 GiB at batch 62 x 256, printed to 0.1 GiB, so its ratio lies anywhere in "
-                    "0.989-1.000 (this row's GPU figure), straddling the 0.99 bar; a GPU rerun printing unrounded "
-                    "peaks would decide the row",
+    "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there; on a GPU this row and the bfloat16 row agree",
+    "tying_memory": "step peak (torch.cuda.max_memory_allocated) untied 18.3 -> tied 18.2 GiB at batch 62 x 256, "
+                    "printed to 0.1 GiB, of a FRESH model's FIRST step (commit 7747e44, course_utils/levers.py "
+                    "measure_training: train(model, batches, one step), the optimizer created inside): AdamW's "
+                    "moments did not exist at that step's backward peak, so tying saved one V x d fp32 weight, "
+                    "38,597,376 x 4 B = 147 MiB = 0.14 GiB, which its printed 18.3 -> 18.2 GiB agrees with: agrees "
+                    "under its own definition (first step, no moments)",
     "tying_compute": "tied vs untied step at T=256 (batch 62, fused attention): 0.99x tokens/s (281 vs 279 ms, "
                      "medians of one run, no interval): no gain there, where the optimizer is a small part of the step",
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
 }
 
-#: The GPU run's tying peaks as printed (GiB, rounded to 0.1): untied, tied (batch 62 x 256).
+#: The GPU run's tying peaks as printed (GiB, rounded to 0.1): untied, tied (batch 62 x 256, a fresh model's first
+#: step: no AdamW moments at its backward peak).
 GPU_TYING_PEAKS_GIB = (18.3, 18.2)
 #: The GPU run's fp32 step peak of tied GPT-2 small at batch 16 x 1024 (GiB, rounded), beside the fake-tensor count.
 GPU_GPT2_FP32_PEAK_GIB = 18.8
-
-
-def rounded_ratio_bounds(baseline: float, candidate: float, step: float = 0.1) -> tuple[float, float]:
-    """The range of ``candidate / baseline`` when both figures were printed rounded to ``step`` (each true figure
-    within half a step of the printed one): (smallest, largest) ratio."""
-    if step <= 0 or baseline - step / 2 <= 0 or candidate - step / 2 < 0:
-        raise ValueError(f"needs a positive step and figures above half a step, got {baseline}, {candidate}, {step}")
-    half = step / 2
-    return (candidate - half) / (baseline + half), (candidate + half) / (baseline - half)
 
 
 #: Section 11's comparison table: the course's GPU run (results/nvidia-h100-80gb/01_optimization_options.md, its own
@@ -794,15 +809,17 @@ def bubble_departures(run: dict, schedule: str = "gpipe", tol: float = 0.05) -> 
 
 
 # ---- A training step's exact peak at the lecture's size, without the memory ------------------------------------
-def fake_step_peak(config: GPTConfig, batch: int, seq_len: int, amp: str = "off", clip_grad: float | None = 1.0
-                   ) -> dict:
-    """The exact tensor peak of one whole training step of Model 5 (``config``) at ``batch x seq_len``, taken after
-    AdamW's state exists, counted without allocating it: the model, the batch and every intermediate are
-    ``FakeTensor``s (shapes, dtypes and a CPU device, no data), so the dispatcher picks the same CPU kernels as a
-    real step (fused attention included; a ``meta``-device model would fall back to attention's T x T math path)
-    and ``MemTracker`` counts every storage, as ``course_utils.memory.step_peak_memory`` does on a CPU. The step is
-    ``course_utils.train``'s: the default loss (``all_token_loss`` on the logits), clipping at ``clip_grad``, the
-    fused AdamW of ``make_optimizer``, autocast when ``amp`` is ``"bf16"``.
+def fake_step_peak(config: GPTConfig, batch: int, seq_len: int, amp: str = "off", clip_grad: float | None = 1.0,
+                   first_step: bool = False) -> dict:
+    """The exact tensor peak of one whole training step of Model 5 (``config``) at ``batch x seq_len``, taken
+    after AdamW's state exists (with ``first_step``: a fresh model's first step, whose AdamW moments are created
+    inside it, after backward, as a training run's first step measures it), counted without allocating it: the
+    model, the batch and every intermediate are ``FakeTensor``s (shapes, dtypes and a CPU device, no data), so the
+    dispatcher picks the same CPU kernels as a real step (fused attention included; a ``meta``-device model would
+    fall back to attention's T x T math path) and ``MemTracker`` counts every storage, as
+    ``course_utils.memory.step_peak_memory`` does on a CPU. The step is ``course_utils.train``'s: the default loss
+    (``all_token_loss`` on the logits), clipping at ``clip_grad``, the fused AdamW of ``make_optimizer``, autocast
+    when ``amp`` is ``"bf16"``.
 
     Returns ``{"peak": bytes, "state": weights + gradients + AdamW moments (training_state_bytes), "activation
     share": 1 - state / peak}``: the share of the peak that is not training state (activations and temporaries)."""
@@ -829,7 +846,8 @@ def fake_step_peak(config: GPTConfig, batch: int, seq_len: int, amp: str = "off"
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
 
-        step()  # AdamW creates its moments on its first step
+        if not first_step:
+            step()  # AdamW creates its moments on its first step
         tracker = _device_mem_tracker()
         tracker.track_external(model, optimizer, x, y)
         with tracker:
