@@ -401,7 +401,8 @@ LECTURE_BUDGET = 'the notes\' setup table: "Epochs | 300" (one random batch per 
 #: frozen original model's on each model's samples; a ratio of perplexities is a difference of mean NLL per token.
 BARS = {
     # "Loss giảm: 6 -> 2": 2 of the starting 6 remain (a third); within 25% of 2: 1.5/6 to 2.5/6 of the start. The
-    # share left, not the level: the start is set by the target (alpha/beta, which the notes do not give)
+    # share left, not the level (the start is set by the target's alpha/beta, which the notes do not give), judged at
+    # the alpha/beta the course trained with (1e4): the share left at another ratio was not trained
     "a third left": (1.5 / 6, 2.5 / 6),
     # "Loss -> 0.001": within 2x of 0.001, judged at the alpha/beta the course trained with (1e4; the notes give none):
     # how close 300 steps get to 0 may differ at another ratio, which was not trained
@@ -538,7 +539,8 @@ def _share_left(v: Verdict, start: float, final: float) -> Verdict:
 
 def share_left(start: float, final: float, budget: str | None = None, what: str = "") -> Verdict:
     """"lr 1e-6: the loss falls 6 -> 2": the share of the starting loss left after the run (final / start), against
-    ``BARS["a third left"]``; the absolute levels go in ``what``/the note, the verdict does not hinge on them."""
+    ``BARS["a third left"]``; the absolute levels go in ``what``/the note. Judged at the alpha/beta the run trained
+    with (the course's 1e4, the only ratio trained): it says nothing about another ratio."""
     if not (start > 0 and final >= 0):
         raise ValueError(f"start must be > 0 and final >= 0 (KL losses), got {start}, {final}")
     lo, hi = BARS["a third left"]
@@ -653,9 +655,14 @@ def _rates(result: GenerationResult) -> list:
 
 
 def _nll_gap(a, b, *, lower: bool, min_gain: float, budget: str | None, pairs: str) -> Verdict:
-    """Paired NLL per token (nats); a perplexity ratio is exp of the NLL difference."""
-    return paired_difference(*paired_samples(a, b, "nll"), lower=lower, min_gain=min_gain, budget_short=budget,
-                             unit="nats/token", pairs=pairs)
+    """Paired NLL per token (nats); a perplexity ratio is exp of the NLL difference. The figure is labelled as what
+    it is, the mean per-sample rise (its exp a per-sample perplexity ratio), so that it is not read as the ratio of
+    two whole-text perplexities (all samples' tokens pooled), which is another statistic."""
+    v = paired_difference(*paired_samples(a, b, "nll"), lower=lower, min_gain=min_gain, budget_short=budget,
+                          unit="nats/token", pairs=pairs)
+    rise, lo, hi = (-v.gain, -v.high, -v.low) if lower else (v.gain, v.low, v.high)
+    return v.with_measured(f"per-sample NLL rise {rise:+.3f} nats/token ({lo:+.3f} to {hi:+.3f}; "
+                           f"{math.exp(rise):,.0f}x per sample)")
 
 
 def _relation(lo: float, hi: float, bar: float) -> str:
@@ -674,9 +681,10 @@ def _natural(baseline: Sequence[float], candidate: Sequence[float], *, budget: s
     rel = _relation(lo, hi, bar)
     shown = ", ".join(f"{-g:+.3f}" for g in v.gains) if v.n <= 5 else f"sd {v.sd:.3g}"
     tail = v.why[v.why.rfind(f"{-bar:+.3f} nats/token") + len(f"{-bar:+.3f} nats/token"):]  # the budget's words
-    why = (f"perplexity rises by {rise:+.3f} nats/token ({math.exp(rise):.1f}x) over {v.n} paired {pairs} ({shown}), "
+    why = (f"per-sample perplexity rises by {rise:+.3f} nats/token ({math.exp(rise):.1f}x), the mean over {v.n} paired "
+           f"{pairs} ({shown}), "
            f"95% interval {lo:+.3f} to {hi:+.3f}: {rel} {bar:+.3f} nats/token ({BARS['natural']:g}x){tail}")
-    return replace(v, measured=f"{rise:+.3f} nats/token ({lo:+.3f} to {hi:+.3f})", why=why,
+    return replace(v, measured=f"per-sample NLL rise {rise:+.3f} nats/token ({lo:+.3f} to {hi:+.3f})", why=why,
                    bar=f"perplexity rises by < {bar:+.3f} nats/token ({BARS['natural']:g}x)")
 
 
@@ -767,7 +775,8 @@ def recorded_natural(rejudged=H100_REJUDGED) -> Verdict:
     prompt and seed) re-judged by the stand-in model (``H100_REJUDGED``), paired (``BARS["natural"]``)."""
     a, b = rejudged["original"], rejudged["lr 1e-6"]
     v = _natural(a, b, budget=None, pairs="H100 samples")
-    shown = (f"H100, 300 steps, {len(a)} samples re-judged here: perplexity {math.exp(-v.gain):.1f}x the original's "
+    shown = (f"H100, 300 steps, {len(a)} samples re-judged here: per-sample perplexity {math.exp(-v.gain):.1f}x the "
+             "original's "
              f"(a rise of {-v.gain:+.3f} nats/token, {-v.high:+.3f} to {-v.low:+.3f})")
     return v.with_measured(shown).with_note(
         f"H100 run of {H100_RUN['date']} (older code), its {len(a)} samples re-tokenized and judged by this lesson's "
@@ -792,20 +801,22 @@ def recorded_verdicts(run=H100_RUN, natural: Verdict | None = None) -> dict:
         "high loss": level(run["high_loss"], low=lo3, high=hi3),
         "R about 1": level(r["high"], low=BARS["R about 1"], high=1.0, fmt="{:.3f}", what="R" + n("high")),
         "nonsense": level(ppl["high"] / ppl["original"], low=BARS["nonsense"], fmt="{:,.0f}", unit="x",
-                          what=f"perplexity {ppl['high']:,.0f} vs the original's {ppl['original']:.2f}:"),
+                          what=f"whole-text perplexity (each model's samples pooled) {ppl['high']:,.0f} vs the "
+                               f"original's {ppl['original']:.2f}:"),
     }
     left = run["low_loss"] / run["start_loss"]
     shown = {"low loss": f"{run['low_loss']:.2f} of {run['start_loss']:.2f} left: {left:.2f}",
              "few x": f"R {r['low']:.3f}",
              "high loss": f"{run['high_loss']:.3f}",
              "R about 1": f"R {r['high']:.3f}{n('high')}",
-             "nonsense": f"perplexity {ppl['high'] / ppl['original']:,.0f}x the original's"}
+             "nonsense": f"whole-text perplexity {ppl['high'] / ppl['original']:,.0f}x the original's (all "
+                         "samples pooled)"}
     where += "; one run per learning rate and one sampling seed: single figures, no interval"
     out = {k: v.with_measured(f"H100, 300 steps, one run: {shown[k]}").with_note(where) for k, v in out.items()}
     out["low loss"] = out["low loss"].with_note(
         f"absolute levels at this lesson's alpha/beta 1e4: {run['start_loss']:.2f} -> {run['low_loss']:.2f} (the "
         "lecture's 6 -> 2); the start is fixed by the target before any step (a fact), the share left is what "
-        "training did")
+        "training did at this ratio (no other ratio was trained)")
     out["high loss"] = out["high loss"].with_note(high_loss_note(run["high_loss"]))
     out["R about 1"] = out["R about 1"].with_note(
         f"the run's own table prints it rounded: R = {r['high']:.2f}{n('high')}")
