@@ -21,7 +21,7 @@ from torch import nn
 from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import NF4_BLOCK
-from ..verdicts import Verdict, all_of, compare_runs, given, level, not_measurable, paired_difference, t975
+from ..verdicts import Verdict, compare_runs, given, level, not_measurable, paired_difference, t975
 
 # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
 # (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
@@ -712,7 +712,7 @@ def static_state_fact(total_bytes: float, budget_bytes: float, n_embed_head: int
     hidden = 2.0 * n_layers * seq_len * d_model / 1e9  # checkpointed block inputs of one sequence, bf16
     margin = budget - gb
     share = f"{hidden / margin:.0%} of the margin" if margin > 0 else "with no margin left"
-    return (f"{gb:.1f} GB of {budget:.0f} GB ({margin:+.1f} GB left); one {seq_len}-token sequence with gradient "
+    return (f"{gb:.2f} GB of {budget:.0f} GB ({margin:+.2f} GB left); one {seq_len}-token sequence with gradient "
             f"checkpointing stores {hidden:.2f} GB of block inputs alone ({n_layers} x {seq_len} x {d_model} in bf16: "
             f"{share}), before one block's recomputed activations and the logits; "
             f"NF4 + double quant linear layers at {nf4:.4f} bytes per weight; the untied embedding and head "
@@ -733,26 +733,28 @@ def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int
                           f"whole step: {rest}")
 
 
-def fewer_params_verdict(n_model: int, lora_by_rank: dict, min_factor: float = 1000.0) -> Verdict:
-    """"LoRA trains thousands of times fewer parameters" at every rank the lecture names: ``lora_by_rank`` maps
-    each rank to LoRA's trainable count on the model of ``n_model`` parameters (one configuration of layers).
-    Each rank's factor ``n_model / n_lora`` is an exact figure, ``level(..., low=min_factor)``; the claim needs all
-    of them (``all_of``): one rank below the bar makes it not hold."""
-    if not lora_by_rank:
-        raise ValueError("give LoRA's trainable count for at least one rank")
-    parts = [level(n_model / n, low=min_factor, fmt="{:,.0f}", unit="x", what=f"r={r}: full / LoRA parameters")
-             for r, n in sorted(lora_by_rank.items())]
-    shown = "; ".join(f"r={r}: {n_model / n:,.0f}x" for r, n in sorted(lora_by_rank.items()))
-    return all_of(*parts, measured=shown)
+def fewer_params_verdict(n_model: int, n_lora: int, r: int, min_factor: float = 1000.0) -> Verdict:
+    """"LoRA trains thousands of times fewer parameters" at one rank ``r``: ``n_lora`` is LoRA's trainable count on
+    the model of ``n_model`` parameters (one configuration of layers). The factor ``n_model / n_lora`` is an exact
+    figure, ``level(..., low=min_factor)``; one row per rank the lecture names, as ``adapter_size_verdict``."""
+    if min(n_model, n_lora, r) < 1:
+        raise ValueError("n_model, n_lora and r must be >= 1")
+    return level(n_model / n_lora, low=min_factor, fmt="{:,.0f}", unit="x", what=f"r={r}: full / LoRA parameters")
 
 
-def per_rank_scope(verdict_at, n_model: int, lora_by_rank: dict) -> str:
-    """The scope of a row decided over every rank the notes give (``fewer_params_verdict``,
-    ``adapter_size_verdict``: ``verdict_at``): the same procedure at each rank alone, ``"r=8: holds; r=16: holds;
-    r=64: does not hold"``. The row's verdict needs every rank; this says at which it fails."""
-    if not lora_by_rank:
-        raise ValueError("give LoRA's trainable count at one rank or more")
-    return "; ".join(f"r={r}: {verdict_at(n_model, {r: n}).verdict}" for r, n in lora_by_rank.items())
+def full_ft_vram_verdict(step_peak: float, weight_bytes: float, min_factor: float = 3.0) -> Verdict:
+    """The lecture's "full fine-tuning needs VRAM many times the model's size (optimizer states)": a full fine-tuning
+    step's measured peak (``step_peak``: weights, gradients, Adam's two moments and activations) over the weights'
+    bytes (``weight_bytes``), ``level(..., low=min_factor)``; "nhiều lần" (many times) is read as 3x or more. The
+    note says what the optimizer state alone weighs: Adam's two moments are 2x float32 weights, so "many times"
+    can hold for the whole step only."""
+    if step_peak <= 0 or weight_bytes <= 0:
+        raise ValueError("step_peak and weight_bytes must be > 0")
+    v = level(step_peak / weight_bytes, low=min_factor, fmt="{:.2f}", unit="x",
+              what="full FT's step peak / the weights' bytes")
+    return v.with_note("AdamW's two moments alone are 2x the float32 weights (8 bytes per parameter against 4), so "
+                       "'many times' holds for the whole step, not for the optimizer state alone: weights, gradients "
+                       "and both moments make 4x by count, and the measured peak adds the activations")
 
 
 def adapter_size_verdict(n_model: int, n_lora: int, r: int, low_mb: float = 10.0, high_mb: float = 100.0,

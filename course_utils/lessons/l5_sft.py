@@ -591,6 +591,16 @@ def generalization_verdict(trained_before: float, trained_after: float, held_bef
 
 LECTURE_SCALE = ("the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu', thousands to hundreds of thousands "
                  "of examples")
+LECTURE_SCALE_MIN = 1000  # 'hàng nghìn' (thousands): where the notes' SFT scale starts
+
+
+def budget_short_if(examples_seen: int) -> str | None:
+    """The ``budget_short`` of a row about what SFT reaches: ``LECTURE_SCALE`` where the run saw fewer than
+    ``LECTURE_SCALE_MIN`` examples (steps x batch), so that a clear result either way reads inconclusive; ``None``
+    at the notes' scale, where the run decides the row. One rule for every such row."""
+    if examples_seen < 0:
+        raise ValueError("examples_seen must be >= 0")
+    return LECTURE_SCALE if examples_seen < LECTURE_SCALE_MIN else None
 
 
 # ---- Base model -> chat model: the lecture's base model is on the hub only -------------------------

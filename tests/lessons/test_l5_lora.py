@@ -415,7 +415,7 @@ def test_static_state_fact_states_the_margin_and_one_sequences_checkpointed_acti
     from course_utils.lessons.l5_lora import static_state_fact
 
     fact = static_state_fact(47.3e9, 48e9, 2 * 32_000 * 8192, 1_318_912, n_layers=80, d_model=8192)
-    assert isinstance(fact, str) and fact.startswith("47.3 GB of 48 GB (+0.7 GB left)")
+    assert isinstance(fact, str) and fact.startswith("47.30 GB of 48 GB (+0.70 GB left)")
     assert "0.67 GB of block inputs" in fact and "96% of the margin" in fact  # 80 x 512 x 8192 x 2 bytes
     assert "(524M)" in fact and "(1.3M)" in fact and "1.05 GB" in fact
     assert "with no margin left" in static_state_fact(49e9, 48e9, 2, 1, n_layers=2, d_model=8)
@@ -423,18 +423,28 @@ def test_static_state_fact_states_the_margin_and_one_sequences_checkpointed_acti
         static_state_fact(47e9, 48e9, 2, 1, n_layers=0, d_model=8)
 
 
-def test_fewer_parameters_needs_every_rank_the_lecture_names():
+def test_fewer_parameters_is_judged_at_each_rank_alone():
     from course_utils.lessons.l5_lora import fewer_params_verdict
 
     n65 = 65_285_660_672
     qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}  # LLaMA-65B, W_q and W_v
-    v = fewer_params_verdict(n65, qv)
-    assert v.verdict == "does not hold" and v.measured == "r=8: 3,113x; r=16: 1,557x; r=64: 389x"
-    assert "[does not hold] r=64" in v.why and "[holds] r=8" in v.why
-    assert fewer_params_verdict(n65, {r: qv[r] for r in (8, 16)}).verdict == "holds"
-    assert fewer_params_verdict(n65, qv, min_factor=300).verdict == "holds"
+    rows = {r: fewer_params_verdict(n65, n, r) for r, n in qv.items()}  # one row per rank, as the adapter rows
+    assert {r: (v.verdict, v.measured) for r, v in rows.items()} == {
+        8: ("holds", "3,113x"), 16: ("holds", "1,557x"), 64: ("does not hold", "389x")}
+    assert "r=64: full / LoRA parameters" in rows[64].why
+    assert fewer_params_verdict(n65, qv[64], 64, min_factor=300).verdict == "holds"
     with pytest.raises(ValueError):
-        fewer_params_verdict(n65, {})
+        fewer_params_verdict(n65, 0, 8)
+
+
+def test_full_ft_vram_is_the_whole_steps_peak_over_the_weights_both_ways():
+    from course_utils.lessons.l5_lora import full_ft_vram_verdict
+
+    v = full_ft_vram_verdict(4.42e9, 1e9)
+    assert v.verdict == "holds" and v.measured == "4.42x" and "2x the float32 weights" in v.why
+    assert full_ft_vram_verdict(2.5e9, 1e9).verdict == "does not hold"  # below 'many times' (3x)
+    with pytest.raises(ValueError):
+        full_ft_vram_verdict(1e9, 0)
 
 
 def test_adapter_size_is_judged_in_the_lectures_band_at_every_rank():
@@ -540,22 +550,12 @@ def test_close_to_full_verdict_is_gated_by_given_symmetrically():
 def test_qlora_65b_row_is_not_measurable_with_the_arithmetic():
     from course_utils.lessons.l5_lora import qlora_65b_verdict
 
-    v = qlora_65b_verdict(47.3e9, 48e9, 2 * 32_000 * 8192, 1_318_912, n_layers=80, d_model=8192)
+    v = qlora_65b_verdict(47.25e9, 48e9, 2 * 32_000 * 8192, 1_318_912, n_layers=80, d_model=8192)
     assert v.verdict == "not measurable here"
-    assert v.measured == "static state by arithmetic: 47.3 GB of 48 GB (+0.7 GB left)"
+    assert v.measured == "static state by arithmetic: 47.25 GB of 48 GB (+0.75 GB left)"
     assert "48 GB GPU" in v.why and "65B" in v.why and "0.67 GB of block inputs" in v.why
 
 
-
-
-def test_per_rank_scope_names_the_ranks_each_way():
-    from course_utils.lessons.l5_lora import fewer_params_verdict, per_rank_scope
-
-    n65 = 65_285_660_672
-    qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}
-    assert per_rank_scope(fewer_params_verdict, n65, qv) == "r=8: holds; r=16: holds; r=64: does not hold"
-    with pytest.raises(ValueError):
-        per_rank_scope(fewer_params_verdict, n65, {})
 
 
 def test_shared_copy_shares_weights_not_parameters(ids, tiny_llama):

@@ -325,10 +325,22 @@ def test_base_to_chat_is_decided_on_finished_turns_both_ways(smol, tiny_llama):
     assert ends_turn(model, smol, ["Name a colour.", "Say hi."], 3, system="Be brief.") == [False, False]
 
 
-ef test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
+def test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
     from course_utils.lessons.l5_sft import base_to_chat_verdict
 
     never, most = [False] * 8, [True] * 7 + [False]
     for a, b in ((never, most), (most, never)):
         v = base_to_chat_verdict(a, b, steps=4, budget_short="thousands of examples")
         assert v.verdict == "inconclusive" and v.why.count("thousands of examples") == 1
+
+
+def test_budget_short_if_quotes_the_notes_scale_below_thousands_only():
+    from course_utils.lessons.l5_sft import LECTURE_SCALE, budget_short_if, generalization_verdict
+
+    assert budget_short_if(12) == LECTURE_SCALE and budget_short_if(999) == LECTURE_SCALE  # the small profile
+    assert budget_short_if(1000) is None and budget_short_if(9600) is None  # the full profile's 300 x 32
+    none, most = [False] * 8, [True] * 7 + [False]
+    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=budget_short_if(24)).verdict == "inconclusive"
+    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=budget_short_if(9600)).verdict == "holds"
+    with pytest.raises(ValueError):
+        budget_short_if(-1)
