@@ -529,7 +529,7 @@ def cpu_fp16_units(cpuinfo: str | None = None) -> str:
              if flag in flags]
     if units:
         return f"{' and '.join(units)}: fp16 arithmetic in hardware here"
-    return "no AMX-FP16 or AVX512-FP16 (F16C at most: conversions only): fp16 products are emulated here"
+    return "no AMX-FP16 or AVX512-FP16, F16C at most (conversions only): fp16 products are emulated here"
 
 
 # ---- "Fewer steps": steps to a target loss -------------------------------------------------------------
@@ -630,7 +630,7 @@ FEWER_STEPS = "learn faster, fewer epochs needed (section 3.6)"
 #: The course's standing reading of an unsized "faster" (section 2's speed rows): any gain, strict.
 UNSIZED = "unsized 'faster' read as any gain: > 0 steps fewer"
 #: The notes' 3.2 names two 16-bit types; each is a choice a learner makes, so each gets its own row.
-SIXTEEN_BIT = "'float16 hoặc bfloat16' instead of float32: faster transfers and compute (sections 3.2-3.3)"
+SIXTEEN_BIT = "sections 3.2-3.3: 'float16 hoặc bfloat16' instead of float32, faster transfers and compute"
 CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
@@ -638,8 +638,8 @@ CLAIMS = {
               "power-of-two sizes: vectorization, memory alignment"),
     "int_ids": ("token ids stored as int take less memory than as float (PyTorch's index dtype, int64, vs float32)",
                 "data types: 'int instead of float for indices' reduces memory cost (section 3.2)"),
-    "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT} (the bfloat16 choice)"),
-    "fp16_matmul": ("float16 matrix products are faster than fp32", f"{SIXTEEN_BIT} (the float16 choice)"),
+    "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the bfloat16 choice"),
+    "fp16_matmul": ("float16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the float16 choice"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
     "mp_memory": ("mixed precision lowers a training step's peak memory (a step whose activation share matches GPT-2 "
                   "small's at batch 16 x 1024)", "mixed precision reduces memory"),
