@@ -169,17 +169,21 @@ def lora_param_count(model: nn.Module, target_modules: Iterable[str], r: int) ->
 
 # ---- LoRA at the paper's scale, by arithmetic ------------------------------------------------------
 
+ADAPTER_BYTES = 12.0  # QLoRA's adapter per parameter: bf16 weight 2 + bf16 gradient 2 + 32-bit Adam moments 8
+
+
 def qlora_bytes(n_params: int, n_lora: int, n_kept_16bit: int, bytes_per_weight: float) -> dict:
     """QLoRA's memory before activations, as the QLoRA paper keeps it: the linear layers' weights in NF4
     (``bytes_per_weight``, e.g. 0.516 with double quantization), the ``n_kept_16bit`` parameters it does not
-    quantize (LLaMA's untied input embeddings and output head, norms) in bf16 (2 bytes), and the LoRA adapter at 16
-    bytes per parameter (bf16 weight and gradient, fp32 master copy and two Adam moments). Returns the parts and
-    ``total`` in bytes."""
+    quantize (LLaMA's untied input embeddings and output head, norms) in bf16 (2 bytes), and the LoRA adapter at
+    ``ADAPTER_BYTES`` (12) bytes per parameter, as the QLoRA recipe keeps it (artidoro/qlora's qlora.py casts the
+    LoRA layers to bf16 under ``--bf16`` and trains them with ``paged_adamw_32bit``): bf16 weight 2 + bf16 gradient 2
+    + two 32-bit Adam moments 8, no fp32 master copy. Returns the parts and ``total`` in bytes."""
     if not 0 <= n_kept_16bit < n_params or n_lora < 1:
         raise ValueError(f"need 0 <= n_kept_16bit < n_params and n_lora >= 1, got {n_kept_16bit}, {n_params}, "
                          f"{n_lora}")
     parts = {"NF4 weights": bytes_per_weight * (n_params - n_kept_16bit), "16-bit weights": 2.0 * n_kept_16bit,
-             "adapter and its Adam state": 16.0 * n_lora}
+             "adapter and its Adam state": ADAPTER_BYTES * n_lora}
     return {**parts, "total": sum(parts.values())}
 
 
@@ -694,39 +698,47 @@ def size_on_disk(path) -> int:
 
 
 def static_state_fact(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int, n_layers: int,
-                      d_model: int, seq_len: int = 512) -> str:
+                      d_model: int, n_lora: int, seq_len: int = 512, batch: int = 4) -> str:
     """QLoRA's 65B static state against one GPU, as a fact (arithmetic, no verdict): the static state
     (``total_bytes``: NF4 + double-quant linear weights, the input embedding and output head (``n_embed_head``
     parameters: LLaMA does not tie them, so both count) and the norms (``n_norms``) in bf16, the adapter and its Adam
     state, from ``qlora_bytes``) against ``budget_bytes``, the margin left, and what activations take from it: with
     gradient checkpointing a step still stores each block's input, ``n_layers x seq_len x d_model`` values in bf16,
-    for every sequence of ``seq_len`` tokens. The static state is a necessary condition, not a whole training step,
-    so it is stated, not judged."""
+    for every sequence of ``seq_len`` tokens (``batch``: the recipe's sequences per step, finetune_guanaco_65b.sh's
+    4 of at most 512 target tokens). ``n_lora``: the adapter's parameters, to say what an fp32 master copy would add.
+    The static state is a necessary condition, not a whole training step, so it is stated, not judged."""
     from ..memory import BYTES_PER_PARAM
 
-    if min(n_layers, d_model, seq_len) < 1:
-        raise ValueError("n_layers, d_model and seq_len must be >= 1")
+    if min(n_layers, d_model, seq_len, batch, n_lora) < 1:
+        raise ValueError("n_layers, d_model, n_lora, seq_len and batch must be >= 1")
     nf4 = BYTES_PER_PARAM["nf4 + double quant"]
     kept = n_embed_head + n_norms
     gb, budget = total_bytes / 1e9, budget_bytes / 1e9
     hidden = 2.0 * n_layers * seq_len * d_model / 1e9  # checkpointed block inputs of one sequence, bf16
     margin = budget - gb
-    share = f"{hidden / margin:.0%} of the margin" if margin > 0 else "with no margin left"
+
+    def share(x: float) -> str:
+        return f"{x / margin:.0%} of the margin" if margin > 0 else "with no margin left"
+
     return (f"{gb:.2f} GB of {budget:.0f} GB ({margin:+.2f} GB left); one {seq_len}-token sequence with gradient "
             f"checkpointing stores {hidden:.2f} GB of block inputs alone ({n_layers} x {seq_len} x {d_model} in bf16: "
-            f"{share}), before one block's recomputed activations and the logits; "
+            f"{share(hidden)}); {batch} such sequences, the recipe's batch: {batch * hidden:.2f} GB "
+            f"({share(batch * hidden)}), "
+            "before one block's recomputed activations and the logits; "
             f"NF4 + double quant linear layers at {nf4:.4f} bytes per weight; the untied embedding and head "
             f"({n_embed_head / 1e6:.0f}M) and the norms ({n_norms / 1e6:.1f}M) in bf16: {2 * kept / 1e9:.2f} GB; "
-            f"r=64 adapter with its Adam state; GB = 1e9 bytes")
+            f"r=64 adapter at {ADAPTER_BYTES:.0f} bytes per parameter (the QLoRA recipe, artidoro/qlora: LoRA layers "
+            f"in bf16 under --bf16, paged_adamw_32bit: bf16 weight 2 + gradient 2 + 32-bit Adam moments 8, no fp32 "
+            f"master copy; with one, 16 bytes: +{4 * n_lora / 1e9:.2f} GB); GB = 1e9 bytes")
 
 
 def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int, n_layers: int,
-                      d_model: int, seq_len: int = 512) -> Verdict:
+                      d_model: int, n_lora: int, seq_len: int = 512, batch: int = 4) -> Verdict:
     """The lecture's "QLoRA fine-tunes a 65B model on one 48 GB GPU" as a claims row: not measurable here (it needs
     a ``budget_bytes`` GPU and the 65B model's weights), with the static-state arithmetic of ``static_state_fact``
     (the total and margin in the measured column, the parts and what one sequence's activations take in the note)."""
-    head, rest = static_state_fact(total_bytes, budget_bytes, n_embed_head, n_norms, n_layers, d_model,
-                                   seq_len).split("; ", 1)
+    head, rest = static_state_fact(total_bytes, budget_bytes, n_embed_head, n_norms, n_layers, d_model, n_lora,
+                                   seq_len, batch).split("; ", 1)
     return not_measurable(f"static state by arithmetic: {head}",
                           f"needs one {budget_bytes / 1e9:.0f} GB GPU and a 65B model's weights (LLaMA-65B), neither "
                           f"here; the arithmetic covers weights, adapter and Adam state, a necessary condition, not a "
@@ -740,21 +752,6 @@ def fewer_params_verdict(n_model: int, n_lora: int, r: int, min_factor: float = 
     if min(n_model, n_lora, r) < 1:
         raise ValueError("n_model, n_lora and r must be >= 1")
     return level(n_model / n_lora, low=min_factor, fmt="{:,.0f}", unit="x", what=f"r={r}: full / LoRA parameters")
-
-
-def full_ft_vram_verdict(step_peak: float, weight_bytes: float, min_factor: float = 3.0) -> Verdict:
-    """The lecture's "full fine-tuning needs VRAM many times the model's size (optimizer states)": a full fine-tuning
-    step's measured peak (``step_peak``: weights, gradients, Adam's two moments and activations) over the weights'
-    bytes (``weight_bytes``), ``level(..., low=min_factor)``; "nhiều lần" (many times) is read as 3x or more. The
-    note says what the optimizer state alone weighs: Adam's two moments are 2x float32 weights, so "many times"
-    can hold for the whole step only."""
-    if step_peak <= 0 or weight_bytes <= 0:
-        raise ValueError("step_peak and weight_bytes must be > 0")
-    v = level(step_peak / weight_bytes, low=min_factor, fmt="{:.2f}", unit="x",
-              what="full FT's step peak / the weights' bytes")
-    return v.with_note("AdamW's two moments alone are 2x the float32 weights (8 bytes per parameter against 4), so "
-                       "'many times' holds for the whole step, not for the optimizer state alone: weights, gradients "
-                       "and both moments make 4x by count, and the measured peak adds the activations")
 
 
 def adapter_size_verdict(n_model: int, n_lora: int, r: int, low_mb: float = 10.0, high_mb: float = 100.0,

@@ -594,12 +594,16 @@ LECTURE_SCALE = ("the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn 
 LECTURE_SCALE_MIN = 1000  # 'hàng nghìn' (thousands): where the notes' SFT scale starts
 
 
-def budget_short_if(examples_seen: int) -> str | None:
+def budget_short_if(draws: int, distinct_available: int) -> str | None:
     """The ``budget_short`` of a row about what SFT reaches: ``LECTURE_SCALE`` where the run saw fewer than
-    ``LECTURE_SCALE_MIN`` examples (steps x batch), so that a clear result either way reads inconclusive; ``None``
-    at the notes' scale, where the run decides the row. One rule for every such row."""
-    if examples_seen < 0:
-        raise ValueError("examples_seen must be >= 0")
+    ``LECTURE_SCALE_MIN`` DISTINCT examples, so that a clear result either way reads inconclusive; ``None`` at the
+    notes' scale, where the run decides the row. The notes' "mẫu" are examples, not draws: a run sees at most
+    ``min(draws, distinct_available)`` distinct ones (``draws``: steps x batch; ``distinct_available``: the training
+    examples left after filtering), so 4,800 draws from 799 records stay below "thousands". One rule for every such
+    row."""
+    if draws < 0 or distinct_available < 0:
+        raise ValueError("draws and distinct_available must be >= 0")
+    examples_seen = min(draws, distinct_available)
     return LECTURE_SCALE if examples_seen < LECTURE_SCALE_MIN else None
 
 

@@ -337,10 +337,17 @@ def test_base_to_chat_below_the_notes_scale_is_inconclusive_either_way():
 def test_budget_short_if_quotes_the_notes_scale_below_thousands_only():
     from course_utils.lessons.l5_sft import LECTURE_SCALE, budget_short_if, generalization_verdict
 
-    assert budget_short_if(12) == LECTURE_SCALE and budget_short_if(999) == LECTURE_SCALE  # the small profile
-    assert budget_short_if(1000) is None and budget_short_if(9600) is None  # the full profile's 300 x 32
+    assert budget_short_if(12, 400) == LECTURE_SCALE and budget_short_if(999, 5000) == LECTURE_SCALE  # few draws
+    assert budget_short_if(1000, 1000) is None and budget_short_if(9600, 2400) is None  # full profile, instructions
+    # distinct examples, not draws: the full profile's Alpaca runs draw 4,800 from at most 799 records
+    assert budget_short_if(4800, 799) == LECTURE_SCALE and budget_short_if(4800, 999) == LECTURE_SCALE
     none, most = [False] * 8, [True] * 7 + [False]
-    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=budget_short_if(24)).verdict == "inconclusive"
-    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=budget_short_if(9600)).verdict == "holds"
+    short, enough = budget_short_if(24, 240), budget_short_if(9600, 2400)
+    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=short).verdict == "inconclusive"
+    assert generalization_verdict(0.1, 0.9, none, most, 8, budget_short=enough).verdict == "holds"
+    assert generalization_verdict(0.1, 0.9, none, most, 8,
+                                  budget_short=budget_short_if(9600, 500)).verdict == "inconclusive"
     with pytest.raises(ValueError):
-        budget_short_if(-1)
+        budget_short_if(-1, 10)
+    with pytest.raises(ValueError):
+        budget_short_if(10, -1)
