@@ -688,18 +688,22 @@ GPU_NOTES = {
     "web harder": "each model's own loss there too: all-token web 9.18 vs Alice 7.52, final-token web 7.93 vs "
                   "Alice 5.69 (its final-position loss; the GPU file's 8.00 vs 6.28 is the same final-token models on "
                   "the all-token loss, every position): harder there too",
-    "poorer text": "its saved samples (seed 0, one greedy and one sampled per model, not scored: two are too few to "
-                   "decide) point the lecture's way: the book model writes Alice prose ('the Dormouse, who seemed to "
-                   "be talking again'), partly memorised (train loss 0.34), the web final-token model 'the the the'; "
-                   "that is 800 steps, with the book memorised; here, at 80 steps, neither model has learned prose "
-                   "and nothing is memorised, so the row's verdict is scoped to 80 steps and does not contradict it",
-    "generation": "the same measure, the context's final position, one seed: Alice final-token 5.69 vs all-token "
-                  "7.65, web 7.93 vs 9.42, printed 'holds', after its all-token models had memorised the texts (Alice: "
-                  "train 0.34); at 80 steps nothing is memorised, and the all-token models predict better there",
-    "cheaper": "timed as the lecture computes it (every position's logits, the last one picked), its final-token "
-               "forward + backward ran 1.18x faster (44.6 vs 37.8 ms; one run, no interval; printed 'holds' with no "
-               "bar), under the 1.5x bar, and the results README warns that Lesson 2's GPU timings were taken while "
-               "Lesson 4 shared the GPU",
+    "poorer text": "its book model met this row's precondition (train loss 0.34 <= 4.0), but only by memorising the "
+                   "book (test 7.52); its saved samples (seed 0, one greedy and one sampled per model, not scored: "
+                   "two are too few to decide) point the lecture's way: the book model writes Alice prose ('the "
+                   "Dormouse, who seemed to be talking again'), partly memorised, the web final-token model 'the "
+                   "the the'",
+    "generation": "its printed 'holds' was the final-position test loss, not generations (Alice final-token 5.69 vs "
+                  "all-token 7.65, web 7.93 vs 9.42, after its all-token models had memorised the texts: Alice train "
+                  "0.34); its saved samples, two per model, are too few to score, so it does not decide this row",
+    "cheaper": "its forward + backward, timed as the lecture computes it (every position's logits, the last one "
+               "picked), ran 1.18x faster final-token (44.6 vs 37.8 ms; printed 'holds' with no bar); its training "
+               "table points the other way on Alice: the whole step (the lecture's way too, median over the run) "
+               "took 92 ms all-token vs 46 ms final-token, 2.0x, above the 1.5x bar, while on web it was 51 vs 44 "
+               "ms, 1.16x, under it; this row does not adopt the 2.0x: each figure is one run, not interleaved, "
+               "with no interval, on a GPU Lesson 4 shared at the time (results/nvidia-h100-80gb/README.md), and "
+               "the all-token step, the same computation on both texts, took 92 ms on one and 51 on the other "
+               "(1.8x apart): the noise between those timings is as large as the effect",
     "spaces": "its results file printed 'does not hold' for 'missing spaces' (an older count, tokens with a leading "
               "space, no bar) and for 'runs tokens together' (the known-word share, web final-token 95% vs real "
               "text's 92%); its saved samples recounted this row's way: the figures above",
@@ -727,16 +731,45 @@ def noisier_verdict(jitter: dict) -> Verdict:
 
 
 #: The seed's words for the comparison "poorer text" makes (its section 5.3): the final-token text against the model
-#: trained on one book. The notes state no budget for it, so the row is decided at the run's budget, scoped, as every
-#: trained row is.
+#: trained on one book.
 SEED_BOOK_QUOTE = "So với mô hình huấn luyện trên một cuốn sách, chất lượng thấp hơn đáng kể"
 
+#: The level of the model that comparison is with (the seed's section 5.1, its line 211): "in the earlier exercises
+#: the loss usually fell to 3-4". The seed file's copy has a few characters lost to its encoding (shown as U+FFFD);
+#: the test matches this text against it with those as wildcards.
+SEED_LOSS_QUOTE = "Trong các bài tập trước, loss thường giảm về 3–4"
 
-def poorer_text_verdict(book: Sequence[float], web_final: Sequence[float]) -> Verdict:
+#: The book model the notes compare with had reached a loss of at most 4 nats (the top of their 3-4). Fixed before
+#: the data: the row's reference arm must be there on every seed.
+BOOK_LOSS_CEILING = 4.0
+
+
+def poorer_text_verdict(book: Sequence[float], web_final: Sequence[float], *,
+                        book_train_loss: Sequence[float]) -> Verdict:
     """"Final-token text on web data is poorer than the one-book model's": the reference model's nats per character
     above real text's, paired by seed, web final-token minus the book's all-token model, against 0.1 nats/char
-    ("thấp hơn đáng kể": considerably). Decided by the data in both directions (no budget: the notes state none)."""
-    return compare_runs(book, web_final, lower=False, min_gain=0.1, unit="nats/char")
+    ("thấp hơn đáng kể": considerably), given (``verdicts.given``) that the book arm is the model the notes compare
+    with: one whose loss had fallen to 3-4 (``SEED_LOSS_QUOTE``), i.e. its train loss (``book_train_loss``, one per
+    seed, the loss the notes plot) at most ``BOOK_LOSS_CEILING`` on every seed. Not there: inconclusive, whichever
+    way the samples point."""
+    comparison = compare_runs(book, web_final, lower=False, min_gain=0.1, unit="nats/char")
+    met = all(v <= BOOK_LOSS_CEILING for v in book_train_loss)
+    return given(comparison, reference_ok=(
+        met, f"the notes compare with a book model whose loss had fallen to 3-4 (\"{SEED_LOSS_QUOTE}\": in the earlier "
+             f"exercises the loss usually fell to 3-4), so the book arm's train loss must be <= "
+             f"{BOOK_LOSS_CEILING:.1f} nats on every seed; it is {per_seed(book_train_loss)}"
+             + ("" if met else " (not there)")),
+        bar_if=f"book arm's train loss <= {BOOK_LOSS_CEILING:.1f} nats on every seed (the notes' 3-4)")
+
+
+def generation_verdict(excess: dict, texts: Iterable[str]) -> Verdict:
+    """"Final-token training is closer to how the model is used in generation" ('Phù hợp sinh văn bản': 'Cao' vs
+    'Trung bình'): the generations themselves, scored as "poorer text" scores them (the reference model's nats per
+    character above real text's, ``excess[f"{text} | {arm}"]``, one figure per seed), final-token against all-token
+    trained on the same text, paired by seed, any clear gain (lower; the lecture gives no size), on every text
+    (``compare_on_each_text``)."""
+    return compare_on_each_text(excess, texts, "all-token", "final-token", lower=True, unit="nats/char",
+                                fmt="{:+.3f}", shown_fmt="{:.3f}")
 
 
 def repeated_ngram_share(sequences, n: int = 4) -> float:

@@ -7,8 +7,10 @@ from course_utils import verdicts
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, VERDICTS
 from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
+    BOOK_LOSS_CEILING,
     GPU_NOTEBOOK,
     SEED_BOOK_QUOTE,
+    SEED_LOSS_QUOTE,
     FinalTokenHead,
     cheaper_verdict,
     check_last_k_loss,
@@ -19,6 +21,7 @@ from course_utils.lessons.l2_final_token import (
     final_position_test_loss,
     final_token_logits,
     first_step_below,
+    generation_verdict,
     glued_rate,
     glued_split,
     glued_words,
@@ -490,19 +493,45 @@ def test_noisier_is_a_level_of_the_jitter_ratio_at_2x_on_every_text():
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="the lecture notes are not on this machine")
-def test_the_quote_is_the_seeds_own_words():
-    assert SEED_BOOK_QUOTE in SEED.read_text(encoding="utf-8")
+def test_the_quotes_are_the_seeds_own_words():
+    seed = SEED.read_text(encoding="utf-8")
+    assert SEED_BOOK_QUOTE in seed
+    # the seed's copy lost a few characters to its encoding (U+FFFD): those match any one character
+    lines = [line for line in seed.splitlines() if "3–4" in line and "loss" in line]
+    assert len(lines) == 1 and len(lines[0]) >= len(SEED_LOSS_QUOTE)
+    assert all(a == b or a == "\ufffd" for a, b in zip(lines[0], SEED_LOSS_QUOTE))
+    assert sum(a == "\ufffd" for a in lines[0][:len(SEED_LOSS_QUOTE)]) <= 3
 
 
-def test_poorer_text_is_decided_by_the_data_both_ways():
-    # nats/char above real text: book vs web final-token, paired by seed; bar 0.1 nats/char, no reach rule
+def test_poorer_text_is_decided_by_the_data_both_ways_given_a_book_model_at_the_notes_level():
+    # nats/char above real text: book vs web final-token, paired by seed; bar 0.1 nats/char
     gain, loss = ([0.1, 0.2, 0.15], [0.5, 0.62, 0.55]), ([0.5, 0.62, 0.55], [0.1, 0.2, 0.15])
-    assert poorer_text_verdict(*gain).verdict == HOLDS
-    assert poorer_text_verdict(*loss).verdict == DOES_NOT_HOLD
-    assert poorer_text_verdict([0.1, 0.3, 0.2], [0.1, 0.5, 0.35]).verdict == INCONCLUSIVE
-    assert poorer_text_verdict(*gain).bar == "higher by > +0.100 nats/char"
+    at_level, short = [3.5, 3.9, 4.0], [5.9, 6.0, 3.9]  # book arm's train loss per seed; ceiling 4.0 nats
+    assert BOOK_LOSS_CEILING == 4.0
+    assert poorer_text_verdict(*gain, book_train_loss=at_level).verdict == HOLDS
+    assert poorer_text_verdict(*loss, book_train_loss=at_level).verdict == DOES_NOT_HOLD
+    assert poorer_text_verdict([0.1, 0.3, 0.2], [0.1, 0.5, 0.35], book_train_loss=at_level).verdict == INCONCLUSIVE
+    for arms in (gain, loss):  # a book model short of the notes' 3-4 decides nothing, whichever way the text points
+        v = poorer_text_verdict(*arms, book_train_loss=short)
+        assert v.verdict == INCONCLUSIVE and "5.90/6.00/3.90" in v.why and SEED_LOSS_QUOTE in v.why
+        assert v.measured == poorer_text_verdict(*arms, book_train_loss=at_level).measured  # the figure is kept
+    v = poorer_text_verdict(*gain, book_train_loss=at_level)
+    assert v.bar.startswith("higher by > +0.100 nats/char") and "<= 4.0 nats" in v.bar
     with pytest.raises(TypeError):
-        poorer_text_verdict(*gain, "a budget")  # the row takes no budget_short
+        poorer_text_verdict(*gain, [3.0, 3.0, 3.0])  # the book's loss is named, never a positional third
+
+
+def test_generation_compares_the_generations_of_both_losses_on_each_text():
+    # excess nats/char per seed; final-token lower = closer to real text = the claim's side
+    good = {"Alice | all-token": [0.5, 0.6, 0.55], "Alice | final-token": [0.3, 0.35, 0.3],
+            "web | all-token": [0.4, 0.45, 0.5], "web | final-token": [0.2, 0.3, 0.28]}
+    assert generation_verdict(good, ["Alice", "web"]).verdict == HOLDS
+    worse = dict(good, **{"web | final-token": [0.6, 0.7, 0.66]})
+    v = generation_verdict(worse, ["Alice", "web"])
+    assert v.verdict == DOES_NOT_HOLD and "Alice" in v.why and "web" in v.why
+    noisy = dict(good, **{"web | final-token": [0.2, 0.6, 0.5]})
+    assert generation_verdict(noisy, ["Alice", "web"]).verdict == INCONCLUSIVE
+    assert "nats/char" in v.bar and "0.500/0.600/0.550 vs 0.300/0.350/0.300" in v.measured
 
 
 def test_repeated_ngram_share_measures_repetition():
