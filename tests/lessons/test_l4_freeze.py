@@ -8,6 +8,8 @@ import torch.nn as nn
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURABLE
 from course_utils.lessons.l4_freeze import (
     ARMS,
+    CPU_SPEED_ROUNDS,
+    CPU_SPEED_SHAPE,
     GROUPS,
     attention_moments_fact,
     beyond_web_figures,
@@ -20,15 +22,16 @@ from course_utils.lessons.l4_freeze import (
     freeze,
     freeze_combinations,
     group_counts,
+    held_out_losses,
     latency_ratio,
     linear_module_names,
+    losses_after_steps,
     memory_verdict,
     meta_step_peak,
     meta_step_sweep,
     mlps_suffice,
     name_rule_mistakes,
     random_model,
-    same_batches,
     set_arm,
     share_figures,
     share_of_full,
@@ -248,26 +251,32 @@ def test_memory_verdict_is_one_shape_fixed_before_the_data_both_ways():
         sweep_figures({(1, 2): 10}, {(2, 2): 5})
 
 
-def test_speed_row_is_a_timing_on_a_gpu_and_not_measurable_without_one():
-    shapes = [(1, 256), (8, 256)]
-    full, part = dict.fromkeys(shapes, 121.0), dict.fromkeys(shapes, 100.0)
-    cpu = speed_row(None, full, part)  # no timing: a CPU, whose budget does not fit 15 rounds at 8 x 256
-    assert cpu.verdict == NOT_MEASURABLE and "15 interleaved rounds at 8 x 256" in cpu.why
-    assert cpu.measured == "not timed on this CPU" and "budget choice, not the hardware" in cpu.why
-    assert cpu.bar == "1.00x < speed-up < 1.25x"  # the band is shown even though the row was not timed
-    assert "estimate: matmul FLOP ratio full / partial 1.21-1.21x" in cpu.why
+def test_speed_row_is_an_ordinary_speed_verdict_with_the_flop_estimate_in_its_note():
+    shapes = [(1, 256), (8, 256), (8, 1024)]
+    full, part = dict(zip(shapes, (121.0, 121.0, 119.0))), dict.fromkeys(shapes, 100.0)
 
     def timed(speedups):  # full's round times over partial's: the speed-up per round
-        partial = [1.0 + 0.01 * i for i in range(15)]
+        partial = [1.0 + 0.01 * i for i in range(len(speedups))]
         return {"full": Timing([p * s for p, s in zip(partial, speedups)]), "partial": Timing(partial)}
 
-    slight = speed_row(timed([1.10, 1.15, 1.12] * 5), full, part)
-    assert slight.verdict == HOLDS and slight.bar == "1.00x < speed-up < 1.25x" and "estimate" in slight.why
+    slight = speed_row(timed([1.10, 1.15, 1.12] * 5), full, part)  # a GPU, at ROW_SHAPE
+    assert slight.verdict == HOLDS and slight.bar == "1.00x < speed-up < 1.25x"
+    assert "estimate: matmul FLOP ratio full / partial 1.21x at 8 x 256 (1.19-1.21x over 3 shapes" in slight.why
+    assert "decides nothing" in slight.why and "chosen for its cost" not in slight.why
     assert speed_row(timed([1.5, 1.6, 1.7] * 5), full, part).verdict == DOES_NOT_HOLD  # much faster, not slightly
     assert speed_row(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
     assert speed_row(timed([0.9, 1.1, 1.0] * 5), full, part).verdict == INCONCLUSIVE  # no faster than the noise
+    # a CPU at a small shape, in the fewest rounds the procedure accepts: the same rule, both directions
+    cpu = speed_row(timed([1.4, 1.5, 1.45, 1.6, 1.38]), full, part, shape=CPU_SPEED_SHAPE, on="this CPU")
+    assert cpu.verdict == DOES_NOT_HOLD and cpu.rounds == CPU_SPEED_ROUNDS == 5
+    assert "on this CPU at 1 x 64 tokens, a shape chosen for its cost" in cpu.why and "AdamW" in cpu.why
+    assert "1.21x at 8 x 256" in cpu.why
+    assert speed_row(timed([1.1, 1.2, 1.15, 1.05, 1.12]), full, part, shape=CPU_SPEED_SHAPE).verdict == HOLDS
+    assert speed_row(timed([1.1, 1.3, 1.15, 1.05, 1.12]), full, part, shape=CPU_SPEED_SHAPE).verdict == INCONCLUSIVE
     with pytest.raises(ValueError, match="FLOP"):
-        speed_row(None, {(1, 2): 1.0}, {(1, 2): 0.0})
+        speed_row(timed([1.1] * 5), {(1, 2): 1.0}, {(1, 2): 0.0})
+    with pytest.raises(ValueError, match="ROW_SHAPE"):
+        speed_row(timed([1.1] * 5), {(1, 2): 1.0}, {(1, 2): 1.0})
 
 
 def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
@@ -371,23 +380,42 @@ def test_trend_figures_count_the_seeds_that_fell_at_every_evaluation():
         trend_figures([[4.1], [4.1, 4.0]])
 
 
-def test_same_batches_draws_what_evaluate_draws_at_its_seed(token_stream):
-    """The partial arm's trend runs through ``same_batches``, so its last evaluation is the held-out figure."""
+def test_held_out_losses_are_evaluates_figures_in_one_pass(token_stream):
+    """The notebook's held-out figures: each set's loss equals ``train.evaluate``'s (same batches at its seed)."""
     from course_utils.data import get_batch
-
-    def batches(g):
-        return get_batch(token_stream, 2, 8, generator=g)
-
-    ref = torch.Generator().manual_seed(1234)
-    want = [batches(ref)[0] for _ in range(3)]
-    draw = same_batches(batches)
-    for other_seed in (1, 2):  # each new generator (train makes one per evaluation, from its own seed) reseeded
-        g = torch.Generator().manual_seed(other_seed)
-        assert all(torch.equal(draw(g)[0], w) for w in want)
-    model = GPT(GPTConfig(vocab_size=int(token_stream.max()) + 1, block_size=8, n_layer=1, n_head=2, n_embd=16))
     from course_utils.train import evaluate
 
-    assert evaluate(model, draw, n_batches=3, seed=7) == evaluate(model, batches, n_batches=3)
+    def batches(offset):
+        return lambda g: get_batch(token_stream[offset:], 2, 8, generator=g)
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=int(token_stream.max()) + 1, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    sets = {"a": (batches(0), 3), "b": (batches(5), 1), "c": (batches(11), 2)}
+    model.train()
+    got = held_out_losses(model, sets, rows_per_pass=4)  # passes that cut across sets
+    assert model.training  # the mode is restored
+    for name, (b, n) in sets.items():
+        assert got[name] == pytest.approx(evaluate(model, b, n_batches=n), rel=1e-5), name
+    assert len({round(v, 6) for v in got.values()}) == 3  # three different figures, not one mean
+    with pytest.raises(ValueError, match="block sizes"):
+        held_out_losses(model, {"a": sets["a"], "d": (lambda g: get_batch(token_stream, 2, 4, generator=g), 1)})
+
+
+def test_losses_after_steps_evaluates_between_the_first_and_last_step_only():
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    values = losses_after_steps(opt, lambda: seen.append(model.weight.detach().clone()) or len(seen), steps=3)
+    weights = []
+    for _ in range(3):
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        weights.append(model.weight.detach().clone())
+    assert values == [1, 2]  # after steps 1 and 2; not before step 1 nor after step 3 (figures computed anyway)
+    assert all(torch.equal(s, w) for s, w in zip(seen, weights[:2]))  # evaluated on the weights after each step
+    with pytest.raises(ValueError, match="steps"):
+        losses_after_steps(opt, lambda: 0.0, steps=0)
 
 
 def test_tuned_text_note_says_which_arm_ended_worse_than_the_untouched_model():
