@@ -532,7 +532,7 @@ SPEED_ROUNDS = 15
 #: The speed row on a CPU: whole GPT-Neo 125M steps at one sequence of 64 tokens, a shape chosen for its cost before
 #: any ratio was seen (a step is about a second here at any small shape: AdamW over 125M parameters dominates), in
 #: the fewest interleaved rounds ``speed_verdict`` accepts (``measure.MIN_ROUNDS``, 5: the interval is the rounds'
-#: range, 93.8% coverage): 15 rounds would cost about 35 s, over the notebook's time budget.
+#: range, 93.8% coverage): 15 rounds would cost over 20 s, beyond the notebook's time budget.
 CPU_SPEED_SHAPE = (1, 64)
 CPU_SPEED_ROUNDS = 5
 #: "as good as full fine-tuning" (the notes: "equivalent to full fine-tuning on narrow tasks"): partial reaches at
