@@ -512,3 +512,29 @@ def test_one_row_per_lecture_quote_and_unsized_fewer_steps():
     for key in ("schedule", "clip", "early_dropout"):  # an unsized 'faster': any gain, as in the speed rows
         assert "> 0 steps fewer" in levers.CLAIMS[key][0] and ">= 5%" not in levers.CLAIMS[key][0]
     assert "constant-lr" in levers.CLAIMS["mp_quality"][0]  # judged on the recipe that learns most here
+
+
+def test_one_lecture_rating_one_verdict_per_row():
+    # the 4.2 table's "kernel fusion: high" is judged on whole steps only; kernels alone quote section 3.8's words
+    for key in ("attention", "adamw"):
+        assert "section 3.8" in levers.CLAIMS[key][1] and "high" not in levers.CLAIMS[key][1]
+    for key in ("attention_step", "compile"):
+        assert "speed impact high" in levers.CLAIMS[key][1]
+    fast, slow = Timing([1.0] * 15), Timing([3.0] * 15)
+    v = {"attention": speed_verdict(slow, fast, min_speedup=1.5), "attention_step": speed_verdict(fast, fast, 1.5)}
+    text = levers.row_verdicts(v, [("alone", "attention"), ("step", "attention_step")])
+    order = list(levers.CLAIMS)
+    n_alone, n_step = order.index("attention") + 1, order.index("attention_step") + 1
+    assert text == (f"row {n_alone} (alone): {v['attention'].verdict}; "
+                    f"row {n_step} (step): {v['attention_step'].verdict}")
+    assert v["attention"].verdict != v["attention_step"].verdict
+
+
+def test_gpu_batch_rows_report_no_gain_not_no_evidence():
+    # the GPU run timed 64 vs 62 and 128 vs 120 per token: no gain there, explained by alignment at T=256
+    for key in ("batch64", "batch128"):
+        assert "could not test" not in levers.GPU_NOTES[key] and "no medium gain there" in levers.GPU_NOTES[key]
+    assert "57,351 vs 57,579" in levers.GPU_NOTES["batch128"]
+    assert "could not test" not in levers.GPU_COMPARISON["batch power of two"]
+    assert "holds there" in levers.GPU_NOTES["schedule_quality"] and "replace both" not in levers.GPU_NOTES[
+        "schedule_quality"]
