@@ -589,8 +589,8 @@ def generalization_verdict(trained_before: float, trained_after: float, held_bef
                                             f"tasks reached {trained_after:.0%} exact match")
 
 
-LECTURE_SCALE = ("the notes' SFT scale: 'hàng nghìn đến hàng trăm nghìn mẫu', thousands to hundreds of thousands "
-                 "of examples")
+LECTURE_SCALE = ("the notes' SFT scale (section 3, SFT data): 'hàng nghìn đến hàng trăm nghìn mẫu', thousands to "
+                 "hundreds of thousands of examples")
 LECTURE_SCALE_MIN = 1000  # 'hàng nghìn' (thousands): where the notes' SFT scale starts
 
 
