@@ -7,11 +7,11 @@ from course_utils import verdicts
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, VERDICTS
 from course_utils.data import get_batch
 from course_utils.lessons.l2_final_token import (
-    BOOK_LOSS_CEILING,
     GPU_NOTEBOOK,
     SEED_BOOK_QUOTE,
     SEED_LOSS_QUOTE,
     FinalTokenHead,
+    cheaper_reading,
     cheaper_verdict,
     check_last_k_loss,
     count_target_tokens,
@@ -43,6 +43,7 @@ from course_utils.lessons.l2_final_token import (
     real_pieces,
     reference_nll,
     repeated_ngram_share,
+    repetition_reading,
     sample_continuations,
     space_token_share,
     spaces_verdict,
@@ -310,6 +311,11 @@ def test_cheaper_is_a_speed_verdict_on_interleaved_steps_at_the_1_5x_reading_of_
     assert edge.verdict == INCONCLUSIVE  # the interval straddles 1.5x
     with pytest.raises(ValueError, match="rounds"):
         cheaper_verdict(base, Timing(base.times[:10]))
+    assert cheaper_reading(fast) == "cheaper here by the lecture's margin"
+    assert cheaper_reading(cheaper_verdict(base, Timing(base.times))).startswith("not clearly cheaper here")
+    assert cheaper_reading(cheaper_verdict(base, Timing([t / 1.25 for t in base.times]))) == \
+        "cheaper here, but not by the lecture's margin"
+    assert cheaper_reading(edge) == "within the noise of the lecture's margin"
 
 
 def test_nll_on_raw_logits_is_minus_the_logit():
@@ -503,22 +509,17 @@ def test_the_quotes_are_the_seeds_own_words():
     assert sum(a == "\ufffd" for a in lines[0][:len(SEED_LOSS_QUOTE)]) <= 3
 
 
-def test_poorer_text_is_decided_by_the_data_both_ways_given_a_book_model_at_the_notes_level():
+def test_poorer_text_is_decided_by_the_data_both_ways_with_no_gate_on_the_book_model():
     # nats/char above real text: book vs web final-token, paired by seed; bar 0.1 nats/char
     gain, loss = ([0.1, 0.2, 0.15], [0.5, 0.62, 0.55]), ([0.5, 0.62, 0.55], [0.1, 0.2, 0.15])
-    at_level, short = [3.5, 3.9, 4.0], [5.9, 6.0, 3.9]  # book arm's train loss per seed; ceiling 4.0 nats
-    assert BOOK_LOSS_CEILING == 4.0
-    assert poorer_text_verdict(*gain, book_train_loss=at_level).verdict == HOLDS
-    assert poorer_text_verdict(*loss, book_train_loss=at_level).verdict == DOES_NOT_HOLD
-    assert poorer_text_verdict([0.1, 0.3, 0.2], [0.1, 0.5, 0.35], book_train_loss=at_level).verdict == INCONCLUSIVE
-    for arms in (gain, loss):  # a book model short of the notes' 3-4 decides nothing, whichever way the text points
-        v = poorer_text_verdict(*arms, book_train_loss=short)
-        assert v.verdict == INCONCLUSIVE and "5.90/6.00/3.90" in v.why and SEED_LOSS_QUOTE in v.why
-        assert v.measured == poorer_text_verdict(*arms, book_train_loss=at_level).measured  # the figure is kept
-    v = poorer_text_verdict(*gain, book_train_loss=at_level)
-    assert v.bar.startswith("higher by > +0.100 nats/char") and "<= 4.0 nats" in v.bar
+    assert poorer_text_verdict(*gain).verdict == HOLDS
+    v = poorer_text_verdict(*loss)
+    assert v.verdict == DOES_NOT_HOLD and v.measured.startswith("-0.407 nats/char")
+    assert poorer_text_verdict([0.1, 0.3, 0.2], [0.1, 0.5, 0.35]).verdict == INCONCLUSIVE
+    assert poorer_text_verdict([0.1, 0.2, 0.15], [0.15, 0.25, 0.2]).verdict == DOES_NOT_HOLD  # +0.05 < 0.1
+    assert poorer_text_verdict(*gain).bar == "higher by > +0.100 nats/char"
     with pytest.raises(TypeError):
-        poorer_text_verdict(*gain, [3.0, 3.0, 3.0])  # the book's loss is named, never a positional third
+        poorer_text_verdict(*gain, book_train_loss=[5.9, 6.0, 5.8])  # no gate on the book model's loss
 
 
 def test_generation_compares_the_generations_of_both_losses_on_each_text():
@@ -545,6 +546,17 @@ def test_repeated_ngram_share_measures_repetition():
         repeated_ngram_share([1, 2, 3])  # too short for two 4-grams
 
 
+def test_repetition_reading_says_whether_the_lead_follows_the_repetition():
+    excess = {"A | all-token": [1.30, 1.53, 1.21], "A | final-token": [1.34, 1.58, 1.27]}  # all-token leads
+    repeat = {"A | all-token": [0.23, 0.04, 0.16], "A | final-token": [0.02, 0.00, 0.01]}
+    text = repetition_reading("A", excess, repeat)  # lead 0.04 where it repeats +0.21 more, 0.05 where +0.04
+    assert "all-token" in text and "does not explain it" in text and "seed 1" in text
+    follows = dict(excess, **{"A | final-token": [1.50, 1.55, 1.30]})  # the lead is largest where it repeats most
+    assert "may be repetition" in repetition_reading("A", follows, repeat)
+    same = {"A | all-token": [0.0] * 3, "A | final-token": [0.0] * 3}
+    assert "does not explain its lead" in repetition_reading("A", excess, same)
+
+
 def test_real_id_pieces_are_real_pieces_before_decoding():
     tok = gpt2_tokenizer()
     ids = torch.tensor(tok("Alice was beginning to get very tired of sitting by her sister on the bank, and of "
@@ -555,14 +567,18 @@ def test_real_id_pieces_are_real_pieces_before_decoding():
     assert real_pieces(ids, tok, 3, 6) == ([readable(p, tok) for p in prompts], [readable(c, tok) for c in conts])
 
 
-def test_missing_spaces_is_decided_at_the_runs_budget_both_ways():
-    # glued-word rate over real text's, per seed: >= 1/0.90 = 1.11x is "missing spaces"; no reach rule
-    assert spaces_verdict([2.0, 2.5, 3.0]).verdict == HOLDS
-    assert spaces_verdict([0.5, 0.6, 0.55]).verdict == DOES_NOT_HOLD
-    assert spaces_verdict([0.5, 1.1, 1.8]).verdict == INCONCLUSIVE
-    assert spaces_verdict([0.5, 0.6, 0.55]).bar == ">= 1.11x real"
+def test_missing_spaces_is_decided_on_the_per_seed_difference_both_ways():
+    # glued words per word of the samples, per seed, minus real text's rate: any clear excess (> 0); no reach rule
+    assert spaces_verdict([0.05, 0.06, 0.055], 0.02).verdict == HOLDS
+    assert spaces_verdict([0.005, 0.008, 0.006], 0.02).verdict == DOES_NOT_HOLD
+    v = spaces_verdict([0.013, 0.008, 0.042], 0.024)  # one run's figures: scattered around real text's rate
+    assert v.verdict == INCONCLUSIVE and v.low < 0 < v.high
+    assert v.measured.startswith("-0.003 glued words per word") and "(-0.011, -0.016, +0.018)" in v.why
+    assert v.bar == "higher by > +0.000 glued words per word"
+    with pytest.raises(ValueError):
+        spaces_verdict([0.01, 0.02, 0.03], float("nan"))
     with pytest.raises(TypeError):
-        spaces_verdict([1.0, 1.1, 1.2], "a budget")  # the row takes no budget_short
+        spaces_verdict([0.01, 0.02, 0.03], 0.02, "a budget")  # the row takes no budget_short
 
 
 def test_glued_words_are_unknown_words_that_split_into_two_known_ones():
