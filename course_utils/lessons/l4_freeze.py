@@ -542,9 +542,10 @@ EQUIVALENT_SHARE = 0.9
 #: moments (AdamW: 8 bytes per float32 parameter) against weights + gradients + AdamW state (16 bytes per parameter):
 #: a count (its share of the state, and of the measured step peak), shown as a figure beside the memory row.
 ADAMW_MOMENT_BYTES = 8
-#: The forgetting pair's learning rate, fixed before its data: between the lesson's 1e-4 (section 5: full
-#: fine-tuning's web loss fell, no forgetting to reduce) and 1e-3 (full fine-tuning ended worse than the untouched
-#: model on held-out Alice in 3 of 3 seeds: a damaged run). The same for both arms, same steps and seeds.
+#: The forgetting pair's learning rate, fixed before its data: between 1e-4 (this notebook's earlier runs, commit
+#: 5049600: full fine-tuning's web loss fell, no forgetting to reduce) and 1e-3 (commit d4d918c: full fine-tuning
+#: ended worse than the untouched model on held-out Alice in 3 of 3 seeds: a damaged run). The same for both arms,
+#: same steps and seeds. The small profile runs all its fine-tuning rows at this rate (``forgetting_pair``).
 FORGET_LR = 3e-4
 
 
@@ -563,12 +564,61 @@ MEMORY_NOTE = ("the shape (ROW_SHAPE, 8 x 256) is the full profile's training sh
                "runs here on a CPU (a fused kernel such as flash_attention_2, which GPT-Neo also offers in this "
                "transformers, keeps fewer activations, so the share saved would be larger); the sweep is a "
                "demonstration (facts, section 4)")
-FORGET_NOTE = ("lr fixed before the data (FORGET_LR): between section 5's 1e-4, where full FT's web loss fell, and "
-               "1e-3, where full FT ended worse than the untouched model on held-out Alice in 3 of 3 seeds (this "
-               "notebook's earlier run, commit d4d918c); the full profile (a GPU: 40 steps of 8 x 256 tokens at lr "
-               "5e-5) runs this pair at 5e-4 instead, a rate it sets for its own budget (no GPU result of it yet); "
-               "notebook 05's forgetting row (LoRA vs full FT, at its own shared lr) asks about another method "
-               "(section 6)")
+#: What this notebook's earlier version measured at lr 1e-4 (small profile, commit 5049600's saved output), before the
+#: small profile ran every fine-tuning row at FORGET_LR: cited in the rows' notes as figures at another rate, never as
+#: their verdicts, so that a reader sees both rates' results.
+EARLIER_AT_1E4 = {
+    "learns": "72% (65%-79%) of full FT's fall in held-out loss (per seed: 71%, 75%, 70%), 'does not hold' there",
+    "style": "92% (22%-163%) of full FT's rise of G (per seed: 81%, 125%, 72%), 'inconclusive' there",
+    "web": "full FT's web-loss rise -0.0300, -0.0422, -0.0501 per seed",
+}
+#: Why the small profile has one learning rate: said once, in the notes and the markdown.
+ONE_RATE = ("one learning rate for the lesson's fine-tuning rows in the small profile, the forgetting rule's "
+            "FORGET_LR (fixed before these runs), so that the same runs answer every row")
+
+
+def forget_note(reused: bool) -> str:
+    """The forgetting row's note: where its learning rate comes from (FORGET_LR, between the earlier runs at 1e-4
+    and 1e-3, cited with their figures) and, where ``reused`` (the small profile's one rate), that its runs are
+    section 5's."""
+    runs = ("the pair is section 5's full and partial runs, not trained again (" + ONE_RATE + "); " if reused
+            else "")
+    return ("lr fixed before the data (FORGET_LR, 3e-4): between 1e-4, where full FT's web loss fell (this "
+            f"notebook's earlier run, commit 5049600: {EARLIER_AT_1E4['web']}), and 1e-3, where full FT ended worse "
+            "than the untouched model on held-out Alice in 3 of 3 seeds (this notebook's earlier run, commit "
+            f"d4d918c); {runs}the full profile (a GPU: 40 steps of 8 x 256 tokens at lr 5e-5) runs this pair at "
+            "5e-4 instead, a rate it sets for its own budget, and trains it (no GPU result of it yet); notebook "
+            "05's forgetting row (LoRA vs full FT, at its own shared lr) asks about another method (section 6)")
+
+
+def forgetting_pair(lr: float, forget_lr: float, section5: dict, train_pair: Callable[[str, int], dict],
+                    seeds: int) -> tuple[dict, bool]:
+    """The forgetting row's full and partial runs at ``forget_lr``, without repeated work. ``section5``: {"full":
+    [held-out losses per seed], "partial": [...]} of section 5's runs at ``lr`` (same seeds, batches and steps).
+    Where the rates are equal (the small profile: one rate), those runs ARE the pair: reused, nothing trained again.
+    Where they differ (the full profile), ``train_pair(arm, seed)`` trains each arm and seed at ``forget_lr`` and
+    returns its held-out losses. Returns ({arm: [held-out losses per seed]}, reused)."""
+    if lr == forget_lr:
+        if any(len(section5[a]) != seeds for a in ("full", "partial")):
+            raise ValueError(f"section 5 must have run {seeds} seeds of full and partial to be reused")
+        return {a: list(section5[a]) for a in ("full", "partial")}, True
+    pair = {"full": [], "partial": []}
+    for seed in range(seeds):  # seed by seed, as section 5
+        for a in pair:
+            pair[a].append(train_pair(a, seed))
+    return pair, False
+
+
+def other_rate_note(row: str, reused: bool, pair_lr: float | None = None, pair_figure: str = "") -> str:
+    """Rows 3 and 4 ("as good as full FT", "MLPs suffice"): the figure at the lesson's other rate, never the verdict.
+    ``reused`` (the small profile's one rate): what the earlier version measured at 1e-4 (EARLIER_AT_1E4[row]);
+    otherwise the forgetting pair's ``pair_figure`` at ``pair_lr``."""
+    if reused:
+        return (f"at lr 1e-4 this notebook's earlier version (commit 5049600, small profile) measured "
+                f"{EARLIER_AT_1E4[row]}: a figure at another rate, not this row's verdict (this row runs at the "
+                "lesson's one rate, FORGET_LR, section 6)")
+    return (f"at lr {pair_lr} (the forgetting pair, section 6) partial reached {pair_figure}: a figure at another "
+            "rate, not this row's verdict")
 
 
 def count_verdicts(report: FreezeReport, other_r: dict | None = None,
@@ -742,6 +792,15 @@ def mlps_suffice(style_before: float, full_after: Sequence[float], partial_after
                            "(per seed: " + ", ".join(f"{s:.0%}" for s in shares) + ")")
 
 
+def style_share_figures(style_before: float, full_after: Sequence[float], partial_after: Sequence[float]) -> str:
+    """Figures for a note, no verdict (another learning rate than the row's): ``mlps_suffice``'s share of full
+    fine-tuning's rise of G, or why there is no share to take."""
+    if any(g <= style_before for g in full_after):
+        return "no share: full fine-tuning did not raise the style gap in every seed"
+    v = mlps_suffice(style_before, full_after, partial_after)
+    return v.measured.split("partial reaches ", 1)[1]
+
+
 def trend_figures(losses: Sequence[Sequence[float]]) -> str:
     """A demonstration, no verdict: ``losses[s]`` is seed ``s``'s held-out loss before the first step and after
     every step (the same fixed batches throughout); in how many seeds it fell at every evaluation, and the values."""
@@ -828,7 +887,9 @@ def beyond_web_figures(attention_only: Sequence[float], mlp_matched: Sequence[fl
     diffs = [m - a for a, m in zip(attention_only, mlp_matched)]
     return (f"Alice fall beyond the web fall, per seed: attention only {', '.join(f'{x:+.3f}' for x in attention_only)}"
             f"; MLP, matched {', '.join(f'{x:+.3f}' for x in mlp_matched)}; MLP - attention "
-            f"{', '.join(f'{x:+.3f}' for x in diffs)} (mean {statistics.fmean(diffs):+.3f})")
+            f"{', '.join(f'{x:+.3f}' for x in diffs)} (mean {statistics.fmean(diffs):+.3f}): MLP, matched "
+            f"lowered it more in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds, attention only in "
+            f"{sum(d < 0 for d in diffs)}")
 
 
 def latency_ratio(timings: dict, plain: str, unmerged: str) -> dict:

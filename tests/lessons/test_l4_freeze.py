@@ -18,6 +18,8 @@ from course_utils.lessons.l4_freeze import (
     compare_forgetting,
     count_verdicts,
     expected_trainable,
+    forget_note,
+    forgetting_pair,
     forgetting_verdict,
     freeze,
     freeze_combinations,
@@ -31,11 +33,13 @@ from course_utils.lessons.l4_freeze import (
     meta_step_sweep,
     mlps_suffice,
     name_rule_mistakes,
+    other_rate_note,
     random_model,
     set_arm,
     share_figures,
     share_of_full,
     speed_row,
+    style_share_figures,
     sweep_figures,
     tied_parameters,
     training_step,
@@ -363,6 +367,37 @@ def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
         mlps_suffice(0.196, [0.396, 0.1, 0.396], [0.3, 0.3, 0.3])
     text = beyond_web_figures([0.137, 0.113, 0.125], [0.081, 0.068, 0.068])  # a demonstration: figures only
     assert "MLP - attention -0.056, -0.045, -0.057 (mean -0.053)" in text
+    assert "MLP, matched lowered it more in 0 of 3 seeds, attention only in 3" in text  # from the figures
+    assert "more in 2 of 2 seeds, attention only in 0" in beyond_web_figures([0.05, 0.06], [0.08, 0.07])
+
+
+def test_forgetting_pair_reuses_section_5_only_where_the_rates_are_equal():
+    section5 = {"full": [{"web": 1.0}, {"web": 1.1}], "partial": [{"web": 0.9}, {"web": 0.8}]}
+    calls = []
+
+    def train_pair(arm, seed):
+        calls.append((arm, seed))
+        return {"web": 2.0 + seed, "arm": arm}
+
+    pair, reused = forgetting_pair(3e-4, 3e-4, section5, train_pair, seeds=2)  # one rate: nothing trained
+    assert reused and not calls and pair == section5 and pair["full"] is not section5["full"]
+    pair, reused = forgetting_pair(5e-5, 5e-4, section5, train_pair, seeds=2)  # two rates: the pair is trained
+    assert not reused and calls == [("full", 0), ("partial", 0), ("full", 1), ("partial", 1)]
+    assert pair == {a: [{"web": 2.0, "arm": a}, {"web": 3.0, "arm": a}] for a in ("full", "partial")}
+    with pytest.raises(ValueError, match="2 seeds"):
+        forgetting_pair(3e-4, 3e-4, {"full": section5["full"][:1], "partial": section5["partial"]}, train_pair, 2)
+
+
+def test_other_rate_notes_cite_the_other_rate_never_as_the_verdict():
+    earlier = other_rate_note("learns", reused=True)
+    assert "at lr 1e-4" in earlier and "commit 5049600" in earlier and "72% (65%-79%)" in earlier
+    assert "not this row's verdict" in earlier and "92% (22%-163%)" in other_rate_note("style", True)
+    pair = other_rate_note("style", False, 5e-4, "93% (77%-110%)")
+    assert "at lr 0.0005 (the forgetting pair" in pair and "93% (77%-110%)" in pair and "5049600" not in pair
+    assert "section 5's full and partial runs, not trained again" in forget_note(True)
+    assert "not trained again" not in forget_note(False) and "-0.0300, -0.0422, -0.0501" in forget_note(False)
+    assert style_share_figures(0.196, [0.396] * 3, [0.386, 0.384, 0.390]).startswith("95% (92%-99%) of full FT")
+    assert style_share_figures(0.196, [0.396, 0.1, 0.396], [0.3] * 3).startswith("no share")
 
 
 def test_share_figures_are_figures_for_a_note():
@@ -529,6 +564,10 @@ def test_the_notebooks_small_forgetting_lr_is_the_module_constant():
     src = next("".join(c["source"]) for c in nb["cells"] if "profile_settings(" in "".join(c["source"]))
     small, full = src.split("full=")
     assert float(re.search(r'"forget_lr": ([0-9.e-]+)', small).group(1)) == FORGET_LR
+    # one rate in the small profile (the forgetting pair reuses section 5's runs); the full profile keeps two
+    assert float(re.search(r'"lr": ([0-9.e-]+)', small).group(1)) == FORGET_LR
+    assert float(re.search(r'"lr": ([0-9.e-]+)', full).group(1)) != float(
+        re.search(r'"forget_lr": ([0-9.e-]+)', full).group(1))
     # the memory and speed rows' one shape is the full profile's training shape, and the sweep contains it
     shape = tuple(int(re.search(rf'"{k}": (\d+)', full).group(1)) for k in ("batch_size", "block_size"))
     assert shape == ROW_SHAPE
