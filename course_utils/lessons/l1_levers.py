@@ -646,7 +646,9 @@ CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
     "align": ("an aligned matrix product is faster per row (a power of two vs not)",
-              "power-of-two sizes: vectorization, memory alignment"),
+              "section 3.1: 'GPU hoạt động hiệu quả nhất với kích thước là lũy thừa của 2' (GPUs work best with "
+              "power-of-two sizes: vectorization, memory alignment); section 4.2's table: 'Batch power-of-two | "
+              "Trung bình' (speed impact medium)"),
     "int_ids": ("token ids stored as int take less memory than as float (PyTorch's index dtype, int64, vs float32)",
                 "data types: 'int instead of float for indices' reduces memory cost (section 3.2)"),
     "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the bfloat16 choice"),
@@ -728,15 +730,19 @@ GPU_NOTES = {
                 "gain there (one run, no interval), as section 2's alignment argument predicts: at T=256, B x T is a "
                 "multiple of 128 (the largest tile) whatever B is, so 120 x 256 is as aligned as 128 x 256; this "
                 "machine's verdict is scoped to T=3 on this CPU",
-    "bf16_matmul": "bf16 13.80x fp32 at 4096 x 4096 on tensor cores: holds there",
-    "fp16_matmul": "fp16 13.25x fp32 at 4096 x 4096 on tensor cores: holds there",
-    "mp_speed": "3.86x tokens/s (autocast, GPT-2 small): holds there, far above 1.5x",
+    "bf16_matmul": "bf16 13.80x fp32 at 4096 x 4096 on tensor cores: above the 1.00x bar there, one run (no "
+                   "interval: no verdict)",
+    "fp16_matmul": "fp16 13.25x fp32 at 4096 x 4096 on tensor cores: above the 1.00x bar there, one run (no "
+                   "interval: no verdict)",
+    "mp_speed": "3.86x tokens/s (autocast, GPT-2 small): far above the 1.5x bar there, one run (no interval: no "
+                "verdict)",
     "mp_memory": "a whole step's peak 15.0 vs 18.8 GiB, 0.80x (bf16 autocast vs fp32, batch 16 x 1024, CUDA "
-                 "allocator peak): less there too",
+                 "allocator peak of a fresh model's first step, before AdamW's moments exist): less there too",
     "mp_quality": "its table printed 'final loss +0.006 nats' (bf16 minus fp32, final TRAINING loss, not held-out, "
                   "60 steps), i.e. lower by -0.006 nats in this row's convention, one seed (no interval): above the "
-                  "-0.01 bar there too",
-    "accum_memory": "whole step 0.29x (batch 16 x 1024, CUDA allocator peak), activations 0.68x (measured at batch "
+                  "-0.01 bar there too (no verdict)",
+    "accum_memory": "whole step 0.29x (batch 16 x 1024, CUDA allocator peak of a fresh model's first step, before "
+                    "AdamW's moments exist), activations 0.68x (measured at batch "
                     "16 x 64, where fixed-size temporaries such as the embedding's V x d gradient dominate): two "
                     "shapes, so there the whole step's ratio sits below the activations'; agrees (less memory)",
     "schedule": "it did not count steps to a target; held-out loss after 60 steps at lr 6e-4, clipping in both "
@@ -747,28 +753,32 @@ GPU_NOTES = {
                         "i.e. cosine better: lower by +0.515 in this row's convention), from a constant lr WITHOUT "
                         "clipping against the better of two warmup+cosine runs (one clipped), so clipping and a "
                         "best-of-two pick are in that figure; with clipping in both arms (60 steps at lr 6e-4): "
-                        "constant 6.04 vs warmup+cosine 5.92 nats, lower by +0.12 nats, above the 0.1 bar: holds "
-                        "there (one seed, no interval). The two differ because at lr 1e-3 and 20 steps this tiny model "
-                        "has no instability for warmup to tame, so the cosine only takes learning rate away (section "
-                        "6); this row's 'does not hold' is scoped to 20 steps of this model",
+                        "constant 6.04 vs warmup+cosine 5.92 nats, lower by +0.12 nats: above the 0.1 bar there, "
+                        "one seed (no interval: no verdict). The two differ because at lr 1e-3 and 20 steps this "
+                        "tiny model has no instability for warmup to tame, so the cosine only takes learning rate "
+                        "away (section 6); this row's 'does not hold' is scoped to 20 steps of this model",
     "clip": "it did not count steps to a target; held-out loss after 60 steps, clipping lower by +0.39 nats under "
             "a constant lr (6.43 -> 6.04) and +0.07 under warmup+cosine (5.99 -> 5.92), one seed",
     "contiguous_layout": "8192 x 8192, softmax on a contiguous operand vs the strided view: 2.81x (medians of one "
-                         "run, no interval): agrees",
+                         "run, no interval): above the 1.00x bar there, no verdict",
     "contiguous": "8192 x 8192: .contiguous() then softmax 0.854 ms vs the strided view 0.859 ms, 1.01x (medians "
                   "of one run, no interval): no gain there once the copy counts",
-    "pinned": "6.94x the bandwidth of pageable memory (256 MiB): holds there",
-    "attention": "29.03x at T=4096 (bf16, batch 8, 12 heads): agrees",
+    "pinned": "6.94x the bandwidth of pageable memory (256 MiB): above the 1.00x bar there, one run (no interval: "
+              "no verdict)",
+    "attention": "29.03x at T=4096 (bf16, batch 8, 12 heads): far above the 1.5x bar there, one run (no interval: "
+                 "no verdict)",
     "attention_step": "a whole step at T=256 (batch 62, fp32, untied): 1.08x tokens/s (medians of one run, no "
                       "interval): below the 1.5x bar there",
-    "compile": "about 1.20x: below the 1.5x bar there",
-    "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): holds there; on a GPU this row and the bfloat16 row agree",
+    "compile": "about 1.20x: below the 1.5x bar there, one run (no interval: no verdict)",
+    "tensor_cores": "bf16 13.8x fp32 (4096 x 4096): above the 2x bar there, one run (no interval: no verdict); on a "
+                    "GPU this row and the bfloat16 row time the same product",
     "tying_memory": "step peak (torch.cuda.max_memory_allocated) untied 18.3 -> tied 18.2 GiB at batch 62 x 256, "
                     "printed to 0.1 GiB, of a FRESH model's FIRST step (commit 7747e44, course_utils/levers.py "
                     "measure_training: train(model, batches, one step), the optimizer created inside): AdamW's "
                     "moments did not exist at that step's backward peak, so tying saved one V x d fp32 weight, "
-                    "38,597,376 x 4 B = 147 MiB = 0.14 GiB, which its printed 18.3 -> 18.2 GiB agrees with: agrees "
-                    "under its own definition (first step, no moments)",
+                    "38,597,376 x 4 B = 147 MiB = 0.14 GiB, which its printed 18.3 -> 18.2 GiB agrees with: it agrees "
+                    "on the mechanism (what tying removes from a step's peak), not on the verdict: its ratio, about "
+                    "0.99x, is by the other definition (a first step, before AdamW's moments exist)",
     "tying_compute": "tied vs untied step at T=256 (batch 62, fused attention): 0.99x tokens/s (281 vs 279 ms, "
                      "medians of one run, no interval): no gain there, where the optimizer is a small part of the step",
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
@@ -777,7 +787,8 @@ GPU_NOTES = {
 #: The GPU run's tying peaks as printed (GiB, rounded to 0.1): untied, tied (batch 62 x 256, a fresh model's first
 #: step: no AdamW moments at its backward peak).
 GPU_TYING_PEAKS_GIB = (18.3, 18.2)
-#: The GPU run's fp32 step peak of tied GPT-2 small at batch 16 x 1024 (GiB, rounded), beside the fake-tensor count.
+#: The GPU run's fp32 step peak of tied GPT-2 small at batch 16 x 1024 (GiB, rounded), beside the fake-tensor count:
+#: a fresh model's first step, before AdamW's moments exist (124.4M x 8 B = 0.93 GiB below a later step's peak).
 GPU_GPT2_FP32_PEAK_GIB = 18.8
 
 
@@ -787,14 +798,16 @@ GPU_COMPARISON = {
     "batch power of two": "64 vs 62: 1.01x; 128 vs 120: 1.00x (whole steps at T=256, one run, no interval): no "
                           "medium gain there; at T=256, B x T is a multiple of 128 whatever B is (section 2)",
     "mixed precision": "3.86x tokens/s; its table printed 'final loss +0.006 nats' (bf16 minus fp32, training "
-                       "loss), i.e. lower by -0.006 nats in row 9's convention; the speed holds there on tensor "
-                       "cores; a CPU's bf16 units give far less (hardware, not a contradiction); quality agrees",
+                       "loss), i.e. lower by -0.006 nats in row 9's convention; the speed is far above 1.5x there on "
+                       "tensor cores (one run); a CPU's bf16 units give far less (hardware, not a contradiction); "
+                       "quality above the -0.01 bar there too (one seed); no interval, no verdict",
     "multi-GPU (DDP)": "0.67x, 2 processes sharing one GPU: not measurable there either (agrees)",
     "scheduler": "its table printed -0.515 nats (warmup+cosine minus constant, i.e. cosine better: lower by +0.515 in "
                  "the rows' convention), a constant lr without clipping vs the better scheduled run (clipping and a "
-                 "best-of-two pick in the figure); clipping in both arms: lower by +0.12 nats, holds there (one "
-                 "seed, no interval); no steps counted. Differs: at lr 1e-3 and 20 steps this tiny model has no "
-                 "instability for warmup to tame, so the cosine only takes learning rate away",
+                 "best-of-two pick in the figure); clipping in both arms: lower by +0.12 nats, above the 0.1 bar "
+                 "there, one seed (no interval: no verdict); no steps counted. Differs: at lr 1e-3 and 20 steps "
+                 "this tiny model has no instability for warmup to tame, so the cosine only takes learning rate "
+                 "away",
     "kernel fusion (SDPA)": "attention alone 29.03x at T=4096, above 1.5x there; a whole step at T=256 1.08x, "
                             "below 1.5x there (medians of one run, no interval)",
 }

@@ -536,5 +536,19 @@ def test_gpu_batch_rows_report_no_gain_not_no_evidence():
         assert "could not test" not in levers.GPU_NOTES[key] and "no medium gain there" in levers.GPU_NOTES[key]
     assert "57,351 vs 57,579" in levers.GPU_NOTES["batch128"]
     assert "could not test" not in levers.GPU_COMPARISON["batch power of two"]
-    assert "holds there" in levers.GPU_NOTES["schedule_quality"] and "replace both" not in levers.GPU_NOTES[
-        "schedule_quality"]
+    assert "above the 0.1 bar there, one seed (no interval: no verdict)" in levers.GPU_NOTES["schedule_quality"]
+    assert "replace both" not in levers.GPU_NOTES["schedule_quality"]
+
+
+def test_one_run_gpu_figures_get_no_verdict_words():
+    # the GPU run is one run / one seed: its figures are compared with the bar, never given a verdict
+    for text in [*levers.GPU_NOTES.values(), *levers.GPU_COMPARISON.values()]:
+        assert "holds there" not in text and "does not hold there" not in text
+    assert "not on the verdict" in levers.GPU_NOTES["tying_memory"]
+    for key in ("mp_memory", "accum_memory"):  # first-step peaks, before AdamW's moments exist
+        assert "before AdamW's moments exist" in levers.GPU_NOTES[key]
+
+
+def test_alignment_row_quotes_its_bar_source():
+    # row 3's 1.05x is the course's reading of section 4.2's 'Trung bình' (medium), as for rows 1-2
+    assert "Trung bình" in levers.CLAIMS["align"][1] and "lũy thừa của 2" in levers.CLAIMS["align"][1]
