@@ -39,6 +39,7 @@ The bytes that training keeps per parameter live in ``course_utils.memory``.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -53,6 +54,7 @@ import torch.nn as nn
 
 from ..claims import CheckResult
 from ..losses import all_token_loss
+from ..measure import CLAIM_ROUNDS
 from ..memory import format_bytes
 from ..train import forward_loss
 from ..verdicts import Verdict, compare_runs, exact, given, level, speed_verdict
@@ -522,31 +524,32 @@ ABOUT = 0.05
 #: "memory falls about 25-30%": the band widened by 5 points each side for "about".
 MEMORY_BAND = (0.20, 0.35)
 #: The one shape at which the memory and speed rows are decided: the full profile's training shape (batch 8 x 256
-#: tokens), the lecture's setting as the course reads it (the notes give no batch). Chosen after an earlier sweep
-#: (commit a715f18) showed the saving depends on the shape, not before the data (MEMORY_NOTE says so).
+#: tokens), the lecture's setting as the course reads it (the notes give no batch). Chosen after an earlier version
+#: of this notebook had printed the sweep of shapes, not before the data (MEMORY_NOTE says so).
 ROW_SHAPE = (8, 256)
 #: "speed rises slightly": faster, and by at most 25%; a step 1.5x faster is "much faster", not "slightly".
 SLIGHTLY = 1.25
 #: Interleaved rounds of the speed row's timing on a GPU (the full profile, at ROW_SHAPE).
-SPEED_ROUNDS = 15
+SPEED_ROUNDS = CLAIM_ROUNDS
 #: The speed row on a CPU: whole GPT-Neo 125M steps at one sequence of 64 tokens, a shape chosen for its cost before
 #: any ratio was seen (a step is about a second here at any small shape: AdamW over 125M parameters dominates), in
-#: the fewest interleaved rounds ``speed_verdict`` accepts (``measure.MIN_ROUNDS``, 5: the interval is the rounds'
-#: range, 93.8% coverage): 15 rounds would cost over 20 s, beyond the notebook's time budget.
+#: the same number of interleaved rounds as on a GPU (``SPEED_ROUNDS`` = ``measure.CLAIM_ROUNDS``, the course's
+#: count for a claim).
 CPU_SPEED_SHAPE = (1, 64)
-CPU_SPEED_ROUNDS = 5
 #: "as good as full fine-tuning" (the notes: "equivalent to full fine-tuning on narrow tasks"): partial reaches at
-#: least 90% of full fine-tuning's fall in held-out loss, and of its rise of the style gap G, per seed.
+#: least 90% of full fine-tuning's fall in held-out loss, and of its rise of the style gap G: decided on the paired
+#: per-seed difference partial - 0.9 x full (t interval over the seeds, above 0).
 EQUIVALENT_SHARE = 0.9
 #: The lecture's reason for the 25-30% memory saving: "no optimizer moments for the attention weights". Those
 #: moments (AdamW: 8 bytes per float32 parameter) against weights + gradients + AdamW state (16 bytes per parameter):
 #: a count (its share of the state, and of the measured step peak), shown as a figure beside the memory row.
 ADAMW_MOMENT_BYTES = 8
-#: The forgetting pair's learning rate, fixed before its data: between 1e-4 (this notebook's earlier runs, commit
-#: 5049600: full fine-tuning's web loss fell, no forgetting to reduce) and 1e-3 (commit d4d918c: full fine-tuning
-#: ended worse than the untouched model on held-out Alice in 3 of 3 seeds: a damaged run). The same for both arms,
-#: same steps and seeds. The small profile runs all its fine-tuning rows at this rate (``forgetting_pair``).
-FORGET_LR = 3e-4
+#: The small profile's forgetting pair's learning rate: the lesson's one rate, section 5's 1e-4, the small profile's
+#: setting fixed before any of the lesson's fine-tuning rows. Every fine-tuning row of the small profile runs at it,
+#: so the forgetting row reuses section 5's runs (``forgetting_pair``). Whether full fine-tuning forgets at it is what
+#: the forgetting row's precondition checks (``forgetting_verdict``). The full profile sets its own pair's rate (5e-4,
+#: with section 5 at 5e-5) and trains the pair.
+FORGET_LR = 1e-4
 
 
 #: Notes shown beside the claims (what each row's measurement can and cannot say).
@@ -557,37 +560,29 @@ TREND_NOTE = ("held-out Alice (the same fixed batches as every held-out figure) 
               "fine-tuning steps (17 epochs) memorised Alice and pushed held-out Alice loss above the pretrained "
               "model's")
 MEMORY_NOTE = ("the shape (ROW_SHAPE, 8 x 256) is the full profile's training shape, the course's reading of the "
-               "lecture's setting (the notes give no batch); it was chosen AFTER an earlier sweep of shapes had been "
-               "printed and judged inconclusive (commit a715f18), because that sweep showed the saving depends on "
-               "the shape: the lecture's band is met only at tiny batches (2 x 256: 23.8%, inside the widened "
-               "20-35%, not 25-30%); a GPU run with the real step peak would confirm 8 x 256; eager attention, what "
+               "lecture's setting (the notes give no batch); it was chosen AFTER an earlier version of this notebook "
+               "had printed the sweep of shapes and judged the row inconclusive over it, because the sweep shows the "
+               "saving depends on the shape: the lecture's band is met only at tiny batches (the sweep, facts); a "
+               "GPU run with the real step peak would confirm 8 x 256; eager attention, what "
                "runs here on a CPU (a fused kernel such as flash_attention_2, which GPT-Neo also offers in this "
                "transformers, keeps fewer activations, so the share saved would be larger); the sweep is a "
                "demonstration (facts, section 4)")
-#: What this notebook's earlier version measured at lr 1e-4 (small profile, commit 5049600's saved output), before the
-#: small profile ran every fine-tuning row at FORGET_LR: cited in the rows' notes as figures at another rate, never as
-#: their verdicts, so that a reader sees both rates' results.
-EARLIER_AT_1E4 = {
-    "learns": "72% (65%-79%) of full FT's fall in held-out loss (per seed: 71%, 75%, 70%), 'does not hold' there",
-    "style": "92% (22%-163%) of full FT's rise of G (per seed: 81%, 125%, 72%), 'inconclusive' there",
-    "web": "full FT's web-loss rise -0.0300, -0.0422, -0.0501 per seed",
-}
 #: Why the small profile has one learning rate: said once, in the notes and the markdown.
-ONE_RATE = ("one learning rate for the lesson's fine-tuning rows in the small profile, the forgetting rule's "
-            "FORGET_LR (fixed before these runs), so that the same runs answer every row")
+ONE_RATE = ("one learning rate for the lesson's fine-tuning rows in the small profile, section 5's (fixed before "
+            "any of these rows), so that the same runs answer every row")
 
 
 def forget_note(reused: bool) -> str:
-    """The forgetting row's note: where its learning rate comes from (FORGET_LR, between the earlier runs at 1e-4
-    and 1e-3, cited with their figures) and, where ``reused`` (the small profile's one rate), that its runs are
-    section 5's."""
-    runs = ("the pair is section 5's full and partial runs, not trained again (" + ONE_RATE + "); " if reused
-            else "")
-    return ("lr fixed before the data (FORGET_LR, 3e-4): between 1e-4, where full FT's web loss fell (this "
-            f"notebook's earlier run, commit 5049600: {EARLIER_AT_1E4['web']}), and 1e-3, where full FT ended worse "
-            "than the untouched model on held-out Alice in 3 of 3 seeds (this notebook's earlier run, commit "
-            f"d4d918c); {runs}the full profile (a GPU: 40 steps of 8 x 256 tokens at lr 5e-5) runs this pair at "
-            "5e-4 instead, a rate it sets for its own budget, and trains it (no GPU result of it yet); notebook "
+    """The forgetting row's note: where its learning rate comes from and, where ``reused`` (the small profile's one
+    rate), that its runs are section 5's; the full profile trains its own pair at its own rate."""
+    if reused:
+        return ("the pair is section 5's full and partial runs, not trained again (" + ONE_RATE + "); whether full "
+                "FT forgets at this rate is what the row's precondition checks; the full profile (a GPU: 40 steps "
+                "of 8 x 256 tokens at lr 5e-5) trains its own pair at 5e-4, a rate it sets for its own budget (a "
+                "higher rate moves the model further; no GPU result of it yet); notebook 05's forgetting row (LoRA "
+                "vs full FT, at its own shared lr) asks about another method (section 6)")
+    return ("the pair trained here at the full profile's own forgetting rate (section 5 runs at its lr), a rate it "
+            "sets for its own budget; whether full FT forgets at it is what the row's precondition checks; notebook "
             "05's forgetting row (LoRA vs full FT, at its own shared lr) asks about another method (section 6)")
 
 
@@ -610,13 +605,11 @@ def forgetting_pair(lr: float, forget_lr: float, section5: dict, train_pair: Cal
 
 
 def other_rate_note(row: str, reused: bool, pair_lr: float | None = None, pair_figure: str = "") -> str:
-    """Rows 3 and 4 ("as good as full FT", "MLPs suffice"): the figure at the lesson's other rate, never the verdict.
-    ``reused`` (the small profile's one rate): what the earlier version measured at 1e-4 (EARLIER_AT_1E4[row]);
-    otherwise the forgetting pair's ``pair_figure`` at ``pair_lr``."""
+    """Rows 3 and 4 ("as good as full FT", "MLPs suffice"): in the full profile, the forgetting pair's ``pair_figure``
+    at ``pair_lr`` (printed by this run), never the verdict; in the small profile (``reused``: one rate) there is no
+    other rate, and nothing to add ("")."""
     if reused:
-        return (f"at lr 1e-4 this notebook's earlier version (commit 5049600, small profile) measured "
-                f"{EARLIER_AT_1E4[row]}: a figure at another rate, not this row's verdict (this row runs at the "
-                "lesson's one rate, FORGET_LR, section 6)")
+        return ""
     return (f"at lr {pair_lr} (the forgetting pair, section 6) partial reached {pair_figure}: a figure at another "
             "rate, not this row's verdict")
 
@@ -742,34 +735,41 @@ def forgetting_verdict(full: Sequence[float], partial: Sequence[float],
 
 
 def _share_of_full(full: Sequence[float], partial: Sequence[float], share: float, what: str, mismatch: str,
-                   needs: str) -> tuple[Verdict, list[float]]:
-    """Per seed, partial's figure as a share of full fine-tuning's (same seed, steps, learning rate), and ``level``
-    of the shares against ``share`` (``what`` names them): holds when the t interval of the mean share is at or above
-    it. ``mismatch`` and ``needs`` finish the two error messages (unequal lengths; full not above 0 in every seed)."""
+                   needs: str) -> Verdict:
+    """Does partial reach ``share`` of full fine-tuning's figure (same seeds, steps, learning rate)? Decided on the
+    paired per-seed difference partial - ``share`` x full (``compare_runs``: t interval over the seeds; holds when
+    wholly above 0, does not hold when wholly below, inconclusive otherwise). The share printed is the ratio of the
+    seed means, mean(partial) / mean(full), so that the printed means and the share agree; per seed, the shares and
+    the differences. ``what`` names the figure; ``mismatch`` and ``needs`` finish the two error messages (unequal
+    lengths; full not above 0 in every seed)."""
     if len(full) != len(partial):
         raise ValueError(f"{len(full)} full and {len(partial)} partial {mismatch}")
     if any(g <= 0 for g in full):
         raise ValueError(needs.format(list(full)))
-    shares = [p / f for p, f in zip(partial, full)]
-    return level(shares, low=share, fmt="{:.0%}", what=what), shares
+    v = compare_runs([share * f for f in full], partial, lower=False, unit="nats/token", fmt="{:+.3f}")
+    v = dataclasses.replace(v, why=f"partial's {what} against {share:.1f} x full FT's, per seed: {v.why}",
+                            bar=f"partial - {share:.1f} x full > 0 (>= {share:.0%} of full FT's {what}), per seed")
+    ratio = statistics.fmean(partial) / statistics.fmean(full)
+    per_seed = ", ".join(f"{p / f:.0%}" for f, p in zip(full, partial))
+    return v.with_measured(
+        f"{ratio:.0%} of full FT's {what} (mean partial {statistics.fmean(partial):.3f} / full "
+        f"{statistics.fmean(full):.3f}; per seed {per_seed}); partial - {share:.1f} x full {v.gain:+.3f} "
+        f"({v.low:+.3f} to {v.high:+.3f}) nats/token")
 
 
 def share_of_full(full_gain: Sequence[float], partial_gain: Sequence[float],
                   share: float = EQUIVALENT_SHARE) -> Verdict:
-    """"Partial fine-tuning learns the style about as well as full fine-tuning": per seed, the share of full
-    fine-tuning's fall in held-out loss that partial reaches (same seed, steps, learning rate); holds when the t
-    interval of the mean share is wholly at or above ``share``."""
-    v, shares = _share_of_full(
-        full_gain, partial_gain, share, "share of full FT's gain", "gains: give one of each per seed",
+    """"Partial fine-tuning learns the style about as well as full fine-tuning": partial's fall in held-out loss
+    against ``share`` of full fine-tuning's, per seed (same seed, steps, learning rate): ``_share_of_full``."""
+    return _share_of_full(
+        full_gain, partial_gain, share, "fall in held-out loss", "gains: give one of each per seed",
         "full fine-tuning must have lowered the held-out loss in every seed to take a share of its gain, got {}: "
         "train longer or check the learning rate")
-    return v.with_measured(f"{v.measured} of full FT's fall in held-out loss (per seed: "
-                           + ", ".join(f"{s:.0%}" for s in shares) + ")")
 
 
 def share_figures(full_gain: Sequence[float], partial_gain: Sequence[float]) -> str:
     """Figures for a note, no verdict (another learning rate than the row's): partial's share of full fine-tuning's
-    fall in held-out loss, mean with its t interval and per seed, or why there is no share to take."""
+    fall in held-out loss (``share_of_full``'s figures), or why there is no share to take."""
     if any(g <= 0 for g in full_gain):
         return "no share: full fine-tuning did not lower the held-out loss in every seed"
     return share_of_full(full_gain, partial_gain).measured
@@ -780,16 +780,15 @@ def mlps_suffice(style_before: float, full_after: Sequence[float], partial_after
     """The lecture's reason, as it states it: "tuning the MLPs suffices for the model to learn a new style" (section
     5.1; its conclusion: "we do not need to update the whole model to reach the desired result"). "Suffices" is
     judged against what updating the whole model reaches: per seed, the rise of the style gap G = L(other author) -
-    L(tuned author), held out, that partial fine-tuning (MLPs + norms only) reaches as a share of full fine-tuning's
-    rise (same seed, steps, learning rate); holds when the t interval of the mean share is at or above ``share``
-    (the same bar as "equivalent to full fine-tuning")."""
-    v, shares = _share_of_full(
+    L(tuned author), held out, that partial fine-tuning (MLPs + norms only) reaches against ``share`` of full
+    fine-tuning's rise (same seed, steps, learning rate; ``_share_of_full``, the same bar and procedure as
+    "equivalent to full fine-tuning")."""
+    v = _share_of_full(
         [g - style_before for g in full_after], [g - style_before for g in partial_after], share,
-        "share of full FT's rise of G", "style gaps: one of each per seed",
+        "rise of G", "style gaps: one of each per seed",
         "full fine-tuning must have raised the style gap in every seed to take a share of its rise, got {}")
     return v.with_measured(f"G {style_before:+.3f} -> full {statistics.fmean(full_after):+.3f}, partial "
-                           f"{statistics.fmean(partial_after):+.3f}; partial reaches {v.measured} of full FT's rise "
-                           "(per seed: " + ", ".join(f"{s:.0%}" for s in shares) + ")")
+                           f"{statistics.fmean(partial_after):+.3f}; partial reaches {v.measured}")
 
 
 def style_share_figures(style_before: float, full_after: Sequence[float], partial_after: Sequence[float]) -> str:
