@@ -571,8 +571,8 @@ def test_generation_compares_the_generations_of_both_losses_on_each_text():
     short = dict(WRITERS, web=[5.9, 3.0, 3.0])
     for excess in (good, worse):
         gated = generation_verdict(excess, ["Alice", "web"], all_token_train_loss=short)
-        assert gated.verdict == INCONCLUSIVE and "the web all-token model" in gated.why
-        assert "5.90/3.00/3.00" in gated.why
+        assert gated.verdict == INCONCLUSIVE and "the all-token model on each text" in gated.why
+        assert "Alice 3.50/3.90/4.00, web 5.90/3.00/3.00 (not there)" in gated.why
         assert gated.measured == generation_verdict(excess, ["Alice", "web"], all_token_train_loss=WRITERS).measured
     with pytest.raises(TypeError):
         generation_verdict(good, ["Alice", "web"])  # the reference arm's loss is required
