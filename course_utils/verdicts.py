@@ -99,10 +99,11 @@ class Verdict:
                        self.bar)
 
 
-def not_measurable(measured: str, why: str) -> Verdict:
+def not_measurable(measured: str, why: str, bar: str = "") -> Verdict:
     """This setup cannot run the experiment: the hardware (no CUDA GPU for a CUDA-only kernel, no compiler, ...) or
-    an asset it cannot reach offline (a base model only the Hugging Face hub has). ``why`` says which."""
-    return Verdict(NOT_MEASURABLE, measured, why)
+    an asset it cannot reach offline (a base model only the Hugging Face hub has). ``why`` says which; ``bar`` the bar
+    the claim is judged against where it can be measured, fixed before the data and shown all the same."""
+    return Verdict(NOT_MEASURABLE, measured, why, bar=bar)
 
 
 def _check_budget(budget_short):

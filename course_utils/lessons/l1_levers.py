@@ -15,7 +15,6 @@ tables from ``course_utils.tables``; parallelism lives in ``l1_parallel`` (one p
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from ..measure import Timing, time_interleaved
 from ..memory import ADAMW_FP32_BYTES_PER_PARAM, BYTES_PER_PARAM, format_bytes, tensor_bytes, tensor_peak_memory
 from ..model import GPT, CausalSelfAttention, GPTConfig, manual_attention, sdpa_attention
 from ..tables import Table
-from ..verdicts import Verdict, compare_runs
+from ..verdicts import compare_runs
 
 SECONDS_PER_DAY = 86_400
 
@@ -814,12 +813,6 @@ GPU_COMPARISON = {
     "kernel fusion (SDPA)": "attention alone 29.03x at T=4096, above section 3.8's 1.00x there; a whole step at "
                             "T=256 1.08x and torch.compile about 1.20x, below 4.2's 1.5x there (one run, no interval)",
 }
-
-
-def with_bar(verdict: Verdict, bar: str) -> Verdict:
-    """The same ``Verdict`` (decision, figures and why unchanged) shown with the bar its claim was fixed against:
-    a row this machine cannot measure still states the bar, written before the data."""
-    return dataclasses.replace(verdict, bar=bar)
 
 
 def row_verdicts(verdicts: dict, rows: Sequence[tuple[str, str]]) -> str:

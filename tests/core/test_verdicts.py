@@ -122,6 +122,12 @@ def test_all_of_needs_every_part():
     assert all_of(yes, not_measurable("n/a", "no GPU")).verdict == NOT_MEASURABLE
 
 
+def test_not_measurable_keeps_the_bar_fixed_before_the_data():
+    v = not_measurable("n/a", "no tensor cores on cpu", bar="> 1.00x")
+    assert (v.verdict, v.bar, v.why) == (NOT_MEASURABLE, "> 1.00x", "no tensor cores on cpu")
+    assert not_measurable("n/a", "no GPU").bar == ""
+
+
 def test_a_verdict_is_frozen_and_goes_into_the_table_whole():
     v = speed_verdict(Timing([2.0, 2.1, 1.9, 2.0, 2.2]), Timing([1.0, 1.0, 1.1, 0.9, 1.0]), min_speedup=1.5)
     assert isinstance(v, Verdict) and v.verdict == HOLDS and v.speedup == pytest.approx(2.0, rel=0.1)
