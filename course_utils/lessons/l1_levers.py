@@ -78,7 +78,8 @@ def exact_integer_limit(dtype: torch.dtype) -> int:
 def forward_backward_per_token(cases: dict, rounds: int = 15, warmup: int = 1, device=None) -> dict:
     """The part of a training step whose cost grows with the batch: forward (with the case's loss) and backward,
     timed interleaved (``time_interleaved``) and divided by each case's tokens. The optimizer update, a fixed cost
-    per step that per token favours the bigger batch (up to 128/120 = 1.067x), is left out of the timed call.
+    per step that per token favours the bigger batch (``fixed_cost_tilt`` says by how much), is left out of the
+    timed call.
     ``cases`` maps a label to a ``course_utils.runs.TrainingCase``; each gets a fresh model and one fixed batch
     (drawn with seed 0). Returns ``{label: Timing}`` in seconds per token, for ``speed_verdict``."""
     from ..train import forward_loss
@@ -97,6 +98,17 @@ def forward_backward_per_token(cases: dict, rounds: int = 15, warmup: int = 1, d
         steps[label] = step
     timings = time_interleaved(steps, warmup=warmup, repeats=rounds, device=device)
     return {label: Timing([s / tokens[label] for s in t.times]) for label, t in timings.items()}
+
+
+def fixed_cost_tilt(fixed_s: float, per_token_s: float, tokens_small: int, tokens_big: int) -> float:
+    """The per-token speed-up that a fixed cost per step alone (``fixed_s``, e.g. the optimizer update) gives the
+    bigger batch when every token otherwise costs ``per_token_s``: (per_token_s + fixed_s / tokens_small) /
+    (per_token_s + fixed_s / tokens_big). 1.0 when the fixed cost is 0; at most tokens_big / tokens_small when the
+    fixed cost is the whole step."""
+    if fixed_s < 0 or per_token_s < 0 or not 0 < tokens_small <= tokens_big:
+        raise ValueError(f"need costs >= 0 and 0 < tokens_small <= tokens_big, got {fixed_s}, {per_token_s}, "
+                         f"{tokens_small}, {tokens_big}")
+    return (per_token_s + fixed_s / tokens_small) / (per_token_s + fixed_s / tokens_big)
 
 
 def matmul_benchmark(n: int, dtypes: Sequence[torch.dtype], device=None, warmup: int = 1, repeats: int = 15,
@@ -639,6 +651,12 @@ KERNEL_RATING = "kernel fusion: speed impact high (section 4.2's table; judged o
 #: The kernel-alone rows' bar (fused attention alone, fused AdamW): section 3.8 gives the gain no size, so by the
 #: course's rule for an unsized "faster" any speed-up counts (> 1.00x); the whole-step rows keep 4.2's "Cao" (> 1.5x).
 KERNEL_BAR = "bar > 1.00x from section 3.8's unsized words (any speed-up counts), fixed before the runs"
+#: The matrix product alone (row 3): section 3.1's words give the gain no size, so, as for the kernel-alone rows, any
+#: speed-up counts (> 1.00x); section 4.2's rating "Batch power-of-two: Trung bình" (medium, > 1.05x) is judged on
+#: the batch rows only (rows 1-2), so one rating gets one verdict.
+ALIGN_WORDS = ("section 3.1: 'GPU hoạt động hiệu quả nhất với kích thước là lũy thừa của 2' (GPUs work best with "
+               "power-of-two sizes), to optimize 'Vectorization, Memory alignment, Throughput'; no size given")
+ALIGN_BAR = "bar > 1.00x from section 3.1's unsized words (any speed-up counts), fixed before the run"
 #: The column of a timing table that gives each configuration's median over its own rounds: a claims row decides on
 #: the median of the PAIRED rounds' ratios instead, so the two figures differ (the notebook says why).
 MEDIAN_COLUMN = "{unit} (median of this table's runs, not a row's paired figure)"
@@ -646,12 +664,7 @@ SIXTEEN_BIT = "sections 3.2-3.3: 'float16 hoặc bfloat16' instead of float32, f
 CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
-    "align": ("an aligned matrix product is faster per row (a power of two vs not)",
-              "section 3.1: 'GPU hoạt động hiệu quả nhất với kích thước là lũy thừa của 2' (GPUs work best with "
-              "power-of-two sizes: vectorization, memory alignment); section 4.2's table: 'Batch power-of-two | "
-              "Trung bình' (speed impact medium)"),
-    "int_ids": ("token ids stored as int take less memory than as float (PyTorch's index dtype, int64, vs float32)",
-                "data types: 'int instead of float for indices' reduces memory cost (section 3.2)"),
+    "align": ("an aligned matrix product is faster per row (a power of two vs not)", ALIGN_WORDS),
     "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the bfloat16 choice"),
     "fp16_matmul": ("float16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the float16 choice"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
@@ -748,8 +761,8 @@ GPU_NOTES = {
                     "shapes, so there the whole step's ratio sits below the activations'; agrees (less memory)",
     "schedule": "it did not count steps to a target; held-out loss after 60 steps at lr 6e-4, clipping in both "
                 "arms: constant 6.04, warmup+cosine 5.92 nats (one seed); cosine helps there and not here for row "
-                "12's reason: at lr 1e-3 and 20 steps this tiny model has no instability for warmup to tame, so "
-                "the cosine only takes learning rate away",
+                f"{list(CLAIMS).index('schedule_quality') + 1}'s reason: at lr 1e-3 and 20 steps this tiny model has "
+                "no instability for warmup to tame, so the cosine only takes learning rate away",
     "schedule_quality": "its table printed 'test loss -0.515 nats vs constant LR' (warmup+cosine minus constant, "
                         "i.e. cosine better: lower by +0.515 in this row's convention), from a constant lr WITHOUT "
                         "clipping against the better of two warmup+cosine runs (one clipped), so clipping and a "
@@ -770,7 +783,7 @@ GPU_NOTES = {
                       "interval): below the 1.5x bar there",
     "compile": "about 1.20x: below the 1.5x bar there, one run (no interval: no verdict)",
     "tensor_cores": "bf16 13.8x fp32 (4096 x 4096) on tensor cores, one run (no interval: no verdict); on a GPU this "
-                    "row is the same product as row 5's bfloat16 row",
+                    f"row is the same product as row {list(CLAIMS).index('bf16_matmul') + 1}'s bfloat16 row",
     "tying_memory": "step peak (torch.cuda.max_memory_allocated) untied 18.3 -> tied 18.2 GiB at batch 62 x 256, "
                     "printed to 0.1 GiB, of a FRESH model's FIRST step (commit 7747e44, course_utils/levers.py "
                     "measure_training: train(model, batches, one step), the optimizer created inside): AdamW's "
@@ -800,7 +813,8 @@ GPU_COMPARISON = {
     "batch power of two": "64 vs 62: 1.01x; 128 vs 120: 1.00x (whole steps at T=256, one run, no interval): no "
                           "medium gain there; at T=256, B x T is a multiple of 128 whatever B is (section 2)",
     "mixed precision": "3.86x tokens/s; its table printed 'final loss +0.006 nats' (bf16 minus fp32, training "
-                       "loss), i.e. lower by -0.006 nats in row 9's convention; the speed is far above 1.5x there on "
+                       f"loss), i.e. lower by -0.006 nats in row {list(CLAIMS).index('mp_quality') + 1}'s convention; "
+                       "the speed is far above 1.5x there on "
                        "tensor cores (one run); a CPU's bf16 units give far less (hardware, not a contradiction); "
                        "quality above the -0.01 bar there too (one seed); no interval, no verdict",
     "multi-GPU (DDP)": "0.67x, 2 processes sharing one GPU: not measurable there either (agrees)",
@@ -813,6 +827,12 @@ GPU_COMPARISON = {
     "kernel fusion (SDPA)": "attention alone 29.03x at T=4096, above section 3.8's 1.00x there; a whole step at "
                             "T=256 1.08x and torch.compile about 1.20x, below 4.2's 1.5x there (one run, no interval)",
 }
+
+
+def row_number(key: str) -> int:
+    """The claims table's row number (1-based) of the claim ``key`` of ``CLAIMS``, so that a cell or a note names a
+    row by its key, never by a number typed in."""
+    return list(CLAIMS).index(key) + 1
 
 
 def row_verdicts(verdicts: dict, rows: Sequence[tuple[str, str]]) -> str:
