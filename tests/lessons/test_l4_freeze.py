@@ -14,13 +14,17 @@ from course_utils.lessons.l4_freeze import (
     MEMORY_NOTE,
     ONE_RATE,
     SPEED_ROUNDS,
+    STEADY_BAR,
     attention_moments_fact,
     beyond_web_figures,
+    beyond_web_reading,
     check_mlp_only_prediction,
     classify_parameters,
     compare_forgetting,
     count_verdicts,
+    cpu_speed_figures,
     expected_trainable,
+    falls_steadily,
     forget_note,
     forgetting_pair,
     forgetting_verdict,
@@ -31,6 +35,7 @@ from course_utils.lessons.l4_freeze import (
     latency_ratio,
     linear_module_names,
     losses_after_steps,
+    memory_note,
     memory_verdict,
     meta_step_peak,
     meta_step_sweep,
@@ -42,6 +47,7 @@ from course_utils.lessons.l4_freeze import (
     share_figures,
     share_of_full,
     speed_row,
+    speed_row_cpu,
     style_share_figures,
     sweep_figures,
     tied_parameters,
@@ -251,6 +257,13 @@ def test_memory_verdict_is_one_shape_fixed_before_the_data_both_ways():
     assert memory_verdict(1000, 800, shape=(1, 64)).measured.startswith("20.0% less step peak at batch 1 x 64")
     with pytest.raises(ValueError, match="positive"):
         memory_verdict(0, 5)
+    # the note says what the row would read decided over the sweep, from the sweep's own figures
+    sweep_full, sweep_part = {(1, 256): 1000, (8, 256): 1000, (8, 1024): 1000}, {(1, 256): 611, (8, 256): 865,
+                                                                                 (8, 1024): 941}
+    note = memory_note(sweep_full, sweep_part)
+    assert note.startswith(MEMORY_NOTE) and ("would read 'inconclusive' (the saving runs from 38.9% at 1 x 256 to "
+                                             "5.9% at 8 x 1024, against 20%-35%): the verdict rests on") in note
+    assert "would read 'does not hold'" in memory_note({(1, 1): 10, (2, 2): 10}, {(1, 1): 9, (2, 2): 9.5})
     # the sweep is a demonstration: one figure per shape, in order, no verdict
     text = sweep_figures({(1, 256): 1000, (8, 256): 1000}, {(1, 256): 611, (8, 256): 865})
     assert text == "1 x 256 38.9%, 8 x 256 13.5%"
@@ -268,23 +281,39 @@ def test_speed_row_is_an_ordinary_speed_verdict_with_the_flop_estimate_in_its_no
 
     slight = speed_row(timed([1.10, 1.15, 1.12] * 5), full, part)  # a GPU, at ROW_SHAPE
     assert slight.verdict == HOLDS and slight.bar == "1.00x < speed-up < 1.25x"
+    assert slight.rounds == SPEED_ROUNDS == CLAIM_ROUNDS == 15
     assert "estimate: matmul FLOP ratio full / partial 1.21x at 8 x 256 (1.19-1.21x over 3 shapes" in slight.why
     assert "decides nothing" in slight.why and "chosen for its cost" not in slight.why
     assert speed_row(timed([1.5, 1.6, 1.7] * 5), full, part).verdict == DOES_NOT_HOLD  # much faster, not slightly
     assert speed_row(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
     assert speed_row(timed([0.9, 1.1, 1.0] * 5), full, part).verdict == INCONCLUSIVE  # no faster than the noise
-    # a CPU at a small shape, in the fewest rounds the procedure accepts: the same rule, both directions
-    cpu = speed_row(timed([1.4, 1.5, 1.45, 1.6, 1.38] * 3), full, part, shape=CPU_SPEED_SHAPE, on="this CPU")
-    assert cpu.verdict == DOES_NOT_HOLD and cpu.rounds == SPEED_ROUNDS == CLAIM_ROUNDS == 15
-    assert "on this CPU at 1 x 64 tokens, a shape chosen for its cost" in cpu.why and "AdamW" in cpu.why
-    assert "1.21x at 8 x 256" in cpu.why
-    assert speed_row(timed([1.1, 1.2, 1.15, 1.05, 1.12] * 3), full, part, shape=CPU_SPEED_SHAPE).verdict == HOLDS
-    assert speed_row(timed([1.1, 1.3, 1.15, 1.05, 1.28] * 3), full, part,
-                     shape=CPU_SPEED_SHAPE).verdict == INCONCLUSIVE
+    assert speed_row(timed([1.1, 1.3, 1.15, 1.05, 1.28] * 3), full, part).verdict == INCONCLUSIVE  # at the ceiling
     with pytest.raises(ValueError, match="FLOP"):
         speed_row(timed([1.1] * 5), {(1, 2): 1.0}, {(1, 2): 0.0})
     with pytest.raises(ValueError, match="ROW_SHAPE"):
         speed_row(timed([1.1] * 5), {(1, 2): 1.0}, {(1, 2): 1.0})
+
+
+def test_speed_row_on_a_cpu_is_not_measurable_whatever_the_figures():
+    """On a CPU the row is decided at ROW_SHAPE, which only the full profile (a GPU) times: never another verdict,
+    the bar shown; the small-shape timing is a demonstration (figures, no verdict words)."""
+    shapes = [(1, 256), (8, 256), (8, 1024)]
+    for full_flops in (dict.fromkeys(shapes, 121e10), dict.fromkeys(shapes, 300e10), dict.fromkeys(shapes, 90e10)):
+        v = speed_row_cpu(full_flops, dict.fromkeys(shapes, 100e10))  # 1.21x, 3.0x (much faster), 0.9x (slower)
+        assert v.verdict == NOT_MEASURABLE and v.bar == "1.00x < speed-up < 1.25x"
+        assert "8 x 256" in v.measured and "1 x 64" not in v.measured + v.why
+        assert "only the full profile times, on a GPU" in v.why and "decides nothing" in v.why
+    assert "0.90x at 8 x 256" in v.why  # the FLOP estimate, shown, deciding nothing
+    assert "12.1 TFLOP of matmuls" in speed_row_cpu(dict.fromkeys(shapes, 121e11), dict.fromkeys(shapes, 100e11)).why
+    with pytest.raises(ValueError, match="ROW_SHAPE"):
+        speed_row_cpu({(1, 2): 1.0}, {(1, 2): 1.0})
+    partial = [1.0 + 0.01 * i for i in range(15)]
+    timed = {"full": Timing([p * s for p, s in zip(partial, [1.4, 1.5, 1.45, 1.6, 1.38] * 3)]),
+             "partial": Timing(partial)}
+    demo = cpu_speed_figures(timed, dict.fromkeys(shapes, 121.0), dict.fromkeys(shapes, 100.0), CPU_SPEED_SHAPE)
+    assert demo.startswith("1.45x (96.5% interval 1.40-1.50x over 15 interleaved rounds") and "1 x 64" in demo
+    assert "AdamW" in demo and "1.21-1.21x" in demo
+    assert not re.search(r"holds|inconclusive|not measurable", demo)
 
 
 def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
@@ -347,7 +376,9 @@ def test_share_of_full():
 def test_forgetting_is_decided_given_a_valid_reference_that_forgot():
     learned, damaged = [0.10, 0.20, 0.15], [-0.009, -0.249, -0.147]
     forgot = forgetting_verdict([0.10, 0.12, 0.11], [0.05, 0.06, 0.055], learned)
-    assert forgot.verdict == HOLDS and "partial - full -0.0550 (-0.0674 to -0.0426)" in forgot.measured
+    assert forgot.verdict == HOLDS
+    assert "partial (the candidate) lower by +0.0550 (+0.0426 to +0.0674)" in forgot.measured
+    assert "candidate lower by +0.0550" in forgot.why and "95% interval +0.0426 to +0.0674" in forgot.why  # one sign
     assert forgot.bar.startswith("partial - full < 0") or "if full FT beat the untouched model" in forgot.bar
     assert "precondition met" in forgot.why and "full fine-tuning forgot" in forgot.why
     assert forgetting_verdict([0.05, 0.06, 0.055], [0.10, 0.12, 0.11], learned).verdict == DOES_NOT_HOLD
@@ -381,6 +412,12 @@ def test_mlps_suffice_and_the_notebooks_hypothesis_are_decided_both_ways():
     assert "MLP - attention -0.056, -0.045, -0.057 (mean -0.053)" in text
     assert "MLP, matched lowered it more in 0 of 3 seeds, attention only in 3" in text  # from the figures
     assert "more in 2 of 2 seeds, attention only in 0" in beyond_web_figures([0.05, 0.06], [0.08, 0.07])
+    against = beyond_web_reading([0.107], [0.094])  # the committed run's one seed: attention only lowered it more
+    assert against.startswith("in this run (1 seed), attention only lowered it more") and "-0.013" in against
+    assert "AGAINST the direction the lecture's reason points to" in against and "decides nothing" in against
+    assert ": in the direction" in beyond_web_reading([0.05, 0.06], [0.08, 0.07])
+    assert "neither in nor against" in beyond_web_reading([0.05], [0.05])
+    assert not re.search(r"holds|inconclusive", against)
 
 
 def test_forgetting_pair_reuses_section_5_only_where_the_rates_are_equal():
@@ -417,6 +454,24 @@ def test_share_figures_are_figures_for_a_note():
     assert share_figures([0.30, 0.31, 0.32], [0.29, 0.30, 0.31]) == share_of_full([0.30, 0.31, 0.32],
                                                                                  [0.29, 0.30, 0.31]).measured
     assert share_figures([0.30, -0.1, 0.32], [0.29, 0.30, 0.31]).startswith("no share")
+
+
+def test_falls_steadily_is_symmetric_over_every_step_to_step_change():
+    steady = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
+    assert steady.verdict == HOLDS and steady.bar == STEADY_BAR
+    assert steady.measured == ("fell at every evaluation in 3 of 3 seeds; step-to-step change -0.100 to -0.030 "
+                               "nats/token")
+    assert "3 seeds x 3 steps" in steady.why and "4.100 -> 4.000 -> 3.950 -> 3.900" in steady.why
+    rising = falls_steadily([[3.9, 3.95, 4.0, 4.1], [3.9, 3.9, 4.0, 4.05]])  # never fell (a flat step counts too)
+    assert rising.verdict == DOES_NOT_HOLD and "fell at every evaluation in 0 of 2 seeds" in rising.measured
+    mixed = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90]])  # one rise among the falls
+    assert mixed.verdict == INCONCLUSIVE and "in 1 of 2 seeds" in mixed.measured
+    flat = falls_steadily([[4.1, 4.0, 3.9], [4.1, 4.1, 4.0]])  # a change of exactly 0 is not a fall
+    assert flat.verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="two evaluations"):
+        falls_steadily([[4.1], [4.1, 4.0]])
+    with pytest.raises(ValueError, match="no trend"):
+        falls_steadily([[4.1, 4.0]])
 
 
 def test_trend_figures_count_the_seeds_that_fell_at_every_evaluation():
