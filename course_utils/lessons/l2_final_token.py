@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -511,13 +512,16 @@ def cheaper_verdict(all_token, final_token) -> Verdict:
 
 
 def cheaper_reading(v: Verdict) -> str:
-    """The "cheaper per step" row's verdict (``cheaper_verdict``) in words, against both 1x and the lecture's margin
-    (``CHEAPER_BAR``): e.g. "cheaper here, but not by the lecture's margin" when the interval lies wholly between."""
-    if v.low > 1 and v.high < CHEAPER_BAR:
-        return "cheaper here, but not by the lecture's margin"
+    """Where the "cheaper per step" row's interval (``cheaper_verdict``) lies against 1x and ``CHEAPER_BAR``, in
+    figures and without verdict words (the verdict is the row's): e.g. "interval between 1.00x and the course's 1.5x
+    reading of 'Cao' vs 'Thấp' (lesson 1)"."""
+    reading = f"the course's {CHEAPER_BAR:.1f}x reading of 'Cao' vs 'Thấp' (lesson 1)"
+    if v.low > CHEAPER_BAR:
+        return f"interval {v.low:.2f}-{v.high:.2f}x, above {reading}"
     if v.high < CHEAPER_BAR:
-        return "not clearly cheaper here, and not by the lecture's margin"
-    return "cheaper here by the lecture's margin" if v.low > CHEAPER_BAR else "within the noise of the lecture's margin"
+        where = "above 1.00x" if v.low > 1 else "reaching 1.00x or below"
+        return f"interval {v.low:.2f}-{v.high:.2f}x: {where}, below {reading}"
+    return f"interval {v.low:.2f}-{v.high:.2f}x, across {reading}"
 
 
 def dropout_verdict(p0_test: Sequence[float], p_test: Sequence[float], p0_untrained: Sequence[float],
@@ -739,7 +743,8 @@ GPU_NOTES = {
     "generation": "its printed 'holds' was the final-position test loss, not generations (Alice final-token 5.69 vs "
                   "all-token 7.65 at the final position, web 7.93 vs 9.42, after its all-token models had memorised "
                   "the texts: Alice train 0.34); its saved samples, two per model, are too few to score, so it does "
-                  "not decide this row",
+                  "not decide this row; read as text they point against the lecture here: on each text the "
+                  "final-token model writes worse than the all-token one",
     "cheaper": "its forward + backward, timed as the lecture computes it (every position's logits, the last one "
                "picked), ran 1.18x faster final-token (44.6 vs 37.8 ms; printed 'holds' with no bar); its training "
                "table points the other way on Alice: the whole step (the lecture's way too, median over the run) "
@@ -762,29 +767,45 @@ GPU_NOTES = {
 #: "Kết quả cho thấy loss dao động mạnh" (the loss fluctuates strongly; stability "Kém" vs "Tốt"): the course's reading,
 #: a jitter ratio final-token / all-token of at least 2.
 NOISIER_BAR = 2.0
+#: "Dao động lớn hơn" (fluctuates more, the notes' section 5.1): an unsized comparative, read as any clear increase.
+MORE_BAR = 1.0
 
 
-def noisier_verdict(jitter: dict) -> Verdict:
-    """"Final-token loss curves are noisier" ("dao động mạnh"): the jitter ratio final-token / all-token per seed
-    (``{text: [ratio per seed]}``, ``loss_noise`` of each run's train loss), its mean with Student's t 95% interval
-    against ``NOISIER_BAR`` (>= 2x), on every text (``on_each_text``)."""
+def noisier_verdict(jitter: dict, bar: float = NOISIER_BAR) -> Verdict:
+    """"Final-token loss curves are noisier": the jitter ratio final-token / all-token per seed (``{text: [ratio per
+    seed]}``, ``loss_noise`` of each run's train loss), its mean with Student's t 95% interval against ``bar``, on
+    every text (``on_each_text``). Two of the notes' sentences use it: "loss dao động mạnh" (fluctuates strongly,
+    their section 4.3: ``NOISIER_BAR``, >= 2x) and "Dao động lớn hơn" (fluctuates more, section 5.1: ``MORE_BAR``,
+    any clear increase, >= 1x)."""
     parts = {}
     for text, ratios in jitter.items():
         if len(ratios) < 2:
             raise ValueError(f"{text}: an interval needs at least 2 seeds, got {len(ratios)}")
-        parts[text] = level(ratios, low=NOISIER_BAR, unit="x", fmt="{:.2f}", what="jitter ratio final/all-token")
+        parts[text] = level(ratios, low=bar, unit="x", fmt="{:.2f}", what="jitter ratio final/all-token")
     return on_each_text(parts)
 
 
 def noisier_reading(jitter: dict, v: Verdict) -> str:
-    """The "fluctuates strongly" row's figures (``noisier_verdict``'s ``v`` on ``jitter``, ``{text: [ratio per
-    seed]}``), in figures only, no verdict words: each text's per-seed ratios and its interval's low end (the
-    verdict itself is ``v``'s)."""
+    """The fluctuation rows' figures (``noisier_verdict``'s ``v`` on ``jitter``, ``{text: [ratio per seed]}``), in
+    figures only, no verdict words: each text's per-seed ratios and its interval's low end (the verdict is ``v``'s)."""
     parts = dict(zip(jitter, v.figures["parts"]))
     figures = ", ".join(f"{d} {per_seed(r)}x" for d, r in jitter.items())
     lows = ", ".join(f"{d} {parts[d].low:.2f}x" for d in jitter)
-    return (f"final-token / all-token jitter per seed: {figures}; the 95% interval's low end: {lows} "
-            f"(against 1x, the notes' 'dao động lớn hơn', and {NOISIER_BAR:.0f}x, the bar)")
+    return f"final-token / all-token jitter per seed: {figures}; the 95% interval's low end: {lows}"
+
+
+#: The first of the seeds every trained row of the table is decided on (``table_seeds``). Earlier revisions decided the
+#: table on seeds 0-2, and some of their bars (the 2x of "dao động mạnh", the full-window generation test) were set
+#: after those seeds' figures had been seen; seeds from 3 on were first run after every bar of the table was fixed.
+FIRST_SEED = 3
+
+
+def table_seeds(n: int) -> list[int]:
+    """The ``n`` training seeds of the table: ``FIRST_SEED``, ``FIRST_SEED + 1``, ... (both arms of a seed share its
+    initial weights and batches)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1 seeds, got {n}")
+    return list(range(FIRST_SEED, FIRST_SEED + n))
 
 
 #: The seed's words for the comparison "poorer text" makes (its section 5.3): the final-token text against the model
@@ -877,33 +898,52 @@ def letter_vocabulary(text: str | Iterable[str]) -> frozenset:
     return frozenset(w.lower() for t in texts for w in LETTER_WORD.findall(t))
 
 
-def glued_split(word: str, known: frozenset) -> tuple[str, str] | None:
-    """``word`` split into two known words, if it is not known itself and such a split exists ("andthis" -> ("and",
-    "this")); else None. Parts of one letter count only if they are "a" or "I"."""
-    w = word.lower()
+#: Glued words count only splits into two of the training text's most frequent words, its top ``GLUED_PARTS_TOP``
+#: (``frequent_words``), fixed before any sample: word soup is made of frequent tokens, while real text's rare words
+#: and names split by chance into rare pieces ("Avenue", "cannot"); the same restriction on samples and on real text
+#: keeps those chance splits out of the real-text baseline the samples are compared with.
+GLUED_PARTS_TOP = 1000
+
+
+def frequent_words(text: str | Iterable[str], n: int = GLUED_PARTS_TOP) -> frozenset:
+    """The ``n`` most frequent lower-cased letter-words of a training text (or of a list of documents); ties keep
+    the order of first appearance."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1 words, got {n}")
+    texts = [text] if isinstance(text, str) else list(text)
+    counts = Counter(w.lower() for t in texts for w in LETTER_WORD.findall(t))
+    return frozenset(w for w, _ in counts.most_common(n))
+
+
+def glued_split(word: str, known: frozenset, parts: frozenset | None = None) -> tuple[str, str] | None:
+    """``word`` split into two words of ``parts`` (default: ``known``), if it is not a ``known`` word itself and such
+    a split exists ("andthis" -> ("and", "this")); else None. Parts of one letter count only if they are "a" or
+    "I"."""
+    w, parts = word.lower(), known if parts is None else parts
     if w in known:
         return None
     for i in range(1, len(w)):
         a, b = w[:i], w[i:]
-        if all(x in known and (len(x) > 1 or x in ONE_LETTER_WORDS) for x in (a, b)):
+        if all(x in parts and (len(x) > 1 or x in ONE_LETTER_WORDS) for x in (a, b)):
             return a, b
     return None
 
 
-def glued_words(texts: str | Sequence[str], known: frozenset) -> tuple[list[str], int]:
-    """The glued words of ``texts`` (letter-words that are not known words but split into two: two words run together
-    with the space between them missing) and the number of letter-words counted. ``known``: ``letter_vocabulary`` of
-    the training text of the same source, fixed before any sample is generated."""
+def glued_words(texts: str | Sequence[str], known: frozenset, parts: frozenset | None = None) -> tuple[list[str], int]:
+    """The glued words of ``texts`` (letter-words that are not known words but split into two words of ``parts``:
+    two words run together with the space between them missing) and the number of letter-words counted. ``known``:
+    ``letter_vocabulary`` of the training text of the same source; ``parts``: its ``frequent_words`` (default: any
+    known word); both fixed before any sample is generated."""
     if not isinstance(known, frozenset) or not known:
         raise ValueError("known must be a non-empty frozenset of words: letter_vocabulary(the training text)")
     texts = [texts] if isinstance(texts, str) else list(texts)
     ws = [w for t in texts for w in LETTER_WORD.findall(t)]
-    return [w for w in ws if glued_split(w, known)], len(ws)
+    return [w for w in ws if glued_split(w, known, parts)], len(ws)
 
 
-def glued_rate(texts: str | Sequence[str], known: frozenset) -> float:
+def glued_rate(texts: str | Sequence[str], known: frozenset, parts: frozenset | None = None) -> float:
     """Glued words per letter-word of ``texts`` (see ``glued_words``)."""
-    glued, n = glued_words(texts, known)
+    glued, n = glued_words(texts, known, parts)
     if not n:
         raise ValueError("no letter-word in the texts: generate some text first")
     return len(glued) / n
