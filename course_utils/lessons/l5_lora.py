@@ -20,8 +20,8 @@ from torch import nn
 
 from ..claims import CheckResult
 from ..env import resolve_device
-from ..memory import NF4_BLOCK
-from ..verdicts import Verdict, compare_runs, given, level, not_measurable, paired_difference, t975
+from ..memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM, NF4_BLOCK
+from ..verdicts import Verdict, all_of, compare_runs, given, level, level_range, not_measurable, paired_difference, t975
 
 # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
 # (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
@@ -748,24 +748,152 @@ def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int
                           f"state, a necessary condition, not a whole step: {rest}")
 
 
+NOTES_RANKS = (8, 16, 64)  # the ranks the notes list (section 5: 'r (rank): rất nhỏ (ví dụ 8, 16, 64) so với d')
+
+
+def _by_rank(counts: dict, name: str) -> dict[int, int]:
+    """``{rank: LoRA's trainable count}`` checked and sorted by rank (at least 2 ranks, every figure >= 1)."""
+    out = {int(r): int(n) for r, n in dict(counts).items()}
+    if len(out) < 2 or min(out) < 1 or min(out.values()) < 1:
+        raise ValueError(f"{name} needs LoRA's trainable count at 2 or more ranks ({{rank: count}}, each >= 1), "
+                         f"got {counts!r}")
+    return dict(sorted(out.items()))
+
+
+def _ranks(counts: dict) -> str:
+    return "r = " + ", ".join(str(r) for r in counts)
+
+
 def fewer_params_verdict(n_model: int, n_lora: int, r: int, min_factor: float = 1000.0) -> Verdict:
-    """"LoRA trains thousands of times fewer parameters" at one rank ``r``: ``n_lora`` is LoRA's trainable count on
-    the model of ``n_model`` parameters (one configuration of layers). The factor ``n_model / n_lora`` is an exact
-    figure, ``level(..., low=min_factor)``; one row per rank the lecture names, as ``adapter_size_verdict``."""
+    """One part of ``fewer_params_row``: the factor ``n_model / n_lora`` at one rank ``r`` (``n_lora``: LoRA's
+    trainable count on a model of ``n_model`` parameters), an exact figure, ``level(..., low=min_factor)``."""
     if min(n_model, n_lora, r) < 1:
         raise ValueError("n_model, n_lora and r must be >= 1")
     return level(n_model / n_lora, low=min_factor, fmt="{:,.0f}", unit="x", what=f"r={r}: full / LoRA parameters")
 
 
-def adapter_size_verdict(n_model: int, n_lora: int, r: int, low_mb: float = 10.0, high_mb: float = 100.0,
-                         bytes_per_param: float = 2.0) -> Verdict:
-    """"Adapters of a few tens of MB" at one rank ``r``, by arithmetic at the lecture's scale: the adapter's
-    ``n_lora`` parameters at ``bytes_per_param`` (bf16: 2) inside [``low_mb``, ``high_mb``] MB (``level``, an exact
-    figure; MB = 1e6 bytes). The whole model (``n_model`` parameters, the same bytes each), the "GB" it replaces,
-    is given in the note."""
-    v = level(bytes_per_param * n_lora / 1e6, low=low_mb, high=high_mb, fmt="{:,.1f}", unit=" MB",
-              what=f"r={r} adapter")
-    return v.with_note(f"the whole model in the same precision: {bytes_per_param * n_model / 1e9:,.1f} GB")
+def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
+                     min_factor: float = 1000.0, what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
+    """"LoRA trains thousands of times fewer parameters" (the notes' section 5) as ONE row, read at every rank the
+    notes list: ``verdicts.all_of`` of one ``fewer_params_verdict`` per rank (``lora_by_rank``: {rank: LoRA's
+    trainable count} on the model of ``n_model`` parameters; ``what`` names the model and the layers adapted).
+
+    Why ``all_of``: the notes name the ranks in the same passage as the claim ("r (rank): rất nhỏ (ví dụ 8, 16, 64)
+    so với d", then "Kết quả: Số lượng tham số cần train giảm hàng nghìn lần"), so the sentence is said of every rank
+    it lists: it holds only if it holds at each of them, and does not hold if any listed rank misses. (The
+    adapter-size sentence names no rank, so ``adapter_size_row`` reads it over the ranks with ``level_range``.)
+
+    The measured column gives the factor at each rank. ``all_linear_by_rank`` ({rank: count} with LoRA on every
+    linear layer, the same ranks): its factors go in the note, with whether that choice of layers gives the same
+    verdict and which ranks miss on both."""
+    counts = _by_rank(lora_by_rank, "fewer_params_row")
+    parts = {r: fewer_params_verdict(n_model, n, r, min_factor) for r, n in counts.items()}
+    shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
+    v = all_of(*parts.values(), measured=shown)
+    v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
+                f">= {min_factor:,.0f}x at every rank the notes list ({_ranks(counts)})")
+    if all_linear_by_rank is None:
+        return v
+    other = _by_rank(all_linear_by_rank, "fewer_params_row")
+    if set(other) != set(counts):
+        raise ValueError(f"all_linear_by_rank must give the ranks {sorted(counts)}, got {sorted(other)}")
+    alt = {r: fewer_params_verdict(n_model, n, r, min_factor) for r, n in other.items()}
+    alt_v = all_of(*alt.values())
+    both = [r for r in counts if parts[r].value < min_factor and alt[r].value < min_factor]
+    same = ("the verdict is the same for either choice of layers" if alt_v.verdict == v.verdict
+            else f"on every linear layer the row would read '{alt_v.verdict}'")
+    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {p.measured}" for r, p in alt.items())
+                       + f"; {same}" + (f" ({_ranks(dict.fromkeys(both))} misses on both)" if both else ""))
+
+
+def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
+                     low_mb: float = 10.0, high_mb: float = 100.0, bytes_per_param: float = 2.0,
+                     what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
+    """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
+    ``bytes_per_param`` (bf16: 2) times LoRA's trainable count at each rank of ``lora_by_rank`` ({rank: count}),
+    against [``low_mb``, ``high_mb``] MB (MB = 1e6 bytes), decided by ``verdicts.level_range`` over the ranks.
+
+    Why ``level_range`` here and ``all_of`` in ``fewer_params_row``: this sentence names NO rank and no model, so
+    the rank is a setting the claim does not give and the ranks the notes list elsewhere (section 5) are a sweep
+    over it: every size inside the band holds, every one outside does not hold, and a range across an edge is
+    inconclusive (the size then depends on a rank the sentence does not give). The parameter sentence names its
+    ranks, so it must hold at each of them (``all_of``).
+
+    The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
+    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and what the row reads over
+    both choices of layers."""
+    counts = _by_rank(lora_by_rank, "adapter_size_row")
+    if not 0 < low_mb < high_mb or not bytes_per_param > 0:
+        raise ValueError(f"need 0 < low_mb < high_mb and bytes_per_param > 0, got {low_mb}, {high_mb}, "
+                         f"{bytes_per_param}")
+    mb = {r: bytes_per_param * n / 1e6 for r, n in counts.items()}
+    band = dict(low=low_mb, high=high_mb, unit=" MB", fmt="{:,.1f}")
+    v = level_range(list(mb.values()), **band, what=f"{what} adapter",
+                    over=f"the ranks the notes list ({_ranks(counts)})")
+    shown = "; ".join(f"r={r}: {s:,.1f} MB" for r, s in mb.items())
+    v = Verdict(v.verdict, shown, f"{v.why}; the sentence names no rank and no model: read over the ranks the notes "
+                "list, it holds only if every size is inside, does not hold only if every one is outside", v.figures,
+                f"{low_mb:,.0f}-{high_mb:,.0f} MB ('vài chục MB', a few tens) at every rank the notes list")
+    v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
+                    f"{bytes_per_param * n_model / 1e9:,.1f} GB")
+    if all_linear_by_rank is None:
+        return v
+    other = _by_rank(all_linear_by_rank, "adapter_size_row")
+    if set(other) != set(counts):
+        raise ValueError(f"all_linear_by_rank must give the ranks {sorted(counts)}, got {sorted(other)}")
+    mb_all = {r: bytes_per_param * n / 1e6 for r, n in other.items()}
+    both = level_range(list(mb.values()) + list(mb_all.values()), **band)
+    same = ("the same verdict" if both.verdict == v.verdict else f"'{both.verdict}'")
+    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {s:,.1f} MB" for r, s in mb_all.items())
+                       + f"; over both choices of layers ({both.measured}) the row reads {same}")
+
+
+#: Bytes per parameter under each precision the notes leave open: (the model's weights, the optimizer's states).
+#: AdamW's two moments are fp32 (8 B) in each; mixed precision's fp32 master copy (4 B) is kept by the optimizer.
+OPTIMIZER_PRECISIONS = {
+    "fp32 training": (BYTES_PER_PARAM["fp32"], ADAM_MOMENT_BYTES),
+    "bf16 mixed precision": (BYTES_PER_PARAM["bf16"], ADAM_MOMENT_BYTES),
+    "bf16 mixed precision + fp32 master copy": (BYTES_PER_PARAM["bf16"], ADAM_MOMENT_BYTES + BYTES_PER_PARAM["fp32"]),
+}
+
+
+def optimizer_states_row(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, min_factor: float = 3.0,
+                         precisions: dict | None = None, scope: str = "") -> Verdict:
+    """Full fine-tuning "cần VRAM gấp nhiều lần kích thước mô hình để lưu Optimizer states" (the notes' section 4):
+    the optimizer states' memory against the model's size, the quantity the sentence names, with "gấp nhiều lần"
+    (many times: more than "gấp đôi", twice) read as at least ``min_factor`` (3x).
+
+    The ratio depends on the precision, which the notes do not give, so it is computed from the byte counts of
+    ``precisions`` ({name: (weight bytes, optimizer-state bytes) per parameter}, default ``OPTIMIZER_PRECISIONS``:
+    fp32 training 8 / 4 = 2x; bf16 mixed precision 8 / 2 = 4x; with the fp32 master copy 12 / 2 = 6x) and decided by
+    ``verdicts.level_range`` over them: every one >= ``min_factor`` holds, every one below does not hold, a range
+    across it is inconclusive (the sentence then depends on a precision the notes do not give).
+
+    The note gives this run's measured figures (fp32): the Adam state after training (``adam_bytes``) and the whole
+    training step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which model and
+    step."""
+    from ..memory import format_bytes
+
+    table = dict(precisions if precisions is not None else OPTIMIZER_PRECISIONS)
+    if len(table) < 2 or any(not (w > 0 and o > 0) for w, o in table.values()):
+        raise ValueError(f"precisions needs 2 or more {{name: (weight bytes, optimizer bytes)}}, each > 0, got {table}")
+    if min(adam_bytes, weight_bytes, step_peak_bytes) <= 0:
+        raise ValueError("adam_bytes, weight_bytes and step_peak_bytes must be > 0 (measured after a training step)")
+    ratios = {name: o / w for name, (w, o) in table.items()}
+    v = level_range(list(ratios.values()), low=min_factor, fmt="{:.1f}", unit="x",
+                    what="optimizer states / the model's weights, by count,", over="the precisions the notes leave "
+                    "open")
+    shown = "by count: " + "; ".join(f"{name} {x:.0f}x" for name, x in ratios.items())
+    why = (f"{v.why}; the notes give no precision, so the sentence is read at each usual one: "
+           + "; ".join(f"{name}: {o:g} B of optimizer states over {w:g} B of weights per parameter"
+                       for name, (w, o) in table.items()))
+    measured = (f"measured here (fp32{', ' + scope if scope else ''}): Adam state {format_bytes(adam_bytes)} over the "
+                f"weights' {format_bytes(weight_bytes)}: {adam_bytes / weight_bytes:.1f}x; the whole step's peak "
+                f"{format_bytes(step_peak_bytes)}: {step_peak_bytes / weight_bytes:.2f}x the weights (weights, "
+                "gradients, moments and activations)")
+    return Verdict(v.verdict, shown, f"{why}; {measured}", {**v.figures, "ratios": tuple(ratios.values())},
+                   f">= {min_factor:g}x the model's size ('gấp nhiều lần', many times: more than 'gấp đôi', twice), "
+                   "at every precision")
 
 
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid

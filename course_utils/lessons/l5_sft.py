@@ -655,10 +655,38 @@ def base_to_chat_verdict(before: Sequence[bool], after: Sequence[bool], steps: i
         f"the base model {BASE_HUB_ID} after {steps} LoRA SFT steps on these Alpaca pairs, against itself")
 
 
-def base_unreachable_verdict(why: str, used: str) -> Verdict:
+#: The base -> chat row's bar, fixed in the notebook before any data (section 3): what ``base_to_chat_verdict`` tests.
+BASE_TO_CHAT_BAR = "more held-out instructions answered in one finished turn after SFT than before (paired, > 0)"
+
+
+def base_unreachable_verdict(why: str, used: str, bar: str = BASE_TO_CHAT_BAR) -> Verdict:
     """The row where the base model cannot be loaded (``load_base_model``'s reason): not measurable, an asset
-    unreachable offline; says which model is the base and what the notebook would run with it."""
+    unreachable offline; says which model is the base and what the notebook would run with it, and shows ``bar``,
+    the bar the row is judged against where the hub is reachable."""
     return not_measurable("not run", f"an asset unreachable offline: {why}; {used}, the only model here, is already "
                           f"instruction-tuned (it was tuned from {BASE_HUB_ID}); where the hub is reachable (Colab) "
                           "this notebook loads the base model, tunes it on these Alpaca pairs and scores held-out "
-                          "instructions before and after")
+                          "instructions before and after", bar=bar)
+
+
+# ---- "Quality is King": a row this setup cannot run -----------------------------------------------
+
+#: The bar of "quality over quantity", fixed before any data: what a run would have to show.
+QUALITY_BAR = "the curated set's held-out quality above the larger unfiltered set's, paired by seed (> 0)"
+
+
+def quality_over_quantity_row(n_records: int, data: str = "the Alpaca-GPT4 sample in data/") -> Verdict:
+    """"Chất lượng quan trọng hơn số lượng ("Quality is King")" (the notes' section 3) as a claims row: not
+    measurable here. A fair test trains on a curated set and on a larger unfiltered set that holds MORE correct
+    content, at the notes' SFT scale, and scores both on held-out instructions (``QUALITY_BAR``); offline the course
+    has one instruction set (``data``, ``n_records`` records: count them, do not type them) and no curated /
+    unfiltered pair, so the experiment cannot run."""
+    if n_records < 0:
+        raise ValueError(f"n_records must be >= 0, got {n_records}")
+    return not_measurable(
+        "not run", "a fair test needs a curated set and a larger unfiltered set with more correct content, both "
+        "trained at the notes' SFT scale (section 3: 'Chỉ cần hàng nghìn đến hàng trăm nghìn mẫu', thousands to "
+        "hundreds of thousands of examples) and scored on the same held-out instructions; offline this course has "
+        f"only {data} ({n_records:,} records) and no curated/unfiltered pair, so the experiment cannot run here "
+        "(adding wrong answers to a set would only show that wrong answers cost something, not the lecture's claim)",
+        bar=QUALITY_BAR)

@@ -427,31 +427,76 @@ def test_static_state_fact_states_the_margin_and_one_sequences_checkpointed_acti
         static_state_fact(47e9, 48e9, 2, 1, n_layers=0, d_model=8, n_lora=1)
 
 
-def test_fewer_parameters_is_judged_at_each_rank_alone():
-    from course_utils.lessons.l5_lora import fewer_params_verdict
+N65 = 65_285_660_672  # LLaMA-65B's parameters (its real configuration, counted in the notebook)
+QV65 = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}  # LoRA on W_q and W_v: 80 layers, two 8192 x 8192
+ALL65 = {r: 80 * r * (4 * (8192 + 8192) + 2 * (8192 + 22016) + (22016 + 8192)) for r in (8, 16, 64)}  # every linear
 
-    n65 = 65_285_660_672
-    qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}  # LLaMA-65B, W_q and W_v
-    rows = {r: fewer_params_verdict(n65, n, r) for r, n in qv.items()}  # one row per rank, as the adapter rows
-    assert {r: (v.verdict, v.measured) for r, v in rows.items()} == {
-        8: ("holds", "3,113x"), 16: ("holds", "1,557x"), 64: ("does not hold", "389x")}
-    assert "r=64: full / LoRA parameters" in rows[64].why
-    assert fewer_params_verdict(n65, qv[64], 64, min_factor=300).verdict == "holds"
+
+def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
+    from course_utils.lessons.l5_lora import fewer_params_row
+
+    v = fewer_params_row(N65, QV65, all_linear_by_rank=ALL65)  # the real LLaMA-65B counts
+    assert v.verdict == "does not hold" and v.measured == "r=8: 3,113x; r=16: 1,557x; r=64: 389x"
+    assert v.bar == ">= 1,000x at every rank the notes list (r = 8, 16, 64)"
+    assert "r=8: 653x; r=16: 327x; r=64: 82x" in v.why
+    assert "the same for either choice of layers (r = 64 misses on both)" in v.why
+    # synthetic counts: every rank above 1,000x holds; one rank below does not hold; all below does not hold
+    assert fewer_params_row(10**9, {8: 10**5, 16: 2 * 10**5}).verdict == "holds"
+    assert fewer_params_row(10**9, {8: 10**5, 16: 2 * 10**6}).verdict == "does not hold"
+    assert fewer_params_row(10**9, {8: 10**7, 16: 2 * 10**7}).verdict == "does not hold"
+    assert fewer_params_row(N65, QV65, min_factor=300).verdict == "holds"
+    held = fewer_params_row(10**9, {8: 10**5, 16: 2 * 10**5}, all_linear_by_rank={8: 10**7, 16: 2 * 10**7})
+    assert "on every linear layer the row would read 'does not hold'" in held.why
     with pytest.raises(ValueError):
-        fewer_params_verdict(n65, 0, 8)
+        fewer_params_row(N65, {8: QV65[8]})  # one rank is not a reading at the ranks the notes list
+    with pytest.raises(ValueError):
+        fewer_params_row(N65, {8: 0, 16: 1})
+    with pytest.raises(ValueError):
+        fewer_params_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
 
 
-def test_adapter_size_is_judged_in_the_lectures_band_at_every_rank():
-    from course_utils.lessons.l5_lora import adapter_size_verdict
+def test_adapter_size_is_one_row_over_the_ranks_the_sentence_does_not_name():
+    from course_utils.lessons.l5_lora import adapter_size_row
 
-    n65 = 65_285_660_672
-    qv = {r: 80 * 2 * r * (8192 + 8192) for r in (8, 16, 64)}
-    rows = {r: adapter_size_verdict(n65, n, r) for r, n in qv.items()}  # one row per rank, bf16
-    assert {r: (v.verdict, v.measured) for r, v in rows.items()} == {
-        8: ("holds", "41.9 MB"), 16: ("holds", "83.9 MB"), 64: ("does not hold", "335.5 MB")}
-    assert "r=64 adapter" in rows[64].why and "130.6 GB" in rows[64].why  # the model it replaces, in the note
-    assert adapter_size_verdict(n65, 1_000, 1).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
-    assert adapter_size_verdict(n65, qv[8], 8, bytes_per_param=4).measured == "83.9 MB"  # float32
+    v = adapter_size_row(N65, QV65, all_linear_by_rank=ALL65)  # bf16, the real LLaMA-65B counts
+    assert v.verdict == "inconclusive" and v.measured == "r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB"
+    assert "41.9-335.5 MB" in v.why and "straddles" in v.why and "names no rank" in v.why
+    assert "130.6 GB" in v.why and "r=64: 1,599.1 MB" in v.why  # the model it replaces; every linear layer
+    assert "the row reads the same verdict" in v.why
+    # synthetic counts: every size inside 10-100 MB holds, every one outside does not hold, across an edge: neither
+    assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6}).verdict == "holds"  # 20 and 40 MB
+    assert adapter_size_row(N65, {8: 100 * 10**6, 16: 200 * 10**6}).verdict == "does not hold"  # 200, 400 MB
+    assert adapter_size_row(N65, {8: 1_000, 16: 2_000}).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
+    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "inconclusive"  # 40 and 160 MB
+    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("r=8: 83.9 MB")  # float32
+    with pytest.raises(ValueError):
+        adapter_size_row(N65, {8: QV65[8]})
+    with pytest.raises(ValueError):
+        adapter_size_row(N65, QV65, low_mb=100, high_mb=10)
+
+
+def test_optimizer_states_row_reads_the_sentence_at_each_precision_from_byte_counts():
+    from course_utils.lessons.l5_lora import OPTIMIZER_PRECISIONS, optimizer_states_row
+
+    gib, mib = 2**30, 2**20
+    v = optimizer_states_row(gib, 513 * mib, 2268 * mib, scope="a test model")
+    assert v.verdict == "inconclusive"  # 2x (fp32), 4x (bf16 mixed), 6x (with the master copy) across 3x
+    assert v.ratios == (2.0, 4.0, 6.0)
+    assert v.measured == ("by count: fp32 training 2x; bf16 mixed precision 4x; bf16 mixed precision + fp32 master "
+                          "copy 6x")
+    assert v.bar.startswith(">= 3x the model's size ('gấp nhiều lần'")
+    assert "2.0-6.0x" in v.why and "12 B of optimizer states over 2 B" in v.why
+    assert "Adam state 1.0 GiB" in v.why and "4.42x the weights" in v.why and "a test model" in v.why
+    # the same procedure both ways, on synthetic byte counts
+    assert optimizer_states_row(gib, gib, gib, precisions={"a": (2, 8), "b": (2, 12)}).verdict == "holds"
+    assert optimizer_states_row(gib, gib, gib, precisions={"a": (4, 8), "b": (8, 8)}).verdict == "does not hold"
+    assert optimizer_states_row(gib, gib, gib, min_factor=1.5).verdict == "holds"
+    assert set(OPTIMIZER_PRECISIONS) == {"fp32 training", "bf16 mixed precision",
+                                         "bf16 mixed precision + fp32 master copy"}
+    with pytest.raises(ValueError):
+        optimizer_states_row(gib, 0, gib)
+    with pytest.raises(ValueError):
+        optimizer_states_row(gib, gib, gib, precisions={"a": (4, 8)})
 
 
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():

@@ -309,6 +309,21 @@ def test_base_model_is_unreachable_offline_and_the_row_says_which_model(monkeypa
     assert model is None and BASE_HUB_ID in why and "hub" in why
     v = base_unreachable_verdict(why, "SmolLM2-135M-Instruct")
     assert v.verdict == "not measurable here" and "unreachable offline" in v.why and BASE_HUB_ID in v.why
+    assert v.bar == "more held-out instructions answered in one finished turn after SFT than before (paired, > 0)"
+
+
+def test_quality_over_quantity_is_not_measurable_with_its_bar_and_the_records_counted():
+    from course_utils.data import load_instructions
+    from course_utils.lessons.l5_sft import QUALITY_BAR, quality_over_quantity_row
+
+    n = len(load_instructions())
+    v = quality_over_quantity_row(n)
+    assert v.verdict == "not measurable here" and v.measured == "not run" and v.bar == QUALITY_BAR
+    assert f"({n:,} records)" in v.why and "Chỉ cần hàng nghìn đến hàng trăm nghìn mẫu" in v.why
+    assert "curated" in v.bar and "paired by seed" in v.bar
+    assert "(12 records)" in quality_over_quantity_row(12, "a toy set").why
+    with pytest.raises(ValueError):
+        quality_over_quantity_row(-1)
 
 
 def test_base_to_chat_is_decided_on_finished_turns_both_ways(smol, tiny_llama):
