@@ -326,12 +326,15 @@ def exact(value: float, lecture: float, *, rel_tol: float, unit: str = "", fmt: 
 
 
 def level_range(values: Sequence[float], *, low: float = -math.inf, high: float = math.inf, strict: bool = False,
-                unit: str = "", fmt: str = "{:.3g}", what: str = "", over: str = "the settings swept") -> Verdict:
+                unit: str = "", fmt: str = "{:.3g}", what: str = "", over: str = "the settings swept",
+                budget_short: str | None = None) -> Verdict:
     """A figure measured EXACTLY at several settings that the claim does not name (a sweep over batch and context,
     on the meta device): the claim holds only if it holds over the whole sweep. The range [min, max] of the figures
     against the band [``low``, ``high``] (``strict``: the open band): holds when every figure lies inside, does not
     hold when every figure lies outside on one side, inconclusive when the range straddles an edge (the claim then
-    depends on the setting the lecture does not give). ``over`` names the sweep in the note."""
+    depends on the setting the lecture does not give). ``over`` names the sweep in the note. ``budget_short`` (a quote
+    of the lecture's stated budget, as for ``level``): the claim's quantity is out of reach at this budget, and a
+    clear result either way reads inconclusive."""
     vals = [float(v) for v in values]
     if len(vals) < 2:
         raise ValueError(f"level_range() needs a sweep (2 figures or more); for one figure use level(), got {vals}")
@@ -348,8 +351,9 @@ def level_range(values: Sequence[float], *, low: float = -math.inf, high: float 
         band = f"{fmt.format(low)}-{fmt.format(high)}{unit}" + (" (open)" if strict else "")
     fig = (f"{what + ' ' if what else ''}{fmt.format(lo)}-{fmt.format(hi)}{unit} over {over} "
            f"({len(vals)} exact figures)")
-    v, why = _decide(lo, hi, low, high, None, f"{fig}: every one inside {band}", f"{fig}: every one outside {band}",
-                     f"{fig}: the range straddles the edge of {band}", strict=strict)
+    _check_budget(budget_short)
+    v, why = _decide(lo, hi, low, high, budget_short, f"{fig}: every one inside {band}",
+                     f"{fig}: every one outside {band}", f"{fig}: the range straddles the edge of {band}", strict=strict)
     return Verdict(v, f"{fmt.format(lo)}{unit} to {fmt.format(hi)}{unit}", why,
                    {"low": lo, "high": hi, "n": len(vals), "band_low": low, "band_high": high}, band)
 

@@ -227,3 +227,13 @@ def test_level_range_judges_a_sweep_as_a_whole_both_ways():
         level_range([0.3], low=0.2, high=0.35)
     with pytest.raises(ValueError, match="finite"):
         level_range([0.3, float("nan")], low=0.2)
+
+
+def test_level_range_takes_the_lecture_budget_both_ways():
+    short = "the notes' claim is the limit of a run; this run: 3 steps"
+    for values in ([0.22, 0.27, 0.30], [0.04, 0.10, 0.16]):  # a clear hold and a clear miss alike
+        v = level_range(values, low=0.2, high=0.35, budget_short=short)
+        assert v.verdict == INCONCLUSIVE and short in v.why
+    assert level_range([0.1, 0.3], low=0.2, high=0.35, budget_short=short).verdict == INCONCLUSIVE
+    with pytest.raises(ValueError, match="budget"):
+        level_range([0.22, 0.27], low=0.2, high=0.35, budget_short="  ")
