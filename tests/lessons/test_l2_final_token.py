@@ -549,19 +549,19 @@ def test_poorer_text_is_decided_by_the_data_both_ways():
     assert poorer_text_verdict(*gain).bar.startswith("higher by > +0.100 nats/char")
 
 
-def test_generation_compares_the_generations_of_both_losses_on_each_text():
-    # excess nats/char per seed; final-token lower = closer to real text = the claim's side
-    good = {"Alice | all-token": [0.5, 0.6, 0.55], "Alice | final-token": [0.3, 0.35, 0.3],
-            "web | all-token": [0.4, 0.45, 0.5], "web | final-token": [0.2, 0.3, 0.28]}
+def test_generation_compares_the_final_position_loss_of_both_losses_on_each_text():
+    # final-position held-out loss per seed; final-token lower = predicts the generated position better = the claim
+    good = {"Alice | all-token": [6.5, 6.6, 6.55], "Alice | final-token": [6.3, 6.35, 6.3],
+            "web | all-token": [8.4, 8.45, 8.5], "web | final-token": [8.2, 8.3, 8.28]}
     assert generation_verdict(good, ["Alice", "web"]).verdict == HOLDS
-    worse = dict(good, **{"web | final-token": [0.6, 0.7, 0.66]})
+    worse = dict(good, **{"web | final-token": [8.6, 8.7, 8.66]})
     v = generation_verdict(worse, ["Alice", "web"])
     assert v.verdict == DOES_NOT_HOLD and "Alice" in v.why and "web" in v.why
-    noisy = dict(good, **{"web | final-token": [0.2, 0.6, 0.5]})
+    noisy = dict(good, **{"web | final-token": [8.2, 8.6, 8.5]})
     assert generation_verdict(noisy, ["Alice", "web"]).verdict == INCONCLUSIVE
-    assert "nats/char" in v.bar and "0.500/0.600/0.550 vs 0.300/0.350/0.300" in v.measured
+    assert "nats" in v.bar and "6.500/6.600/6.550 vs 6.300/6.350/6.300" in v.measured
     # a clear loss on one text decides the claim, whatever the other text shows
-    assert generation_verdict(dict(noisy, **{"Alice | final-token": [0.7, 0.8, 0.75]}),
+    assert generation_verdict(dict(noisy, **{"Alice | final-token": [6.7, 6.8, 6.75]}),
                               ["Alice", "web"]).verdict == DOES_NOT_HOLD
 
 
