@@ -335,13 +335,16 @@ def forgetting_verdict(lora: Sequence[float], full: Sequence[float], lora_gain: 
     ``full_ft_forgot`` (else a "holds" is withheld; a clear "does not hold" stands). Arguments as
     ``forgetting_comparison``; the web-loss rises and ``scope`` stay in the note whatever the preconditions say."""
     v = forgetting_comparison(lora, full, lora_gain, full_gain, base, scope)
-    g = given(v, reference_ok=full_ft_beat_untouched(full_gain), effect_shown=full_ft_forgot([x - base for x in full]),
+    forgot = full_ft_forgot([x - base for x in full])
+    g = given(v, reference_ok=full_ft_beat_untouched(full_gain), effect_shown=forgot,
               bar_if="decided if full FT beat the untouched model in every seed; holds only if it also forgot")
     if v.why in g.why:  # given kept the comparison's note (rises, gains, scope)
         return g
-    rises = {arm: _mean_interval([x - base for x in values]) for arm, values in (("LoRA", lora), ("full FT", full))}
-    shown = "; ".join(f"{arm} {m:+.3f} ({lo:+.3f} to {hi:+.3f})" for arm, (m, lo, hi) in rises.items())
-    return g.with_note(f"web-loss rise over the untouched model: {shown} nats/token; {scope}")
+    # the first precondition failed: say what the second (full FT forgot) made of this run's figures too
+    m, lo, hi = _mean_interval([x - base for x in lora])
+    second = "fails too" if not forgot[0] else "is met"
+    return g.with_note(f"the second precondition (full FT forgot) {second}: {forgot[1]}; LoRA's web-loss rise over "
+                       f"the untouched model {m:+.3f} ({lo:+.3f} to {hi:+.3f}) nats/token; {scope}")
 
 
 def close_to_full_verdict(base_loss: float, full: Sequence[float], lora: Sequence[float], share: float, scope: str,
@@ -732,12 +735,18 @@ def static_state_fact(total_bytes: float, budget_bytes: float, n_embed_head: int
             f"master copy; with one, 16 bytes: +{4 * n_lora / 1e9:.2f} GB); GB = 1e9 bytes")
 
 
+#: The 65B row's bar, fixed before any data: a whole QLoRA training step of LLaMA-65B (NF4 + double quantization, r = 64
+#: on every linear layer, as Guanaco-65B), not its static state alone, within the lecture's one GPU.
+QLORA_65B_BAR = "a whole training step's peak <= {gb:.0f} GB on one GPU"
+
+
 def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int, n_norms: int, n_layers: int,
-                      d_model: int, n_lora: int, seq_len: int = 512, batch: int = 4) -> Verdict:
+                      d_model: int, n_lora: int, seq_len: int = 512, batch: int = 4, bar: str | None = None) -> Verdict:
     """The lecture's "QLoRA fine-tunes a 65B model on one 48 GB GPU" as a claims row: not measurable here (it needs a
     large CUDA GPU capped at ``budget_bytes`` and LLaMA-65B-shaped NF4 weights, random values sufficing for a memory
     check), with the static-state arithmetic of ``static_state_fact`` (the total and margin in the measured column,
-    read as arithmetic; the parts and what one sequence's activations take in the note)."""
+    read as arithmetic; the parts and what one sequence's activations take in the note). ``bar``: what a GPU run
+    would have to show, fixed before any data (default ``QLORA_65B_BAR`` at ``budget_bytes``)."""
     rest = static_state_fact(total_bytes, budget_bytes, n_embed_head, n_norms, n_layers, d_model, n_lora,
                              seq_len, batch).split("; ", 1)[1]
     gb, budget = total_bytes / 1e9, budget_bytes / 1e9
@@ -745,7 +754,8 @@ def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int
                           f"a memory check needs a large CUDA GPU under a {budget:.0f} GB cap and LLaMA-65B-shaped NF4 "
                           "weights (random values suffice: memory does not depend on them), a check the course could "
                           "run on such a GPU; this run has none. The arithmetic covers weights, adapter and Adam "
-                          f"state, a necessary condition, not a whole step: {rest}")
+                          f"state, a necessary condition, not a whole step: {rest}",
+                          bar=bar if bar is not None else QLORA_65B_BAR.format(gb=budget))
 
 
 NOTES_RANKS = (8, 16, 64)  # the ranks the notes list (section 5: 'r (rank): rất nhỏ (ví dụ 8, 16, 64) so với d')
@@ -848,52 +858,92 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                        + f"; over both choices of layers ({both.measured}) the row reads {same}")
 
 
-#: Bytes per parameter under each precision the notes leave open: (the model's weights, the optimizer's states).
-#: AdamW's two moments are fp32 (8 B) in each; mixed precision's fp32 master copy (4 B) is kept by the optimizer.
-OPTIMIZER_PRECISIONS = {
-    "fp32 training": (BYTES_PER_PARAM["fp32"], ADAM_MOMENT_BYTES),
-    "bf16 mixed precision": (BYTES_PER_PARAM["bf16"], ADAM_MOMENT_BYTES),
-    "bf16 mixed precision + fp32 master copy": (BYTES_PER_PARAM["bf16"], ADAM_MOMENT_BYTES + BYTES_PER_PARAM["fp32"]),
+#: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two
+#: moments are fp32 (8 B) in each; mixed precision's fp32 master copy (4 B), where kept, is held by the optimizer.
+TRAINING_BYTES = {
+    "fp32 training": {"weights": BYTES_PER_PARAM["fp32"], "gradients": BYTES_PER_PARAM["fp32"],
+                      "optimizer states": ADAM_MOMENT_BYTES},
+    "bf16 mixed precision, no master copy": {"weights": BYTES_PER_PARAM["bf16"], "gradients": BYTES_PER_PARAM["bf16"],
+                                             "optimizer states": ADAM_MOMENT_BYTES},
+    "bf16 mixed precision + fp32 master copy": {"weights": BYTES_PER_PARAM["bf16"],
+                                                "gradients": BYTES_PER_PARAM["bf16"],
+                                                "master copy": BYTES_PER_PARAM["fp32"],
+                                                "optimizer states": ADAM_MOMENT_BYTES},
 }
 
 
-def optimizer_states_row(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, min_factor: float = 3.0,
-                         precisions: dict | None = None, scope: str = "") -> Verdict:
+def _training_table(precisions: dict | None) -> dict[str, dict[str, float]]:
+    table = {name: {k: float(v) for k, v in dict(parts).items()}
+             for name, parts in dict(precisions if precisions is not None else TRAINING_BYTES).items()}
+    if len(table) < 2 or any(not (p.get("weights", 0) > 0 and p.get("gradients", 0) > 0
+                                  and p.get("optimizer states", 0) > 0 and min(p.values()) >= 0)
+                             for p in table.values()):
+        raise ValueError("precisions needs 2 or more named byte tables, each with 'weights', 'gradients' and "
+                         f"'optimizer states' (bytes per parameter, each > 0, other parts >= 0), got {precisions!r}")
+    return table
+
+
+def full_ft_vram_row(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, min_factor: float = 3.0,
+                     precisions: dict | None = None, scope: str = "") -> Verdict:
     """Full fine-tuning "cần VRAM gấp nhiều lần kích thước mô hình để lưu Optimizer states" (the notes' section 4):
-    the optimizer states' memory against the model's size, the quantity the sentence names, with "gấp nhiều lần"
-    (many times: more than "gấp đôi", twice) read as at least ``min_factor`` (3x).
+    the VRAM full fine-tuning NEEDS (the sentence's predicate) against the model's size, with "gấp nhiều lần" (many
+    times: more than "gấp đôi", twice) read as at least ``min_factor`` (3x); "to store the optimizer states" is the
+    reason it gives, quantified in the note.
 
-    The ratio depends on the precision, which the notes do not give, so it is computed from the byte counts of
-    ``precisions`` ({name: (weight bytes, optimizer-state bytes) per parameter}, default ``OPTIMIZER_PRECISIONS``:
-    fp32 training 8 / 4 = 2x; bf16 mixed precision 8 / 2 = 4x; with the fp32 master copy 12 / 2 = 6x) and decided by
-    ``verdicts.level_range`` over them: every one >= ``min_factor`` holds, every one below does not hold, a range
-    across it is inconclusive (the sentence then depends on a precision the notes do not give).
+    The ratio depends on the precision, which the notes do not give, so it is computed from the byte counts per
+    parameter of ``precisions`` ({name: {"weights": B, "gradients": B, "optimizer states": B, ...}}, default
+    ``TRAINING_BYTES``): (every part) / weights, i.e. fp32 training (4 + 4 + 8) / 4 = 4x; bf16 mixed precision
+    without a master copy (2 + 2 + 8) / 2 = 6x; with the fp32 master copy (2 + 2 + 4 + 8) / 2 = 8x. Activations
+    are left out (they depend on batch and tokens, not on the method): the count is what training needs before any
+    activation. Decided by ``verdicts.level_range`` over the precisions: every one >= ``min_factor`` holds, every
+    one below does not hold, a range across it is inconclusive (the sentence then depends on a precision the notes
+    do not give).
 
-    The note gives this run's measured figures (fp32): the Adam state after training (``adam_bytes``) and the whole
-    training step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which model and
-    step."""
+    The note gives the optimizer states' own share (every part but weights and gradients, over the weights: 2x,
+    4x, 6x) and this run's measured figures: the Adam state after training (``adam_bytes``) and the whole training
+    step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which model, shape and
+    precision."""
     from ..memory import format_bytes
 
-    table = dict(precisions if precisions is not None else OPTIMIZER_PRECISIONS)
-    if len(table) < 2 or any(not (w > 0 and o > 0) for w, o in table.values()):
-        raise ValueError(f"precisions needs 2 or more {{name: (weight bytes, optimizer bytes)}}, each > 0, got {table}")
+    table = _training_table(precisions)
     if min(adam_bytes, weight_bytes, step_peak_bytes) <= 0:
         raise ValueError("adam_bytes, weight_bytes and step_peak_bytes must be > 0 (measured after a training step)")
-    ratios = {name: o / w for name, (w, o) in table.items()}
+    ratios = {name: sum(p.values()) / p["weights"] for name, p in table.items()}
+    states = {name: (sum(p.values()) - p["weights"] - p["gradients"]) / p["weights"] for name, p in table.items()}
     v = level_range(list(ratios.values()), low=min_factor, fmt="{:.1f}", unit="x",
-                    what="optimizer states / the model's weights, by count,", over="the precisions the notes leave "
-                    "open")
-    shown = "by count: " + "; ".join(f"{name} {x:.0f}x" for name, x in ratios.items())
-    why = (f"{v.why}; the notes give no precision, so the sentence is read at each usual one: "
-           + "; ".join(f"{name}: {o:g} B of optimizer states over {w:g} B of weights per parameter"
-                       for name, (w, o) in table.items()))
-    measured = (f"measured here (fp32{', ' + scope if scope else ''}): Adam state {format_bytes(adam_bytes)} over the "
-                f"weights' {format_bytes(weight_bytes)}: {adam_bytes / weight_bytes:.1f}x; the whole step's peak "
+                    what="training memory (weights + gradients + optimizer states) / the model's weights, by count,",
+                    over="the precisions the notes leave open")
+    shown = "by count: " + "; ".join(f"{name} {x:g}x" for name, x in ratios.items())
+    why = (f"{v.why}; the notes give no precision, so the sentence is read at each usual one, bytes per parameter: "
+           + "; ".join(f"{name} ({' + '.join(f'{b:g}' for b in p.values())}) / {p['weights']:g} = {ratios[name]:g}x"
+                       for name, p in table.items())
+           + "; activations come on top")
+    reason = ("the reason the sentence names, the optimizer states alone (Adam's moments, with the master copy "
+              "where kept) over the weights: " + "; ".join(f"{name} {x:g}x" for name, x in states.items()))
+    measured = (f"measured here ({scope or 'this run'}): Adam state {format_bytes(adam_bytes)} over the weights' "
+                f"{format_bytes(weight_bytes)}: {adam_bytes / weight_bytes:.1f}x; the whole step's peak "
                 f"{format_bytes(step_peak_bytes)}: {step_peak_bytes / weight_bytes:.2f}x the weights (weights, "
                 "gradients, moments and activations)")
-    return Verdict(v.verdict, shown, f"{why}; {measured}", {**v.figures, "ratios": tuple(ratios.values())},
+    return Verdict(v.verdict, shown, f"{why}; {reason}; {measured}",
+                   {**v.figures, "ratios": tuple(ratios.values()), "state_ratios": tuple(states.values())},
                    f">= {min_factor:g}x the model's size ('gấp nhiều lần', many times: more than 'gấp đôi', twice), "
                    "at every precision")
+
+
+def memory_row(lora_peak: int, full_peak: int, *, batch: int, tokens: int, precision: str, how: str, model: str,
+               max_ratio: float = 0.99) -> Verdict:
+    """"PEFT reduces VRAM": LoRA's whole training-step peak over full fine-tuning's (``verdicts.level``, an exact
+    figure, at most ``max_ratio``: a saving beyond 1%), with the shape it was measured at (``batch`` x ``tokens``,
+    ``precision``, ``model``, ``how`` the peak was counted) in the note, as every memory row of the course."""
+    from ..memory import format_bytes
+
+    if min(lora_peak, full_peak, batch, tokens) <= 0:
+        raise ValueError("lora_peak, full_peak, batch and tokens must be > 0")
+    v = level(lora_peak / full_peak, high=max_ratio, fmt="{:.2f}", unit="x", what="LoRA's / full FT's step peak")
+    return v.with_measured(f"{v.measured} ({format_bytes(lora_peak)} vs {format_bytes(full_peak)})").with_note(
+        f"the exact peak of one whole training step ({how}) at batch {batch} x {tokens} tokens, {precision}, {model}: "
+        "the ratio depends on that shape (activations grow with batch x tokens; the weights' gradients and Adam "
+        "state, which LoRA saves, do not)")
 
 
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid

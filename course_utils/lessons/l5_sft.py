@@ -230,8 +230,12 @@ def sft_dataset(tokenizer, pairs: Sequence[tuple[str, str]], max_len: int, templ
     return examples, skipped
 
 
-def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable) -> Callable[[torch.Generator], dict]:
-    """``batches(generator)`` for ``course_utils.train.train``: ``batch_size`` examples drawn with the generator."""
+def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable,
+                   drawn: list | None = None) -> Callable[[torch.Generator], dict]:
+    """``batches(generator)`` for ``course_utils.train.train``: ``batch_size`` examples drawn with the generator,
+    WITH replacement (an example can come twice in a run, or in one batch). ``drawn``: a list that receives the
+    index of every example drawn, in order, so that a run can count its draws and the distinct examples it saw
+    (``len(set(drawn))``); it draws nothing more from the generator."""
     if not examples:
         raise ValueError("no examples to draw batches from")
     if batch_size < 1:
@@ -239,9 +243,21 @@ def random_batches(examples: Sequence[dict], batch_size: int, collator: Callable
 
     def batches(generator: torch.Generator) -> dict:
         idx = torch.randint(0, len(examples), (batch_size,), generator=generator).tolist()
+        if drawn is not None:
+            drawn.extend(idx)
         return collator([examples[i] for i in idx])
 
     return batches
+
+
+def training_precision(amp: str, device) -> str:
+    """The precision a training step runs in, in words, for a memory row's shape: "fp32" where ``amp`` gives no
+    autocast on ``device`` (``course_utils.train.resolve_amp``), else e.g. "bf16 autocast over fp32 weights"."""
+    from ..train import resolve_amp
+
+    dtype, _ = resolve_amp(amp, torch.device(device))
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return "fp32" if dtype is None else f"{names.get(dtype, str(dtype))} autocast over fp32 weights"
 
 
 def out_of_reach_stated(v: Verdict, budget_short: str | None) -> Verdict:

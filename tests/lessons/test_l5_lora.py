@@ -475,28 +475,54 @@ def test_adapter_size_is_one_row_over_the_ranks_the_sentence_does_not_name():
         adapter_size_row(N65, QV65, low_mb=100, high_mb=10)
 
 
-def test_optimizer_states_row_reads_the_sentence_at_each_precision_from_byte_counts():
-    from course_utils.lessons.l5_lora import OPTIMIZER_PRECISIONS, optimizer_states_row
+def test_full_ft_vram_row_reads_the_training_memory_at_each_precision_from_byte_counts():
+    from course_utils.lessons.l5_lora import TRAINING_BYTES, full_ft_vram_row
+    from course_utils.memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM
 
     gib, mib = 2**30, 2**20
-    v = optimizer_states_row(gib, 513 * mib, 2268 * mib, scope="a test model")
-    assert v.verdict == "inconclusive"  # 2x (fp32), 4x (bf16 mixed), 6x (with the master copy) across 3x
-    assert v.ratios == (2.0, 4.0, 6.0)
-    assert v.measured == ("by count: fp32 training 2x; bf16 mixed precision 4x; bf16 mixed precision + fp32 master "
-                          "copy 6x")
+    v = full_ft_vram_row(gib, 513 * mib, 2268 * mib, scope="a test model, batch 3 x 64 tokens, fp32")
+    # the real byte counts: (4 + 4 + 8) / 4, (2 + 2 + 8) / 2, (2 + 2 + 4 + 8) / 2, all >= 3x
+    assert v.verdict == "holds"
+    assert v.ratios == (4.0, 6.0, 8.0) and v.state_ratios == (2.0, 4.0, 6.0)
+    assert v.measured == ("by count: fp32 training 4x; bf16 mixed precision, no master copy 6x; bf16 mixed precision "
+                          "+ fp32 master copy 8x")
     assert v.bar.startswith(">= 3x the model's size ('gấp nhiều lần'")
-    assert "2.0-6.0x" in v.why and "12 B of optimizer states over 2 B" in v.why
-    assert "Adam state 1.0 GiB" in v.why and "4.42x the weights" in v.why and "a test model" in v.why
-    # the same procedure both ways, on synthetic byte counts
-    assert optimizer_states_row(gib, gib, gib, precisions={"a": (2, 8), "b": (2, 12)}).verdict == "holds"
-    assert optimizer_states_row(gib, gib, gib, precisions={"a": (4, 8), "b": (8, 8)}).verdict == "does not hold"
-    assert optimizer_states_row(gib, gib, gib, min_factor=1.5).verdict == "holds"
-    assert set(OPTIMIZER_PRECISIONS) == {"fp32 training", "bf16 mixed precision",
-                                         "bf16 mixed precision + fp32 master copy"}
+    assert "4.0-8.0x" in v.why and "(2 + 2 + 4 + 8) / 2 = 8x" in v.why and "(4 + 4 + 8) / 4 = 4x" in v.why
+    assert "optimizer states alone" in v.why and "fp32 training 2x" in v.why and "master copy 6x" in v.why
+    assert "Adam state 1.0 GiB" in v.why and "4.42x the weights" in v.why and "batch 3 x 64 tokens, fp32" in v.why
+    # the table is built from the byte constants, not typed ratios
+    fp32 = TRAINING_BYTES["fp32 training"]
+    assert fp32 == {"weights": BYTES_PER_PARAM["fp32"], "gradients": BYTES_PER_PARAM["fp32"],
+                    "optimizer states": ADAM_MOMENT_BYTES}
+    assert TRAINING_BYTES["bf16 mixed precision + fp32 master copy"]["master copy"] == BYTES_PER_PARAM["fp32"]
+    # the same procedure both ways, on synthetic byte tables
+    small = {"a": {"weights": 4, "gradients": 1, "optimizer states": 1},  # 1.5x
+             "b": {"weights": 4, "gradients": 2, "optimizer states": 2}}  # 2x
+    assert full_ft_vram_row(gib, gib, gib, precisions=small).verdict == "does not hold"
+    straddle = {"a": {"weights": 4, "gradients": 2, "optimizer states": 2},  # 2x
+                "b": {"weights": 2, "gradients": 2, "optimizer states": 4}}  # 4x
+    assert full_ft_vram_row(gib, gib, gib, precisions=straddle).verdict == "inconclusive"
+    assert full_ft_vram_row(gib, gib, gib, min_factor=7.0).verdict == "inconclusive"  # 4x and 6x below, 8x above
+    assert full_ft_vram_row(gib, gib, gib, min_factor=9.0).verdict == "does not hold"
     with pytest.raises(ValueError):
-        optimizer_states_row(gib, 0, gib)
+        full_ft_vram_row(gib, 0, gib)
     with pytest.raises(ValueError):
-        optimizer_states_row(gib, gib, gib, precisions={"a": (4, 8)})
+        full_ft_vram_row(gib, gib, gib, precisions={"a": TRAINING_BYTES["fp32 training"]})  # one precision
+    with pytest.raises(ValueError):
+        full_ft_vram_row(gib, gib, gib, precisions={"a": {"weights": 4, "gradients": 4}, "b": fp32})  # no state
+
+
+def test_memory_row_shows_the_step_shape_and_decides_both_ways():
+    from course_utils.lessons.l5_lora import memory_row
+
+    mib = 2**20
+    kw = dict(batch=3, tokens=61, precision="fp32", how="tensor memory (MemTracker)", model="a test model")
+    v = memory_row(900 * mib, 2250 * mib, **kw)
+    assert v.verdict == "holds" and v.measured == "0.40x (900.0 MiB vs 2.2 GiB)"
+    assert "at batch 3 x 61 tokens, fp32, a test model" in v.why and "tensor memory (MemTracker)" in v.why
+    assert memory_row(2240 * mib, 2250 * mib, **kw).verdict == "does not hold"  # a saving under 1%
+    with pytest.raises(ValueError):
+        memory_row(900 * mib, 2250 * mib, **{**kw, "tokens": 0})
 
 
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
@@ -558,6 +584,10 @@ def test_forgetting_verdict_is_gated_by_given_symmetrically():
         v = forgetting_verdict(lora, full, lora_gain, damaged, base, scope="4 steps")
         assert v.verdict == "inconclusive" and "reference run is not valid" in v.why and "1 of 3" in v.why
         assert "+0.120" in v.why and "4 steps" in v.why  # the rises and the scope are shown
+        assert "the second precondition (full FT forgot) is met" in v.why
+    v = forgetting_verdict(lora_low, [4.19, 4.22, 4.20], lora_gain, damaged, base, scope="4 steps")
+    assert v.verdict == "inconclusive" and "reference run is not valid" in v.why
+    assert "the second precondition (full FT forgot) fails too" in v.why and "did not clearly forget" in v.why
     no_forgetting = [4.19, 4.22, 4.20]
     v = forgetting_verdict([4.15, 4.16, 4.17], no_forgetting, lora_gain, good, base, scope="4 steps")
     assert v.verdict == "inconclusive" and "did not clearly forget" in v.why  # "holds" withheld
@@ -596,6 +626,9 @@ def test_qlora_65b_row_is_not_measurable_with_the_arithmetic():
     assert "17% of the margin" in v.why and "(68% of the margin)" in v.why
     assert "48 GB cap" in v.why and "LLaMA-65B-shaped NF4 weights (random values" in v.why
     assert "0.67 GB of block inputs" in v.why
+    assert v.bar == "a whole training step's peak <= 48 GB on one GPU"  # fixed before any data, shown all the same
+    assert qlora_65b_verdict(44.05e9, 48e9, 2 * 32_000 * 8192, 1_318_912, n_layers=80, d_model=8192,
+                             n_lora=799_539_200, bar="another bar").bar == "another bar"
 
 
 

@@ -366,3 +366,27 @@ def test_budget_short_if_quotes_the_notes_scale_below_thousands_only():
         budget_short_if(-1, 10)
     with pytest.raises(ValueError):
         budget_short_if(10, -1)
+
+
+def test_random_batches_draw_with_replacement_and_record_every_draw():
+    from course_utils.lessons.l5_sft import random_batches
+
+    examples = [{"i": i} for i in range(5)]
+    drawn = []
+    batches = random_batches(examples, 4, lambda ex: [e["i"] for e in ex], drawn=drawn)
+    g = torch.Generator().manual_seed(0)
+    got = [batches(g) for _ in range(6)]
+    assert drawn == [i for b in got for i in b]  # every index drawn, in order
+    assert len(drawn) == 24 and len(set(drawn)) <= 5  # 24 draws from 5 examples: repeats, by construction
+    # recording draws nothing more from the generator: the same batches as without it
+    plain = random_batches(examples, 4, lambda ex: [e["i"] for e in ex])
+    g = torch.Generator().manual_seed(0)
+    assert [plain(g) for _ in range(6)] == got
+
+
+def test_training_precision_names_the_autocast_of_this_device():
+    from course_utils.lessons.l5_sft import training_precision
+
+    assert training_precision("off", "cpu") == "fp32"
+    assert training_precision("auto", "cpu") == "fp32"  # no autocast on a CPU under "auto"
+    assert training_precision("bf16", "cpu") == "bf16 autocast over fp32 weights"
