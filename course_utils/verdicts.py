@@ -353,7 +353,8 @@ def level_range(values: Sequence[float], *, low: float = -math.inf, high: float 
            f"({len(vals)} exact figures)")
     _check_budget(budget_short)
     v, why = _decide(lo, hi, low, high, budget_short, f"{fig}: every one inside {band}",
-                     f"{fig}: every one outside {band}", f"{fig}: the range straddles the edge of {band}", strict=strict)
+                     f"{fig}: every one outside {band}", f"{fig}: the range straddles the edge of {band}",
+                     strict=strict)
     return Verdict(v, f"{fmt.format(lo)}{unit} to {fmt.format(hi)}{unit}", why,
                    {"low": lo, "high": hi, "n": len(vals), "band_low": low, "band_high": high}, band)
 
