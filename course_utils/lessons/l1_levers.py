@@ -30,7 +30,7 @@ from ..measure import Timing, time_interleaved
 from ..memory import ADAMW_FP32_BYTES_PER_PARAM, BYTES_PER_PARAM, format_bytes, tensor_bytes, tensor_peak_memory
 from ..model import GPT, CausalSelfAttention, GPTConfig, manual_attention, sdpa_attention
 from ..tables import Table
-from ..verdicts import compare_runs
+from ..verdicts import compare_runs, speed_verdict
 
 SECONDS_PER_DAY = 86_400
 
@@ -185,11 +185,20 @@ def no_dropout(model: nn.Module) -> nn.Module:
 
 
 # ---- Memory layout -------------------------------------------------------------------------------
+def paired_figures(baseline: Timing, candidate: Timing) -> str:
+    """A demonstration's figures, no verdict: the median of the paired rounds' speed-ups (baseline / candidate) and
+    its sign-test interval, as ``speed_verdict`` computes them, e.g. "1.04x (96.5% interval 1.01-1.07x over 15
+    interleaved rounds)". For comparisons that are not claims rows (a demonstration under the table)."""
+    v = speed_verdict(baseline, candidate)  # its figures only: no row is decided here
+    return f"{v.speedup:.2f}x ({v.coverage:.1%} interval {v.low:.2f}-{v.high:.2f}x over {v.rounds} interleaved rounds)"
+
+
 def contiguity_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 15,
                          seed: int = 0) -> tuple[Table, dict]:
-    """Softmax over rows (attention's hot op) on a contiguous matrix vs the same numbers read through a
-    transposed, strided view, and vs making the view contiguous first; ONE ``time_interleaved`` call.
-    Returns the table and ``{layout: Timing}``."""
+    """A demonstration of where PyTorch copies for you (no claims row): softmax over rows on a contiguous matrix vs
+    the same numbers read through a transposed, strided view (``torch.softmax`` makes a strided input contiguous
+    first, so that arm does one more pass: a transposing copy), and vs calling ``.contiguous()`` yourself first;
+    ONE ``time_interleaved`` call. Returns the table and ``{layout: Timing}``."""
     device = resolve_device(device)
     base = torch.randn(n, n, generator=torch.Generator().manual_seed(seed)).to(device)
     contiguous = base.t().contiguous()  # the same matrix as base.t(), laid out row by row
@@ -203,8 +212,69 @@ def contiguity_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 15
     first = timings["contiguous"]
     rows = [{"layout": name, "ms (median)": t.median * 1e3, "spread ms": t.iqr * 1e3,
              "slow-down": paired_speedup(t, first)} for name, t in timings.items()]
-    title = f"softmax over the rows of a {n} x {n} matrix on {device}, {repeats} interleaved rounds"
+    title = f"softmax over the rows of a {n} x {n} matrix on {device}, {repeats} interleaved rounds (a demonstration)"
     return Table(rows, title), timings
+
+
+#: The contiguous-layout row's two arms (``layout_copy_arms``): the same copy, read in memory order or through a
+#: strided view.
+LAYOUT_ARMS = ("contiguous source", "strided view (.transpose(1, 2))")
+#: The matrices the row's numbers are held as: n x n numbers (the softmax demonstration's count) as 4 matrices of
+#: n/2 x n/2, like 4 heads' T x T attention scores. Three dimensions on purpose: PyTorch's CPU copy of a transposed
+#: 2-D matrix takes a path of its own (copy_same_type_transpose_: 60 x 60 tiles, one thread), while a contiguous
+#: copy runs on every thread, so a 2-D pair would time threads as well as the access pattern.
+LAYOUT_MATRICES = 4
+#: Why the row's arms are equal work (its note).
+LAYOUT_EQUAL_WORK = (
+    "equal work: both arms copy the same float32 numbers ({numel:,}, {nbytes} read and {nbytes} written) into a "
+    "contiguous output of the same shape {shape}, with no arithmetic, and give identical outputs (checked); they "
+    "differ only in the order the source is read: in memory order, or through a transposed view whose neighbouring "
+    "elements are {stride:,} elements ({stride_bytes}) apart; one copy_ call in both (3-D tensors: on a CPU, PyTorch "
+    "copies a 2-D transposed matrix on a one-thread path of its own)")
+
+
+def layout_copy_arms(n: int, device=None, seed: int = 0) -> dict:
+    """The two arms of the contiguous-layout row, equal work: ``{arm: (source, destination)}``, each timed as
+    ``destination.copy_(source)``. The same n x n float32 numbers, held as ``LAYOUT_MATRICES`` matrices of
+    n/2 x n/2, are read either from a contiguous tensor (in memory order) or through ``.transpose(1, 2)`` of a tensor
+    that stores each matrix transposed (a strided view holding the same values); both write into a fresh contiguous
+    tensor of the same shape. Same element count, same bytes read and written, no arithmetic, the same output: only
+    the read order differs. ``n`` must be even."""
+    if n < 2 or n % 2:
+        raise ValueError(f"n must be an even number >= 2 (the numbers are held as n/2 x n/2 matrices), got {n}")
+    device = resolve_device(device)
+    m = n // 2
+    src = torch.randn(LAYOUT_MATRICES, m, m, generator=torch.Generator().manual_seed(seed)).to(device)
+    stored_transposed = src.transpose(1, 2).contiguous()  # each matrix stored column by column
+    strided = stored_transposed.transpose(1, 2)  # a view: the values of src, read with a stride of m elements
+    return {LAYOUT_ARMS[0]: (src, torch.empty(src.shape, dtype=src.dtype, device=device)),
+            LAYOUT_ARMS[1]: (strided, torch.empty(src.shape, dtype=src.dtype, device=device))}
+
+
+def layout_copy_benchmark(n: int, device=None, warmup: int = 1, repeats: int = 15,
+                          seed: int = 0) -> tuple[Table, dict, str]:
+    """The contiguous-layout row: the two arms of ``layout_copy_arms`` timed in ONE ``time_interleaved`` call.
+    Returns the table, ``{arm: Timing}`` for ``speed_verdict`` and the equal-work sentence for the row's note."""
+    arms = layout_copy_arms(n, device, seed)
+    timings = time_interleaved({name: (lambda s=s, d=d: d.copy_(s)) for name, (s, d) in arms.items()},
+                               warmup=warmup, repeats=repeats, device=device)
+    outs = [d for _, d in arms.values()]
+    if not torch.equal(outs[0], outs[1]):
+        raise RuntimeError("the two arms' outputs differ: they are not the same copy")
+    src, dst = arms[LAYOUT_ARMS[0]]
+    first = timings[LAYOUT_ARMS[0]]
+    rows = [{"source": name, "source strides": ", ".join(map(str, s.stride())), "contiguous": s.is_contiguous(),
+             "bytes read": tensor_bytes(s), "bytes written": tensor_bytes(d),
+             MEDIAN_COLUMN.format(unit="ms"): t.median * 1e3, "spread ms": t.iqr * 1e3,
+             "slow-down (paired)": paired_speedup(t, first)}
+            for (name, (s, d)), t in zip(arms.items(), timings.values())]
+    strided = arms[LAYOUT_ARMS[1]][0]
+    note = LAYOUT_EQUAL_WORK.format(numel=src.numel(), nbytes=format_bytes(tensor_bytes(src)),
+                                    shape=" x ".join(map(str, dst.shape)), stride=strided.stride(2),
+                                    stride_bytes=format_bytes(strided.stride(2) * strided.element_size()))
+    title = (f"copying {LAYOUT_MATRICES} matrices of {n // 2} x {n // 2} ({src.numel():,} numbers, as many as "
+             f"{n} x {n}) into a contiguous tensor on {resolve_device(device)}, {repeats} interleaved rounds")
+    return Table(rows, title), timings, note
 
 
 def pinned_copy_benchmark(n_bytes: int, device=None, warmup: int = 2, repeats: int = 15) -> tuple[Table, dict] | None:
@@ -383,6 +453,20 @@ def alignment_matmul_benchmark(rows: Sequence[int], k: int, n: int, rounds: int 
                    for m, t in per_row.items()],
                   f"(M x {k}) @ ({k} x {n}) on {device}, {rounds} interleaved rounds")
     return table, per_row
+
+
+def align_demo_fact(per_row: dict, rows_lo: int, rows_hi: int, k: int, device=None) -> tuple[str, str]:
+    """The matrix product alone as a demonstration under the batch rows (no claims row: rows 1-2 judge the batch
+    sizes in the model): ``per_row`` from ``alignment_matmul_benchmark``; returns ``(what, value)`` for the facts
+    list, figures only: the paired speed-up per row of M = ``rows_hi`` over M = ``rows_lo`` and its interval."""
+    device = resolve_device(device)
+    where = "this CPU" if device.type == "cpu" else str(device)
+    what = (f"demonstration: the matrix product alone, M = {rows_hi} vs {rows_lo} rows, on {where} (rows "
+            f"{row_number('batch64')}-{row_number('batch128')} judge the batch sizes in the model)")
+    value = (f"({rows_hi} x {k}) @ ({k} x {k}) vs ({rows_lo} x {k}) @ ({k} x {k}), time per row: "
+             f"{paired_figures(per_row[rows_lo], per_row[rows_hi])} (paired rounds; the table's medians, each over "
+             "its own rounds, give another ratio)")
+    return what, value
 
 
 # ---- Decisions over seeds ----------------------------------------------------------------------------
@@ -651,12 +735,6 @@ KERNEL_RATING = "kernel fusion: speed impact high (section 4.2's table; judged o
 #: The kernel-alone rows' bar (fused attention alone, fused AdamW): section 3.8 gives the gain no size, so by the
 #: course's rule for an unsized "faster" any speed-up counts (> 1.00x); the whole-step rows keep 4.2's "Cao" (> 1.5x).
 KERNEL_BAR = "bar > 1.00x from section 3.8's unsized words (any speed-up counts), fixed before the runs"
-#: The matrix product alone (row 3): section 3.1's words give the gain no size, so, as for the kernel-alone rows, any
-#: speed-up counts (> 1.00x); section 4.2's rating "Batch power-of-two: Trung bình" (medium, > 1.05x) is judged on
-#: the batch rows only (rows 1-2), so one rating gets one verdict.
-ALIGN_WORDS = ("section 3.1: 'GPU hoạt động hiệu quả nhất với kích thước là lũy thừa của 2' (GPUs work best with "
-               "power-of-two sizes), to optimize 'Vectorization, Memory alignment, Throughput'; no size given")
-ALIGN_BAR = "bar > 1.00x from section 3.1's unsized words (any speed-up counts), fixed before the run"
 #: The column of a timing table that gives each configuration's median over its own rounds: a claims row decides on
 #: the median of the PAIRED rounds' ratios instead, so the two figures differ (the notebook says why).
 MEDIAN_COLUMN = "{unit} (median of this table's runs, not a row's paired figure)"
@@ -664,7 +742,6 @@ SIXTEEN_BIT = "sections 3.2-3.3: 'float16 hoặc bfloat16' instead of float32, f
 CLAIMS = {
     "batch64": ("batch 64 trains faster than 62 (per token)", "powers of two: 64 better than 62; speed impact medium"),
     "batch128": ("batch 128 trains faster than 120 (per token)", "128 better than 120; speed impact medium"),
-    "align": ("an aligned matrix product is faster per row (a power of two vs not)", ALIGN_WORDS),
     "bf16_matmul": ("bfloat16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the bfloat16 choice"),
     "fp16_matmul": ("float16 matrix products are faster than fp32", f"{SIXTEEN_BIT}; the float16 choice"),
     "mp_speed": ("mixed precision (bf16 autocast) trains faster", "mixed precision: speed impact high"),
@@ -679,15 +756,16 @@ CLAIMS = {
                  f"learning-rate scheduler: {FEWER_STEPS}"),
     "schedule_quality": ("warmup + cosine gives a lower held-out loss than a constant lr",
                          "scheduler: quality impact high"),
-    "clip": ("gradient clipping reaches a late held-out loss target in fewer steps than no clipping "
-             f"({UNSIZED})",
+    "clip": ("gradient clipping reaches a late held-out loss target in fewer steps than no clipping (both arms "
+             f"warmup + cosine; {UNSIZED})",
              f"gradient clipping and normalization: {FEWER_STEPS}"),
     "early_dropout": ("early dropout (off after 25% of the steps) reaches a late held-out loss target in fewer "
                       f"steps than dropout all along ({UNSIZED})",
                       f"dynamic regularization: {FEWER_STEPS}"),
-    "contiguous_layout": ("softmax on a contiguous operand is faster than on a strided view of the same numbers (the "
-                          "strided arm includes the transposing copy softmax makes internally)",
-                          "contiguous memory: fewer cache misses, faster access"),
+    "contiguous_layout": ("reading a contiguous tensor is faster than reading the same numbers through a strided "
+                          "(transposed) view: the same copy into the same contiguous output, equal work",
+                          "contiguous memory (section 3.7): 'Giảm cache miss, Tăng tốc truy cập' (fewer cache "
+                          "misses, faster access); no size given"),
     "pinned": ("pinned host memory speeds up host-to-GPU copies", "memory pinning"),
     "attention": ("fused attention is faster (attention alone, longest T)",
                   f"FlashAttention (section 3.8): {KERNEL_WORDS}"),
@@ -773,8 +851,10 @@ GPU_NOTES = {
                         "away (section 6); this row's 'does not hold' is scoped to 20 steps of this model",
     "clip": "it did not count steps to a target; held-out loss after 60 steps, clipping lower by +0.39 nats under "
             "a constant lr (6.43 -> 6.04) and +0.07 under warmup+cosine (5.99 -> 5.92), one seed",
-    "contiguous_layout": "8192 x 8192, softmax on a contiguous operand vs the strided view: 2.81x (medians of one "
-                         "run, no interval): above the 1.00x bar there, no verdict",
+    "contiguous_layout": "it timed softmax, not this copy: softmax on a contiguous operand vs the strided view, "
+                         "8192 x 8192, 2.81x (medians of one run), a gap that includes the transposing copy softmax "
+                         "makes of a strided input (the softmax demonstration under the table); no figure there for "
+                         "this row's equal-work copy",
     "pinned": "6.94x the bandwidth of pageable memory (256 MiB): above the 1.00x bar there, one run (no interval: "
               "no verdict)",
     "attention": "29.03x at T=4096 (bf16, batch 8, 12 heads): above the 1.00x bar there, one run (no interval: "
@@ -796,8 +876,10 @@ GPU_NOTES = {
     "multi_gpu": "0.67x with 2 processes sharing one GPU: not measurable there either",
 }
 
-#: The GPU run's figure for .contiguous() before softmax (a demonstration in the facts list, not a claims row).
-GPU_CONTIGUOUS = ("GPU run, 8192 x 8192: 0.854 vs 0.859 ms, 1.01x (medians of one run)")
+#: The GPU run's softmax figures (the softmax demonstrations in the facts list, not claims rows): the strided view
+#: vs a contiguous operand, and .contiguous() called first vs the strided view.
+GPU_SOFTMAX_STRIDED = "GPU run, 8192 x 8192: strided 2.81x slower (medians of one run)"
+GPU_CONTIGUOUS = "GPU run, 8192 x 8192: 0.854 vs 0.859 ms, 1.01x (medians of one run)"
 
 #: The GPU run's tying peaks as printed (GiB, rounded to 0.1): untied, tied (batch 62 x 256, a fresh model's first
 #: step: no AdamW moments at its backward peak).
