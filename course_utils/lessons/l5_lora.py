@@ -770,6 +770,15 @@ def _by_rank(counts: dict, name: str) -> dict[int, int]:
     return dict(sorted(out.items()))
 
 
+def _same_ranks(other: dict, counts: dict, name: str) -> dict[int, int]:
+    """``other`` (LoRA's count on every linear layer, ``{rank: count}``) checked by ``_by_rank`` and required to give
+    exactly the ranks of ``counts``."""
+    out = _by_rank(other, name)
+    if set(out) != set(counts):
+        raise ValueError(f"all_linear_by_rank must give the ranks {sorted(counts)}, got {sorted(out)}")
+    return out
+
+
 def _ranks(counts: dict) -> str:
     return "r = " + ", ".join(str(r) for r in counts)
 
@@ -804,9 +813,7 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                 f">= {min_factor:,.0f}x at every rank the notes list ({_ranks(counts)})")
     if all_linear_by_rank is None:
         return v
-    other = _by_rank(all_linear_by_rank, "fewer_params_row")
-    if set(other) != set(counts):
-        raise ValueError(f"all_linear_by_rank must give the ranks {sorted(counts)}, got {sorted(other)}")
+    other = _same_ranks(all_linear_by_rank, counts, "fewer_params_row")
     alt = {r: fewer_params_verdict(n_model, n, r, min_factor) for r, n in other.items()}
     alt_v = all_of(*alt.values())
     both = [r for r in counts if parts[r].value < min_factor and alt[r].value < min_factor]
@@ -848,9 +855,7 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                     f"{bytes_per_param * n_model / 1e9:,.1f} GB")
     if all_linear_by_rank is None:
         return v
-    other = _by_rank(all_linear_by_rank, "adapter_size_row")
-    if set(other) != set(counts):
-        raise ValueError(f"all_linear_by_rank must give the ranks {sorted(counts)}, got {sorted(other)}")
+    other = _same_ranks(all_linear_by_rank, counts, "adapter_size_row")
     mb_all = {r: bytes_per_param * n / 1e6 for r, n in other.items()}
     both = level_range(list(mb.values()) + list(mb_all.values()), **band)
     same = ("the same verdict" if both.verdict == v.verdict else f"'{both.verdict}'")
