@@ -828,39 +828,38 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                      what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
     """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
     ``bytes_per_param`` (bf16: 2) times LoRA's trainable count at each rank of ``lora_by_rank`` ({rank: count}),
-    against [``low_mb``, ``high_mb``] MB (MB = 1e6 bytes), decided by ``verdicts.level_range`` over the ranks.
-
-    Why ``level_range`` here and ``all_of`` in ``fewer_params_row``: this sentence names NO rank and no model, so
-    the rank is a setting the claim does not give and the ranks the notes list elsewhere (section 5) are a sweep
-    over it: every size inside the band holds, every one outside does not hold, and a range across an edge is
-    inconclusive (the size then depends on a rank the sentence does not give). The parameter sentence names its
-    ranks, so it must hold at each of them (``all_of``).
+    against [``low_mb``, ``high_mb``] MB (MB = 1e6 bytes), read, as the parameter row is (``fewer_params_row``), at
+    every rank the notes list for LoRA (section 5: r = 8, 16, 64): ``all_of`` the per-rank ``level`` verdicts, an
+    exact figure each: holds when every size is inside the band, does not hold when any is outside. Scoped to the
+    model and layers counted (``what``).
 
     The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
-    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and what the row reads over
-    both choices of layers."""
+    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and whether that choice of layers
+    gives the same verdict."""
     counts = _by_rank(lora_by_rank, "adapter_size_row")
     if not 0 < low_mb < high_mb or not bytes_per_param > 0:
         raise ValueError(f"need 0 < low_mb < high_mb and bytes_per_param > 0, got {low_mb}, {high_mb}, "
                          f"{bytes_per_param}")
-    mb = {r: bytes_per_param * n / 1e6 for r, n in counts.items()}
-    band = dict(low=low_mb, high=high_mb, unit=" MB", fmt="{:,.1f}")
-    v = level_range(list(mb.values()), **band, what=f"{what} adapter",
-                    over=f"the ranks the notes list ({_ranks(counts)})")
-    shown = "; ".join(f"r={r}: {s:,.1f} MB" for r, s in mb.items())
-    v = Verdict(v.verdict, shown, f"{v.why}; the sentence names no rank and no model: read over the ranks the notes "
-                "list, it holds only if every size is inside, does not hold only if every one is outside", v.figures,
-                f"{low_mb:,.0f}-{high_mb:,.0f} MB ('vài chục MB', a few tens) at every rank the notes list")
+
+    def sizes(by_rank: dict) -> dict:
+        return {r: level(bytes_per_param * n / 1e6, low=low_mb, high=high_mb, unit=" MB", fmt="{:,.1f}",
+                         what=f"r={r} adapter") for r, n in by_rank.items()}
+
+    parts = sizes(counts)
+    shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
+    v = all_of(*parts.values(), measured=shown)
+    v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
+                f"{low_mb:,.0f}-{high_mb:,.0f} MB ('vài chục MB', a few tens) at every rank the notes list "
+                f"({_ranks(counts)})")
     v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
                     f"{bytes_per_param * n_model / 1e9:,.1f} GB")
     if all_linear_by_rank is None:
         return v
-    other = _same_ranks(all_linear_by_rank, counts, "adapter_size_row")
-    mb_all = {r: bytes_per_param * n / 1e6 for r, n in other.items()}
-    both = level_range(list(mb.values()) + list(mb_all.values()), **band)
-    same = ("the same verdict" if both.verdict == v.verdict else f"'{both.verdict}'")
-    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {s:,.1f} MB" for r, s in mb_all.items())
-                       + f"; over both choices of layers ({both.measured}) the row reads {same}")
+    alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))
+    same = ("the same verdict" if all_of(*alt.values()).verdict == v.verdict
+            else f"'{all_of(*alt.values()).verdict}'")
+    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {p.measured}" for r, p in alt.items())
+                       + f"; that choice of layers gives {same}")
 
 
 #: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two
