@@ -800,7 +800,8 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     Why ``all_of``: the notes name the ranks in the same passage as the claim ("r (rank): rất nhỏ (ví dụ 8, 16, 64)
     so với d", then "Kết quả: Số lượng tham số cần train giảm hàng nghìn lần"), so the sentence is said of every rank
     it lists: it holds only if it holds at each of them, and does not hold if any listed rank misses. (The
-    adapter-size sentence names no rank, so ``adapter_size_row`` reads it over the ranks with ``level_range``.)
+    adapter-size sentence names no rank; ``adapter_size_row`` reads it at the same ranks, the ones the notes give for
+    LoRA, in the same way.)
 
     The measured column gives the factor at each rank. ``all_linear_by_rank`` ({rank: count} with LoRA on every
     linear layer, the same ranks): its factors go in the note, with whether that choice of layers gives the same
