@@ -303,16 +303,6 @@ def per_seed(values: Sequence[float], fmt: str = "{:.2f}") -> str:
     return "/".join(fmt.format(v) for v in values)
 
 
-def sample_continuations(model: nn.Module, tokenizer, prompt: str, n: int, new_tokens: int, seed: int = 0,
-                         top_k: int = 50) -> list[list[int]]:
-    """``n`` sampled continuations of ``prompt`` (temperature 1, top-k, from a generator seeded with ``seed``):
-    the new token ids only, one list per sample. Works for Model 5 and ``FinalTokenHead``."""
-    device = device_of(model)
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
-    out = model.generate(ids.repeat(n, 1), new_tokens, top_k=top_k, generator=torch.Generator().manual_seed(seed))
-    return out[:, ids.size(1):].cpu().tolist()
-
-
 def compare_on_each_text(figures: dict, texts: Iterable[str], baseline: str, candidate: str,
                          shown_fmt: str = "{:.2f}", **kwargs) -> Verdict:
     """``verdicts.compare_runs`` on each text, paired by seed, as one claim (``on_each_text``):
@@ -372,13 +362,6 @@ def real_id_pieces(ids: torch.Tensor, n: int, new_tokens: int, prompt_tokens: in
     starts = torch.linspace(0, len(ids) - prompt_tokens - new_tokens - 1, n).long().tolist()
     return ([_as_id_list(ids[s : s + prompt_tokens]) for s in starts],
             [_as_id_list(ids[s + prompt_tokens : s + prompt_tokens + new_tokens]) for s in starts])
-
-
-def real_pieces(ids: torch.Tensor, tokenizer, n: int, new_tokens: int, prompt_tokens: int = 5) -> tuple[list, list]:
-    """``real_id_pieces``, decoded: (prompts, continuations) as text. The reference for ``reference_nll``: what real
-    text of this kind scores."""
-    prompts, conts = real_id_pieces(ids, n, new_tokens, prompt_tokens)
-    return [readable(p, tokenizer) for p in prompts], [readable(c, tokenizer) for c in conts]
 
 
 def full_window_pieces(ids: torch.Tensor, n: int, new_tokens: int, context: int) -> tuple[list, list]:
@@ -898,7 +881,7 @@ def letter_vocabulary(text: str | Iterable[str]) -> frozenset:
 #: Glued words count only splits into two of the training text's most frequent words, its top ``GLUED_PARTS_TOP``
 #: (``frequent_words``), fixed before any sample: word soup is made of frequent tokens, while real text's rare words
 #: and names split by chance into rare pieces ("Avenue", "cannot"); the same restriction on samples and on real text
-#: keeps those chance splits out of the real-text baseline the samples are compared with.
+#: reduces those chance splits in the real-text baseline the samples are compared with (some remain).
 GLUED_PARTS_TOP = 1000
 
 

@@ -1037,14 +1037,13 @@ def reason_verdict(attention_params: int, total_params: int, full_peaks: dict, b
     sweep: every share inside holds, every one outside does not hold, a range across an edge is inconclusive. The note
     gives the share's upper bound at any shape: the moments against weights + gradients + AdamW state alone
     (16 bytes per parameter, no activations), which every step's peak exceeds."""
-    if not 0 < attention_params <= total_params or not full_peaks or min(full_peaks.values()) <= 0:
-        raise ValueError(f"need 0 < attention_params <= total_params and positive peaks, got {attention_params}, "
-                         f"{total_params}, {full_peaks}")
-    moments = attention_params * moment_bytes
+    if not full_peaks:
+        raise ValueError("give the full step's peak at one shape or more")
+    fact = attention_moments_fact(attention_params, total_params, min(full_peaks.values()), moment_bytes)
+    moments, bound = fact["moments"], fact["bound"]
     shares = {k: moments / p for k, p in full_peaks.items()}
     v = level_range(list(shares.values()), low=band[0], high=band[1], fmt="{:.1%}",
                     what="attention's AdamW moments / the full step's peak", over=f"{len(shares)} shapes")
-    bound = moments / ((4 + 4 + moment_bytes) * total_params)
     return v.with_note(f"{format_bytes(moments)} of moments; per shape: " + ", ".join(
         f"{_shape_text(k)} {x:.1%}" for k, x in shares.items()) + f"; at any shape at most {bound:.1%}, their share "
         "of weights + gradients + AdamW state before any activation; the rest of the step's saving (row 5) comes from "

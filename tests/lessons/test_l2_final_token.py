@@ -47,11 +47,9 @@ from course_utils.lessons.l2_final_token import (
     poorer_text_verdict,
     readable,
     real_id_pieces,
-    real_pieces,
     reference_nll,
     repeated_ngram_share,
     repetition_reading,
-    sample_continuations,
     space_token_share,
     spaces_verdict,
     step_flops,
@@ -408,12 +406,13 @@ def test_reference_nll_scores_real_text_below_word_soup(tiny_gpt, token_stream):
         reference_nll(Scorer(model), tok, "the", [])
 
 
-def test_sample_continuations_returns_new_tokens_only(tiny_gpt):
+def test_continue_each_returns_new_tokens_only(tiny_gpt):
     tok = gpt2_tokenizer()
     model = tiny_gpt(vocab_size=50257)
-    a = sample_continuations(FinalTokenHead(model), tok, "Alice was", 3, 5, seed=1)
+    prompts = [tok("Alice was")["input_ids"]] * 3
+    a = continue_each(FinalTokenHead(model), prompts, 5, seed=1)
     assert len(a) == 3 and all(len(s) == 5 for s in a)
-    assert a == sample_continuations(model, tok, "Alice was", 3, 5, seed=1)  # the cheap head samples alike
+    assert a == continue_each(model, prompts, 5, seed=1)  # the cheap head samples alike
 
 
 # ---- repetition and display ---------------------------------------------------------------------------
@@ -624,14 +623,13 @@ def test_repetition_reading_says_whether_the_lead_follows_the_repetition():
     assert "does not explain its lead" in repetition_reading("A", excess, same)
 
 
-def test_real_id_pieces_are_real_pieces_before_decoding():
+def test_real_id_pieces_cut_held_out_ids_like_a_generation():
     tok = gpt2_tokenizer()
     ids = torch.tensor(tok("Alice was beginning to get very tired of sitting by her sister on the bank, and of "
                            "having nothing to do: once or twice she had peeped into the book")["input_ids"])
     prompts, conts = real_id_pieces(ids, 3, 6)
     assert [len(p) for p in prompts] == [5] * 3 and [len(c) for c in conts] == [6] * 3
     assert prompts[0] == ids[:5].tolist() and conts[0] == ids[5:11].tolist()
-    assert real_pieces(ids, tok, 3, 6) == ([readable(p, tok) for p in prompts], [readable(c, tok) for c in conts])
 
 
 def test_missing_spaces_is_decided_on_the_per_seed_difference_both_ways():
