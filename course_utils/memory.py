@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -419,3 +420,63 @@ def step_peak_memory(step: Callable[[], object], *track, device: torch.device | 
     return tensor_peak_memory(step, *track, device=device)
 
 
+def meta_step_sweep(model: nn.Module, shapes, clip_grad: float | None = 1.0, flops: bool = True) -> dict:
+    """One whole training step of ``model``, its trainable parameters as they are (``requires_grad``), on PyTorch's
+    ``meta`` device, at every ``(batch_size, block_size)`` in ``shapes``: ``{shape: {"peak": bytes, "flops": matmul
+    FLOPs}}`` (``flops=False``: 0, and a third less time).
+
+    - ``peak``: the exact tensor peak of the same step as ``train`` (forward, all-token loss, backward, gradient
+      clipping, AdamW update, gradients released), taken after AdamW's moments exist, every tensor counted by
+      ``MemTracker`` as in ``runs.training_step_peak``, but with shapes only, no arithmetic: a realistic batch costs
+      about a second on a CPU, where the real step would take minutes.
+    - ``flops``: what PyTorch's ``FlopCounterMode`` counts (matmuls, attention) in the same step's forward and
+      backward (the AdamW update and elementwise work are not matmuls): frozen weights skip their weight-gradient
+      matmuls. Exact counts; their ratio between two arms estimates a speed-up where matmuls dominate.
+
+    AdamW's moments are created once, by AdamW itself, from zero gradients (no forward pass), and every shape is
+    then measured with the same optimizer. ``model`` must be on the meta device (``build_from_config``) and use
+    eager attention (what GPT-Neo runs on a CPU; on CUDA it also offers flash_attention_2): a fused attention kernel
+    (SDPA, flash) has no meta version of its memory savings, so the meta step would count the eager path's score
+    matrices for it (tested in the lesson's tests)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .losses import all_token_loss
+
+    if next(model.parameters()).device.type != "meta":
+        raise ValueError("meta_step_sweep needs a model on the meta device, e.g. build_from_config(name)")
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl not in (None, "eager"):
+        raise ValueError(f"meta_step_sweep counts eager attention; this model uses {impl!r}: load it with "
+                         "attn_implementation='eager' or measure the real step (runs.training_step_peak)")
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise ValueError(f"give (batch_size, block_size) pairs of positive sizes, got {shapes}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("meta_step_sweep needs a model with trainable parameters (requires_grad=True)")
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    for p in params:  # AdamW creates its moments on its first step
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    vocab = model.get_input_embeddings().num_embeddings
+    model.train()
+    out = {}
+    for batch_size, block_size in shapes:
+        x = torch.randint(0, vocab, (batch_size, block_size), device="meta")
+        y = torch.randint(0, vocab, (batch_size, block_size), device="meta")
+        tracker = _device_mem_tracker()
+        tracker.track_external(model, optimizer, x, y)
+        counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+        with counter, tracker:
+            all_token_loss(model(x).logits, y).backward()
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        snap = tracker.get_tracker_snapshot("peak")
+        peak = sum(v.get("Total", 0) for k, v in snap.items() if torch.device(k).type == "meta")
+        out[(batch_size, block_size)] = {"peak": int(peak), "flops": int(counter.get_total_flops()) if flops else 0}
+    optimizer.state.clear()
+    for p in params:
+        p.grad = None
+    return out

@@ -344,7 +344,8 @@ def forgetting_verdict(lora: Sequence[float], full: Sequence[float], lora_gain: 
     m, lo, hi = _mean_interval([x - base for x in lora])
     second = "fails too" if not forgot[0] else "is met"
     return g.with_note(f"the second precondition (full FT forgot) {second}: {forgot[1]}; LoRA's web-loss rise over "
-                       f"the untouched model {m:+.3f} ({lo:+.3f} to {hi:+.3f}) nats/token; {scope}")
+                       f"the untouched model {m:+.3f} ({lo:+.3f} to {hi:+.3f}) nats/token; LoRA's held-out gain over "
+                       f"the untouched model per seed {', '.join(f'{x:+.3f}' for x in lora_gain)} nats; {scope}")
 
 
 def close_to_full_verdict(base_loss: float, full: Sequence[float], lora: Sequence[float], share: float, scope: str,
@@ -800,8 +801,8 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     Why ``all_of``: the notes name the ranks in the same passage as the claim ("r (rank): rất nhỏ (ví dụ 8, 16, 64)
     so với d", then "Kết quả: Số lượng tham số cần train giảm hàng nghìn lần"), so the sentence is said of every rank
     it lists: it holds only if it holds at each of them, and does not hold if any listed rank misses. (The
-    adapter-size sentence names no rank; ``adapter_size_row`` reads it at the same ranks, the ones the notes give for
-    LoRA, in the same way.)
+    adapter-size sentence names no rank; ``adapter_size_row`` reads it over the ranks and layers the notes leave open,
+    with ``level_range``, the course's rule for a setting the claim does not give.)
 
     The measured column gives the factor at each rank. ``all_linear_by_rank`` ({rank: count} with LoRA on every
     linear layer, the same ranks): its factors go in the note, with whether that choice of layers gives the same
@@ -825,42 +826,45 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
 
 
 def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
-                     low_mb: float = 10.0, high_mb: float = 100.0, bytes_per_param: float = 2.0,
-                     what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
+                     high_mb: float = 100.0, bytes_per_param: float = 2.0, model: str = "LLaMA-65B") -> Verdict:
     """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
-    ``bytes_per_param`` (bf16: 2) times LoRA's trainable count at each rank of ``lora_by_rank`` ({rank: count}),
-    against [``low_mb``, ``high_mb``] MB (MB = 1e6 bytes), read, as the parameter row is (``fewer_params_row``), at
-    every rank the notes list for LoRA (section 5: r = 8, 16, 64): ``all_of`` the per-rank ``level`` verdicts, an
-    exact figure each: holds when every size is inside the band, does not hold when any is outside. Scoped to the
-    model and layers counted (``what``).
+    ``bytes_per_param`` (bf16: 2) times LoRA's trainable count, against "vài chục MB" (a few tens of MB) read as at
+    most ``high_mb`` (100 MB; MB = 1e6 bytes): one-sided, since a smaller adapter still fits the sentence's point,
+    "nhỏ" (small), against a model of GBs.
 
-    The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
-    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and whether that choice of layers
-    gives the same verdict."""
+    The sentence names no rank and no layers, so it is read over every setting the notes leave open: the ranks the
+    notes give for LoRA (``lora_by_rank``, {rank: count} with LoRA on W_q and W_v, the LoRA paper's layers) and, with
+    ``all_linear_by_rank``, the same ranks with LoRA on every linear layer. ``verdicts.level_range``, the course's
+    rule for a claim that does not name its setting: holds when every size is within the bar, does not hold when
+    none is, inconclusive when the range straddles it (the claim then depends on a setting the notes do not give).
+    (The parameter row, ``fewer_params_row``, is read with ``all_of`` instead: its passage names the ranks.)
+
+    The note gives each size and the whole model in the same precision (the "GB" the adapter replaces)."""
     counts = _by_rank(lora_by_rank, "adapter_size_row")
-    if not 0 < low_mb < high_mb or not bytes_per_param > 0:
-        raise ValueError(f"need 0 < low_mb < high_mb and bytes_per_param > 0, got {low_mb}, {high_mb}, "
-                         f"{bytes_per_param}")
+    if not high_mb > 0 or not bytes_per_param > 0:
+        raise ValueError(f"need high_mb > 0 and bytes_per_param > 0, got {high_mb}, {bytes_per_param}")
+    readings = {"W_q and W_v": counts}
+    if all_linear_by_rank is not None:
+        readings["every linear layer"] = _same_ranks(all_linear_by_rank, counts, "adapter_size_row")
+    mb = {(layers, r): bytes_per_param * n / 1e6 for layers, by_rank in readings.items() for r, n in by_rank.items()}
+    v = level_range(list(mb.values()), high=high_mb, unit=" MB", fmt="{:,.1f}", what="adapter size",
+                    over=f"{_ranks(counts)} x LoRA on {' or '.join(readings)}")
+    shown = "; ".join(f"{layers}: " + ", ".join(f"r={r} {mb[layers, r]:,.1f} MB" for r in by_rank)
+                      for layers, by_rank in readings.items())
+    inside = [f"{layers} r={r}" for (layers, r), x in mb.items() if x <= high_mb]
+    return Verdict(v.verdict, shown,
+                   f"{model}, {bytes_per_param:g} bytes per parameter: {v.why}; within the bar: "
+                   f"{', '.join(inside) or 'none'}; the sentence names no rank and no layers, so no one setting "
+                   f"decides it; the whole model in the same precision: {bytes_per_param * n_model / 1e9:,.1f} GB",
+                   v.figures, f"<= {high_mb:,.0f} MB ('vài chục MB', a few tens; smaller still fits 'nhỏ', small) "
+                              "over every rank and layer choice the notes leave open")
 
-    def sizes(by_rank: dict) -> dict:
-        return {r: level(bytes_per_param * n / 1e6, low=low_mb, high=high_mb, unit=" MB", fmt="{:,.1f}",
-                         what=f"r={r} adapter") for r, n in by_rank.items()}
 
-    parts = sizes(counts)
-    shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
-    v = all_of(*parts.values(), measured=shown)
-    v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
-                f"{low_mb:,.0f}-{high_mb:,.0f} MB ('vài chục MB', a few tens) at every rank the notes list "
-                f"({_ranks(counts)})")
-    v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
-                    f"{bytes_per_param * n_model / 1e9:,.1f} GB")
-    if all_linear_by_rank is None:
-        return v
-    alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))
-    same = ("the same verdict" if all_of(*alt.values()).verdict == v.verdict
-            else f"'{all_of(*alt.values()).verdict}'")
-    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {p.measured}" for r, p in alt.items())
-                       + f"; that choice of layers gives {same}")
+#: How the adapter row came to its reading (shown in its note): earlier revisions read it otherwise.
+ADAPTER_HISTORY = ("an earlier revision read this sentence rank by rank on W_q and W_v (all of r = 8, 16, 64, as the "
+                   "parameter row) and printed 'does not hold' (r=64: 335.5 MB); this one reads it over the ranks and "
+                   "layers the sentence leaves open (it names neither, unlike the parameter row's passage), the "
+                   "course's rule for a claim that names no setting")
 
 
 #: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two
@@ -888,26 +892,23 @@ def _training_table(precisions: dict | None) -> dict[str, dict[str, float]]:
     return table
 
 
-def full_ft_vram_row(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, min_factor: float = 3.0,
-                     precisions: dict | None = None, scope: str = "") -> Verdict:
-    """Full fine-tuning "cần VRAM gấp nhiều lần kích thước mô hình để lưu Optimizer states" (the notes' section 4):
-    the VRAM full fine-tuning NEEDS (the sentence's predicate) against the model's size, with "gấp nhiều lần" (many
-    times: more than "gấp đôi", twice) read as at least ``min_factor`` (3x); "to store the optimizer states" is the
-    reason it gives, quantified in the note.
+#: The facts row's label for ``full_ft_vram_fact``: the notes' sentence, and why it is a fact and not a claims row.
+FULL_FT_VRAM_FACT = ("full fine-tuning's training memory with Adam, the notes' 'cần VRAM gấp nhiều lần kích thước mô "
+                     "hình' (section 4): an identity at every precision, not a row (no run could miss 'many times')")
 
-    The ratio depends on the precision, which the notes do not give, so it is computed from the byte counts per
-    parameter of ``precisions`` ({name: {"weights": B, "gradients": B, "optimizer states": B, ...}}, default
-    ``TRAINING_BYTES``): (every part) / weights, i.e. fp32 training (4 + 4 + 8) / 4 = 4x; bf16 mixed precision
-    without a master copy (2 + 2 + 8) / 2 = 6x; with the fp32 master copy (2 + 2 + 4 + 8) / 2 = 8x. Activations
-    are left out (they depend on batch and tokens, not on the method): the count is what training needs before any
-    activation. Decided by ``verdicts.level_range`` over the precisions: every one >= ``min_factor`` holds, every
-    one below does not hold, a range across it is inconclusive (the sentence then depends on a precision the notes
-    do not give).
 
-    The note gives the optimizer states' own share (every part but weights and gradients, over the weights: 2x,
-    4x, 6x) and this run's measured figures: the Adam state after training (``adam_bytes``) and the whole training
-    step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which model, shape and
-    precision."""
+def full_ft_vram_fact(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, precisions: dict | None = None,
+                      scope: str = "") -> tuple[str, str]:
+    """Full fine-tuning "cần VRAM gấp nhiều lần kích thước mô hình để lưu Optimizer states" (the notes' section 4) is
+    AdamW's arithmetic, a FACT (no precision gives less than 4x, so no measurement could miss "many times"): the
+    facts row, (``FULL_FT_VRAM_FACT``, its value), the value computed from the byte counts per parameter of
+    ``precisions`` ({name: {"weights": B, "gradients": B, "optimizer states": B, ...}}, default
+    ``TRAINING_BYTES``): (every part) / weights, i.e. fp32
+    training (4 + 4 + 8) / 4 = 4x; bf16 mixed precision without a master copy (2 + 2 + 8) / 2 = 6x; with the fp32
+    master copy (2 + 2 + 4 + 8) / 2 = 8x; the optimizer states alone (every part but weights and gradients) over the
+    weights: 2x, 4x, 6x; and this run's measured figures: the Adam state after training (``adam_bytes``) and the
+    whole training step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which
+    model, shape and precision."""
     from ..memory import format_bytes
 
     table = _training_table(precisions)
@@ -915,40 +916,73 @@ def full_ft_vram_row(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *
         raise ValueError("adam_bytes, weight_bytes and step_peak_bytes must be > 0 (measured after a training step)")
     ratios = {name: sum(p.values()) / p["weights"] for name, p in table.items()}
     states = {name: (sum(p.values()) - p["weights"] - p["gradients"]) / p["weights"] for name, p in table.items()}
-    v = level_range(list(ratios.values()), low=min_factor, fmt="{:.1f}", unit="x",
-                    what="training memory (weights + gradients + optimizer states) / the model's weights, by count,",
-                    over="the precisions the notes leave open")
-    shown = "by count: " + "; ".join(f"{name} {x:g}x" for name, x in ratios.items())
-    why = (f"{v.why}; the notes give no precision, so the sentence is read at each usual one, bytes per parameter: "
-           + "; ".join(f"{name} ({' + '.join(f'{b:g}' for b in p.values())}) / {p['weights']:g} = {ratios[name]:g}x"
-                       for name, p in table.items())
-           + "; activations come on top")
-    reason = ("the reason the sentence names, the optimizer states alone (Adam's moments, with the master copy "
-              "where kept) over the weights: " + "; ".join(f"{name} {x:g}x" for name, x in states.items()))
-    measured = (f"measured here ({scope or 'this run'}): Adam state {format_bytes(adam_bytes)} over the weights' "
-                f"{format_bytes(weight_bytes)}: {adam_bytes / weight_bytes:.1f}x; the whole step's peak "
-                f"{format_bytes(step_peak_bytes)}: {step_peak_bytes / weight_bytes:.2f}x the weights (weights, "
-                "gradients, moments and activations)")
-    return Verdict(v.verdict, shown, f"{why}; {reason}; {measured}",
-                   {**v.figures, "ratios": tuple(ratios.values()), "state_ratios": tuple(states.values())},
-                   f">= {min_factor:g}x the model's size ('gấp nhiều lần', many times: more than 'gấp đôi', twice), "
-                   "at every precision")
+    return FULL_FT_VRAM_FACT, ("by count, (weights + gradients + optimizer states) / weights: "
+            + "; ".join(f"{name} ({' + '.join(f'{b:g}' for b in p.values())}) / {p['weights']:g} = {ratios[name]:g}x"
+                        for name, p in table.items())
+            + "; the optimizer states alone: " + ", ".join(f"{x:g}x" for x in states.values())
+            + f"; measured here ({scope or 'this run'}): Adam state {format_bytes(adam_bytes)} = "
+            f"{adam_bytes / weight_bytes:.1f}x the weights' {format_bytes(weight_bytes)}, the whole step's peak "
+            f"{format_bytes(step_peak_bytes)} = {step_peak_bytes / weight_bytes:.2f}x (activations included)")
+
+
+#: The memory row's sweep, on the meta device: the smallest and the largest activations of lesson 4's sweep of
+#: shapes (batch x tokens). LoRA saves the frozen weights' gradients and Adam state, not the activations, so its
+#: ratio to full fine-tuning's peak grows with them: these two shapes bound it over that sweep.
+MEMORY_SWEEP = ((1, 256), (8, 1024))
+
+
+def meta_memory_sweep(config, targets: Sequence[str], r: int, alpha: float,
+                      shapes: Sequence[tuple[int, int]] = MEMORY_SWEEP) -> dict:
+    """``{shape: {"full FT": bytes, "LoRA": bytes}}``: the exact tensor peak of one whole training step (after AdamW's
+    moments exist) of the architecture ``config`` describes, with eager attention, on the meta device
+    (``memory.meta_step_sweep``: shapes only, no weights), fully trainable and with LoRA of rank ``r`` on
+    ``targets`` (``add_lora``: the rest frozen), at every ``(batch, tokens)`` of ``shapes``."""
+    from transformers import AutoModelForCausalLM
+
+    from ..memory import meta_step_sweep
+
+    out: dict = {tuple(s): {} for s in shapes}
+    for arm in ("full FT", "LoRA"):
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        if arm == "LoRA":
+            add_lora(m, targets, r=r, alpha=alpha)
+        for shape, got in meta_step_sweep(m, shapes, flops=False).items():
+            out[shape][arm] = got["peak"]
+    return out
 
 
 def memory_row(lora_peak: int, full_peak: int, *, batch: int, tokens: int, precision: str, how: str, model: str,
-               max_ratio: float = 0.99) -> Verdict:
-    """"PEFT reduces VRAM": LoRA's whole training-step peak over full fine-tuning's (``verdicts.level``, an exact
-    figure, at most ``max_ratio``: a saving beyond 1%), with the shape it was measured at (``batch`` x ``tokens``,
-    ``precision``, ``model``, ``how`` the peak was counted) in the note, as every memory row of the course."""
+               sweep: dict | None = None, max_ratio: float = 0.99) -> Verdict:
+    """"PEFT reduces VRAM": LoRA's whole training-step peak over full fine-tuning's, at most ``max_ratio`` (a saving
+    beyond 1%, as every memory row of the course), measured at ``batch`` x ``tokens`` (``precision``, ``model``,
+    ``how`` the peak was counted) and, with ``sweep`` (``meta_memory_sweep``'s {shape: {"full FT": bytes, "LoRA":
+    bytes}}), at shapes whose activations dwarf the saved state, where the saving shrinks and could vanish:
+    ``verdicts.level_range`` over every ratio (holds when every one is within the bar, does not hold when none is,
+    inconclusive across it); without ``sweep``, ``verdicts.level`` on the one figure."""
     from ..memory import format_bytes
 
     if min(lora_peak, full_peak, batch, tokens) <= 0:
         raise ValueError("lora_peak, full_peak, batch and tokens must be > 0")
-    v = level(lora_peak / full_peak, high=max_ratio, fmt="{:.2f}", unit="x", what="LoRA's / full FT's step peak")
-    return v.with_measured(f"{v.measured} ({format_bytes(lora_peak)} vs {format_bytes(full_peak)})").with_note(
-        f"the exact peak of one whole training step ({how}) at batch {batch} x {tokens} tokens, {precision}, {model}: "
-        "the ratio depends on that shape (activations grow with batch x tokens; the weights' gradients and Adam "
-        "state, which LoRA saves, do not)")
+    here = (f"{lora_peak / full_peak:.2f}x at {batch} x {tokens} ({format_bytes(lora_peak)} vs "
+            f"{format_bytes(full_peak)})")
+    scope = (f"the exact peak of one whole training step ({how}) at batch {batch} x {tokens} tokens, {precision}, "
+             f"{model}")
+    if not sweep:
+        v = level(lora_peak / full_peak, high=max_ratio, fmt="{:.2f}", unit="x", what="LoRA's / full FT's step peak")
+        return v.with_measured(here).with_note(
+            f"{scope}: the ratio depends on that shape (activations grow with batch x tokens; the weights' gradients "
+            "and Adam state, which LoRA saves, do not)")
+    if any(set(p) != {"full FT", "LoRA"} or min(p.values()) <= 0 for p in sweep.values()):
+        raise ValueError(f"sweep must map each (batch, tokens) to positive 'full FT' and 'LoRA' peaks, got {sweep}")
+    ratios = {shape: p["LoRA"] / p["full FT"] for shape, p in sweep.items()}
+    v = level_range([lora_peak / full_peak, *ratios.values()], high=max_ratio, fmt="{:.2f}", unit="x",
+                    what="LoRA's / full FT's step peak", over=f"{1 + len(ratios)} shapes")
+    swept = "; ".join(f"{r:.2f}x at {b} x {t} ({format_bytes(sweep[b, t]['LoRA'])} vs "
+                      f"{format_bytes(sweep[b, t]['full FT'])})" for (b, t), r in ratios.items())
+    return Verdict(v.verdict, f"{here}; {swept}", v.why, v.figures, v.bar).with_note(
+        f"{scope}; the same step's exact tensor peak on the meta device (eager attention) at {swept}: activations "
+        "grow with batch x tokens and LoRA does not save them, so the saving shrinks as they grow")
 
 
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid

@@ -455,61 +455,55 @@ def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
         fewer_params_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
 
 
-def test_adapter_size_is_one_row_read_at_every_rank_the_notes_list():
+def test_adapter_size_is_one_row_read_over_every_rank_and_layer_choice_the_notes_leave_open():
     from course_utils.lessons.l5_lora import adapter_size_row
 
     v = adapter_size_row(N65, QV65, all_linear_by_rank=ALL65)  # bf16, the real LLaMA-65B counts
-    assert v.verdict == "does not hold" and v.measured == "r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB"
-    assert "[does not hold] r=64 adapter 335.5 MB" in v.why and "[holds] r=8 adapter 41.9 MB" in v.why
-    assert "130.6 GB" in v.why and "r=64: 1,599.1 MB" in v.why  # the model it replaces; every linear layer
-    assert "gives the same verdict" in v.why and v.bar.endswith("at every rank the notes list (r = 8, 16, 64)")
-    # synthetic counts: every size inside 10-100 MB holds, any one outside does not hold
+    assert v.verdict == "inconclusive" and v.measured == (
+        "W_q and W_v: r=8 41.9 MB, r=16 83.9 MB, r=64 335.5 MB; every linear layer: r=8 199.9 MB, r=16 399.8 MB, "
+        "r=64 1,599.1 MB")
+    assert "41.9-1,599.1 MB" in v.why and "straddles the edge of <= 100.0 MB" in v.why and "130.6 GB" in v.why
+    assert "within the bar: W_q and W_v r=8, W_q and W_v r=16;" in v.why and v.bar.startswith("<= 100 MB")
+    # the same rule both ways, on synthetic counts (2 bytes per parameter)
     assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6}).verdict == "holds"  # 20 and 40 MB
+    assert adapter_size_row(N65, {8: 1_000, 16: 2_000}).verdict == "holds"  # 0.002 MB: smaller still fits 'small'
     assert adapter_size_row(N65, {8: 100 * 10**6, 16: 200 * 10**6}).verdict == "does not hold"  # 200, 400 MB
-    assert adapter_size_row(N65, {8: 1_000, 16: 2_000}).verdict == "does not hold"  # 0.002 MB: not 'tens of MB'
-    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "does not hold"  # 40 and 160 MB
-    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("r=8: 83.9 MB")  # float32
+    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "inconclusive"  # 40 and 160 MB
+    assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6},  # within on W_q, W_v; not on every layer
+                            all_linear_by_rank={8: 60 * 10**6, 16: 70 * 10**6}).verdict == "inconclusive"
+    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("W_q and W_v: r=8 83.9 MB")  # fp32
     with pytest.raises(ValueError):
         adapter_size_row(N65, {8: QV65[8]})
     with pytest.raises(ValueError):
-        adapter_size_row(N65, QV65, low_mb=100, high_mb=10)
+        adapter_size_row(N65, QV65, high_mb=0)
+    with pytest.raises(ValueError, match="the ranks"):
+        adapter_size_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
 
 
-def test_full_ft_vram_row_reads_the_training_memory_at_each_precision_from_byte_counts():
-    from course_utils.lessons.l5_lora import TRAINING_BYTES, full_ft_vram_row
+def test_full_ft_vram_fact_is_the_training_memory_at_each_precision_from_byte_counts():
+    from course_utils.lessons.l5_lora import FULL_FT_VRAM_FACT, TRAINING_BYTES, full_ft_vram_fact
     from course_utils.memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM
 
     gib, mib = 2**30, 2**20
-    v = full_ft_vram_row(gib, 513 * mib, 2268 * mib, scope="a test model, batch 3 x 64 tokens, fp32")
-    # the real byte counts: (4 + 4 + 8) / 4, (2 + 2 + 8) / 2, (2 + 2 + 4 + 8) / 2, all >= 3x
-    assert v.verdict == "holds"
-    assert v.ratios == (4.0, 6.0, 8.0) and v.state_ratios == (2.0, 4.0, 6.0)
-    assert v.measured == ("by count: fp32 training 4x; bf16 mixed precision, no master copy 6x; bf16 mixed precision "
-                          "+ fp32 master copy 8x")
-    assert v.bar.startswith(">= 3x the model's size ('gấp nhiều lần'")
-    assert "4.0-8.0x" in v.why and "(2 + 2 + 4 + 8) / 2 = 8x" in v.why and "(4 + 4 + 8) / 4 = 4x" in v.why
-    assert "optimizer states alone" in v.why and "fp32 training 2x" in v.why and "master copy 6x" in v.why
-    assert "Adam state 1.0 GiB" in v.why and "4.42x the weights" in v.why and "batch 3 x 64 tokens, fp32" in v.why
+    what, f = full_ft_vram_fact(gib, 513 * mib, 2268 * mib, scope="a test model, batch 3 x 64 tokens, fp32")
+    assert what == FULL_FT_VRAM_FACT and "gấp nhiều lần" in what and "not a row" in what
+    # the real byte counts: (4 + 4 + 8) / 4, (2 + 2 + 8) / 2, (2 + 2 + 4 + 8) / 2
+    assert "fp32 training (4 + 4 + 8) / 4 = 4x" in f and "no master copy (2 + 2 + 8) / 2 = 6x" in f
+    assert "master copy (2 + 2 + 4 + 8) / 2 = 8x" in f and "the optimizer states alone: 2x, 4x, 6x" in f
+    assert "Adam state 1.0 GiB = 2.0x" in f and "= 4.42x (activations included)" in f and "3 x 64 tokens" in f
     # the table is built from the byte constants, not typed ratios
     fp32 = TRAINING_BYTES["fp32 training"]
     assert fp32 == {"weights": BYTES_PER_PARAM["fp32"], "gradients": BYTES_PER_PARAM["fp32"],
                     "optimizer states": ADAM_MOMENT_BYTES}
     assert TRAINING_BYTES["bf16 mixed precision + fp32 master copy"]["master copy"] == BYTES_PER_PARAM["fp32"]
-    # the same procedure both ways, on synthetic byte tables
-    small = {"a": {"weights": 4, "gradients": 1, "optimizer states": 1},  # 1.5x
-             "b": {"weights": 4, "gradients": 2, "optimizer states": 2}}  # 2x
-    assert full_ft_vram_row(gib, gib, gib, precisions=small).verdict == "does not hold"
-    straddle = {"a": {"weights": 4, "gradients": 2, "optimizer states": 2},  # 2x
-                "b": {"weights": 2, "gradients": 2, "optimizer states": 4}}  # 4x
-    assert full_ft_vram_row(gib, gib, gib, precisions=straddle).verdict == "inconclusive"
-    assert full_ft_vram_row(gib, gib, gib, min_factor=7.0).verdict == "inconclusive"  # 4x and 6x below, 8x above
-    assert full_ft_vram_row(gib, gib, gib, min_factor=9.0).verdict == "does not hold"
+    small = {"a": {"weights": 4, "gradients": 1, "optimizer states": 1}, "b": fp32}  # another table, other figures
+    assert "a (4 + 1 + 1) / 4 = 1.5x" in full_ft_vram_fact(gib, gib, gib, precisions=small)[1]
     with pytest.raises(ValueError):
-        full_ft_vram_row(gib, 0, gib)
+        full_ft_vram_fact(gib, 0, gib)
     with pytest.raises(ValueError):
-        full_ft_vram_row(gib, gib, gib, precisions={"a": TRAINING_BYTES["fp32 training"]})  # one precision
+        full_ft_vram_fact(gib, gib, gib, precisions={"a": TRAINING_BYTES["fp32 training"]})  # one precision
     with pytest.raises(ValueError):
-        full_ft_vram_row(gib, gib, gib, precisions={"a": {"weights": 4, "gradients": 4}, "b": fp32})  # no state
+        full_ft_vram_fact(gib, gib, gib, precisions={"a": {"weights": 4, "gradients": 4}, "b": fp32})  # no state
 
 
 def test_memory_row_shows_the_step_shape_and_decides_both_ways():
@@ -518,11 +512,36 @@ def test_memory_row_shows_the_step_shape_and_decides_both_ways():
     mib = 2**20
     kw = dict(batch=3, tokens=61, precision="fp32", how="tensor memory (MemTracker)", model="a test model")
     v = memory_row(900 * mib, 2250 * mib, **kw)
-    assert v.verdict == "holds" and v.measured == "0.40x (900.0 MiB vs 2.2 GiB)"
+    assert v.verdict == "holds" and v.measured == "0.40x at 3 x 61 (900.0 MiB vs 2.2 GiB)"
     assert "at batch 3 x 61 tokens, fp32, a test model" in v.why and "tensor memory (MemTracker)" in v.why
     assert memory_row(2240 * mib, 2250 * mib, **kw).verdict == "does not hold"  # a saving under 1%
     with pytest.raises(ValueError):
         memory_row(900 * mib, 2250 * mib, **{**kw, "tokens": 0})
+    # over a sweep: every ratio within the bar holds, none does not hold, a range across it is inconclusive
+    sweep = {(1, 256): {"full FT": 2268 * mib, "LoRA": 1099 * mib}, (8, 1024): {"full FT": 26004 * mib,
+                                                                               "LoRA": 24005 * mib}}
+    swept = memory_row(900 * mib, 2250 * mib, **kw, sweep=sweep)
+    assert swept.verdict == "holds" and swept.measured.endswith("0.92x at 8 x 1024 (23.4 GiB vs 25.4 GiB)")
+    assert "0.40-0.92x over 3 shapes" in swept.why and "meta device" in swept.why
+    vanishes = {**sweep, (8, 1024): {"full FT": 26004 * mib, "LoRA": 25900 * mib}}  # 0.996x: the saving is gone
+    assert memory_row(900 * mib, 2250 * mib, **kw, sweep=vanishes).verdict == "inconclusive"
+    assert memory_row(2240 * mib, 2250 * mib, **kw, sweep={(8, 1024): vanishes[8, 1024]}).verdict == "does not hold"
+    with pytest.raises(ValueError, match="sweep"):
+        memory_row(900 * mib, 2250 * mib, **kw, sweep={(1, 256): {"full FT": 1}})
+
+
+def test_meta_memory_sweep_counts_full_ft_and_lora_on_the_meta_device():
+    from transformers import LlamaConfig
+
+    from course_utils.lessons.l5_lora import meta_memory_sweep
+
+    tiny = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=128)
+    out = meta_memory_sweep(tiny, ["q_proj", "v_proj"], r=2, alpha=4, shapes=[(1, 8), (4, 64)])
+    assert set(out) == {(1, 8), (4, 64)} and all(set(p) == {"full FT", "LoRA"} for p in out.values())
+    assert all(p["LoRA"] < p["full FT"] for p in out.values())  # the frozen weights' gradients and Adam state
+    small, large = (out[s]["LoRA"] / out[s]["full FT"] for s in [(1, 8), (4, 64)])
+    assert small < large < 1  # activations, which LoRA keeps, grow with the shape
 
 
 def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
@@ -585,6 +604,7 @@ def test_forgetting_verdict_is_gated_by_given_symmetrically():
         assert v.verdict == "inconclusive" and "reference run is not valid" in v.why and "1 of 3" in v.why
         assert "+0.120" in v.why and "4 steps" in v.why  # the rises and the scope are shown
         assert "the second precondition (full FT forgot) is met" in v.why
+        assert "LoRA's held-out gain over the untouched model per seed +0.040, +0.040, +0.040" in v.why
     v = forgetting_verdict(lora_low, [4.19, 4.22, 4.20], lora_gain, damaged, base, scope="4 steps")
     assert v.verdict == "inconclusive" and "reference run is not valid" in v.why
     assert "the second precondition (full FT forgot) fails too" in v.why and "did not clearly forget" in v.why
