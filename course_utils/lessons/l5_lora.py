@@ -981,8 +981,9 @@ def memory_row(lora_peak: int, full_peak: int, *, batch: int, tokens: int, preci
     swept = "; ".join(f"{r:.2f}x at {b} x {t} ({format_bytes(sweep[b, t]['LoRA'])} vs "
                       f"{format_bytes(sweep[b, t]['full FT'])})" for (b, t), r in ratios.items())
     return Verdict(v.verdict, f"{here}; {swept}", v.why, v.figures, v.bar).with_note(
-        f"{scope}; the same step's exact tensor peak on the meta device (eager attention) at {swept}: activations "
-        "grow with batch x tokens and LoRA does not save them, so the saving shrinks as they grow")
+        f"{scope}; the same step's exact tensor peak on the meta device (eager attention, shapes only) at "
+        f"{' and '.join(f'{b} x {t}' for b, t in ratios)} tokens: activations grow with batch x tokens and LoRA "
+        "does not save them, so the saving shrinks as they grow")
 
 
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid
