@@ -485,16 +485,18 @@ MEMORY_BAND = (0.20, 0.35)
 ROW_SHAPE = (8, 256)
 #: "speed rises slightly" ("Tăng nhẹ"): faster (> 1.00x), and by less than 1.25x, a quarter faster at most, what
 #: "slightly" says; 'much faster' is what the course reads as 1.5x elsewhere, and the gap between the two is neither.
-#: This ceiling was set in a revision that had already seen a CPU ratio at 1 x 64 tokens (SPEED_BAR_NOTE says so);
-#: widening it to the course's 1.5x after a later timing was tried and withdrawn: it would count a 1.4x step as slight.
+#: This ceiling was set in a revision that had already seen a CPU ratio at 1 x 64 tokens; widening it to the course's
+#: 1.5x after a later timing was tried and withdrawn (it would count a 1.4x step as slight). So the row is timed at a
+#: shape not timed before (CPU_SPEED_SHAPE), fixed with this ceiling before any timing at it (SPEED_BAR_NOTE says so).
 SLIGHTLY = 1.25
 #: Interleaved rounds of the speed row's timing on a GPU (the full profile, at ROW_SHAPE).
 SPEED_ROUNDS = CLAIM_ROUNDS
-#: The speed row on a CPU (``speed_row_cpu``): whole GPT-Neo 125M steps at one sequence of 64 tokens, a shape chosen
-#: for its cost before any ratio was seen (a step is about a second here at any small shape: AdamW over 125M
-#: parameters dominates; at ROW_SHAPE a step costs many seconds, more than a lesson can spend on 15 rounds of two
-#: arms), in the same number of interleaved rounds as on a GPU; the row is scoped to this CPU at this shape.
-CPU_SPEED_SHAPE = (1, 64)
+#: The speed row on a CPU (``speed_row_cpu``): whole GPT-Neo 125M steps at one sequence of the full profile's length,
+#: 256 tokens: the smallest shape of the memory sweep, and the nearest to ROW_SHAPE a CPU can time in a lesson (at
+#: ROW_SHAPE a step costs many seconds, more than a lesson can spend on 15 rounds of two arms). Fixed, with the
+#: ceiling SLIGHTLY, before any timing at it (earlier revisions timed 1 x 64 tokens, where the ceiling had been set
+#: after a ratio was seen); the same number of interleaved rounds as on a GPU; the row is scoped to this CPU at it.
+CPU_SPEED_SHAPE = (1, 256)
 #: "as good as full fine-tuning" (the notes: "equivalent to full fine-tuning on narrow tasks"): partial reaches at
 #: least 90% of full fine-tuning's fall in held-out loss, and of its rise of the style gap G: decided on the paired
 #: per-seed difference partial - 0.9 x full (t interval over the seeds, above 0).
@@ -530,7 +532,8 @@ TREND_DEMO = ("demonstration: partial FT's held-out Alice loss before the first 
               "fail it, and a few points do not show convergence ('lim L(t) = L_min')")
 MEMORY_NOTE = ("scope: the full profile's training shape, 8 x 256 (ROW_SHAPE), set in the profile before any memory "
                "figure, the lesson's own setting (the notes give no batch; an earlier revision judged the row over the "
-               "sweep of shapes instead); the saving at other shapes is the sweep in the facts (figures only)")
+               "sweep of shapes instead, which left it undecided (the saving crosses the band), and the next returned "
+               "to this shape); the saving at other shapes is the sweep in the facts (figures only)")
 #: The memory row's scope: what the meta-device count measures (after ``memory_note``'s sweep sentence).
 MEMORY_SCOPE = ("a GPU run with the real step peak would confirm 8 x 256; eager attention, what runs here on a CPU (a "
                 "fused kernel such as flash_attention_2, which GPT-Neo also offers in this transformers, keeps fewer "
@@ -544,9 +547,10 @@ ONE_RATE = ("one learning rate for the lesson's fine-tuning rows in the small pr
             "rate), so that the same runs answer every row")
 #: The speed row's bar, said as it came about (shown beside the row on every device).
 SPEED_BAR_NOTE = ("'slightly faster' ('Tăng nhẹ') as a two-sided band, faster by less than 1.25x (a quarter faster at "
-                  "most): the ceiling reads 'slightly' (the course reads 'much faster' as 1.5x elsewhere); in "
-                  "fairness, it was set in a revision that had already seen a CPU ratio at 1 x 64 tokens, and kept "
-                  "since (a ceiling of 1.5x would count a 1.4x step as slight)")
+                  "most): the ceiling reads 'slightly' (the course reads 'much faster' as 1.5x elsewhere); it was set "
+                  "in a revision that had already seen a CPU ratio at 1 x 64 tokens (earlier revisions timed the "
+                  "row there: faster by more than 1.25x), so on a CPU the row is timed at 1 x 256 tokens, a shape "
+                  "fixed with this ceiling before any timing at it")
 
 
 def forget_note(reused: bool) -> str:
@@ -602,7 +606,8 @@ def count_verdicts(report: FreezeReport, other_r: dict | None = None,
     ``attention_only`` (the trainable count with attention alone frozen) is shown in the note: section 4.1 reads
     "after freezing Attention" while section 3.1 also freezes the embeddings. ``other_r`` ({model: R}): other models'
     R, shown as figures (section 2.3's "usually ranges around 0.5" is a general statement)."""
-    counted = "GPT-Neo 125M's real configuration, counted exactly"
+    counted = ("GPT-Neo 125M's real configuration (its released config.json's sizes, typed into "
+               "course_utils/pretrained.py, so that no download is needed), counted exactly")
     trainable = exact(report.n_trainable, 65e6, rel_tol=ABOUT, fmt="{:,.0f}")
     reduction = 1 - report.ratio
     which = ("which freeze? section 4.1 says 'after freezing Attention' (attention only: "
@@ -695,9 +700,9 @@ def speed_row_cpu(timings: dict, full_flops: dict, partial_flops: dict, shape: t
     v = speed_verdict(timings["full"], timings["partial"], min_speedup=1.0, max_speedup=most)
     row, here = _shape_text(ROW_SHAPE), _shape_text(shape)
     return v.with_note(
-        f"scoped to this CPU at {here} tokens (full step {timings['full'].median:.2f} s median), a shape chosen for "
-        f"its cost before any ratio was seen, not the memory row's {row} (a CPU step there costs many seconds; the "
-        f"full profile times the row on a GPU at {row}); a step at so few tokens can gain more than the matmul FLOP "
+        f"scoped to this CPU at {here} tokens (full step {timings['full'].median:.2f} s median), a shape fixed "
+        f"before any timing at it, not the memory row's {row} (a CPU step there costs many seconds; the full "
+        f"profile times the row on a GPU at {row}); a step at few tokens can gain more than the matmul FLOP "
         f"ratio ({min(ratio):.2f}-{max(ratio):.2f}x), because the fixed work per trainable parameter (AdamW's update, "
         "the gradient tensors), the same at any batch and skipped by partial for the frozen weights, is a larger "
         f"share of a small step; {estimate}")
@@ -941,7 +946,7 @@ def attention_moments_fact(attention_params: int, total_params: int, full_peak: 
 
 
 def reason_verdict(attention_params: int, total_params: int, full_peaks: dict, band: tuple[float, float] = MEMORY_BAND,
-                   moment_bytes: int = ADAMW_MOMENT_BYTES) -> Verdict:
+                   moment_bytes: int = ADAMW_MOMENT_BYTES, frozen_params: int | None = None) -> Verdict:
     """The lecture's reason for its memory figure as a claim: "Giảm khoảng 25-30% do không cần lưu trữ trạng thái
     optimizer (moments) cho các trọng số Attention" (section 3.3: about 25-30% less BECAUSE attention's optimizer
     moments need not be stored). What that reason saves: attention's AdamW moments (``moment_bytes`` per float32
@@ -949,7 +954,9 @@ def reason_verdict(attention_params: int, total_params: int, full_peaks: dict, b
     bytes}, ``meta_step_sweep``), against the memory row's band. The notes give no shape, so ``level_range`` over the
     sweep: every share inside holds, every one outside does not hold, a range across an edge is inconclusive. The note
     gives the share's upper bound at any shape: the moments against weights + gradients + AdamW state alone
-    (16 bytes per parameter, no activations), which every step's peak exceeds."""
+    (16 bytes per parameter, no activations), which every step's peak exceeds, the share at ``ROW_SHAPE`` (the
+    memory row's one shape), and, with ``frozen_params``, the looser reading of "Attention" as every weight the
+    lecture freezes (attention and embeddings, section 3.1): those moments' shares, figures only."""
     if not full_peaks:
         raise ValueError("give the full step's peak at one shape or more")
     fact = attention_moments_fact(attention_params, total_params, min(full_peaks.values()), moment_bytes)
@@ -957,10 +964,17 @@ def reason_verdict(attention_params: int, total_params: int, full_peaks: dict, b
     shares = {k: moments / p for k, p in full_peaks.items()}
     v = level_range(list(shares.values()), low=band[0], high=band[1], fmt="{:.1%}",
                     what="attention's AdamW moments / the full step's peak", over=f"{len(shares)} shapes")
+    if frozen_params is not None and not attention_params <= frozen_params <= total_params:
+        raise ValueError(f"frozen_params must lie between attention_params and total_params, got {frozen_params}")
+    at_row = f" (at the memory row's {_shape_text(ROW_SHAPE)}: {shares[ROW_SHAPE]:.1%})" if ROW_SHAPE in shares else ""
+    loose = "" if frozen_params is None else (
+        "; read loosely, 'Attention' as every weight the lecture freezes (attention and embeddings, section 3.1), "
+        "those moments would be " + ", ".join(f"{_shape_text(k)} {frozen_params * moment_bytes / p:.1%}"
+                                              for k, p in full_peaks.items()) + " of the peak")
     return v.with_note(f"{format_bytes(moments)} of moments; per shape: " + ", ".join(
-        f"{_shape_text(k)} {x:.1%}" for k, x in shares.items()) + f"; at any shape at most {bound:.1%}, their share "
-        "of weights + gradients + AdamW state before any activation; the rest of the step's saving (row 5) comes from "
-        "the frozen parameters' gradients and the frozen embeddings' moments")
+        f"{_shape_text(k)} {x:.1%}" for k, x in shares.items()) + f"{at_row}; at any shape at most {bound:.1%}, "
+        "their share of weights + gradients + AdamW state before any activation; the rest of the step's saving (row 5) "
+        f"comes from the frozen parameters' gradients and the frozen embeddings' moments{loose}")
 
 
 # ---- The exercise --------------------------------------------------------------------------------

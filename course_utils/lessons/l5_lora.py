@@ -801,8 +801,7 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     Why ``all_of``: the notes name the ranks in the same passage as the claim ("r (rank): rất nhỏ (ví dụ 8, 16, 64)
     so với d", then "Kết quả: Số lượng tham số cần train giảm hàng nghìn lần"), so the sentence is said of every rank
     it lists: it holds only if it holds at each of them, and does not hold if any listed rank misses. (The
-    adapter-size sentence names no rank; ``adapter_size_row`` reads it over the ranks and layers the notes leave open,
-    with ``level_range``, the course's rule for a setting the claim does not give.)
+    adapter-size sentence names no rank; ``adapter_size_row`` reads it at the same ranks, in the same way.)
 
     The measured column gives the factor at each rank. ``all_linear_by_rank`` ({rank: count} with LoRA on every
     linear layer, the same ranks): its factors go in the note, with whether that choice of layers gives the same
@@ -826,45 +825,48 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
 
 
 def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
-                     high_mb: float = 100.0, bytes_per_param: float = 2.0, model: str = "LLaMA-65B") -> Verdict:
+                     high_mb: float = 100.0, bytes_per_param: float = 2.0,
+                     what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
     """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
     ``bytes_per_param`` (bf16: 2) times LoRA's trainable count, against "vài chục MB" (a few tens of MB) read as at
     most ``high_mb`` (100 MB; MB = 1e6 bytes): one-sided, since a smaller adapter still fits the sentence's point,
     "nhỏ" (small), against a model of GBs.
 
-    The sentence names no rank and no layers, so it is read over every setting the notes leave open: the ranks the
-    notes give for LoRA (``lora_by_rank``, {rank: count} with LoRA on W_q and W_v, the LoRA paper's layers) and, with
-    ``all_linear_by_rank``, the same ranks with LoRA on every linear layer. ``verdicts.level_range``, the course's
-    rule for a claim that does not name its setting: holds when every size is within the bar, does not hold when
-    none is, inconclusive when the range straddles it (the claim then depends on a setting the notes do not give).
-    (The parameter row, ``fewer_params_row``, is read with ``all_of`` instead: its passage names the ranks.)
-
-    The note gives each size and the whole model in the same precision (the "GB" the adapter replaces)."""
+    Read as the parameter row is (``fewer_params_row``): at every rank the notes list for LoRA (``lora_by_rank``,
+    {rank: count}, section 5's r = 8, 16, 64), ``all_of`` the per-rank ``level`` verdicts, an exact figure each:
+    holds when every size is within the bar, does not hold when any is not. Scoped to the model and layers counted
+    (``what``). The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
+    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and whether that choice of layers
+    gives the same verdict."""
     counts = _by_rank(lora_by_rank, "adapter_size_row")
     if not high_mb > 0 or not bytes_per_param > 0:
         raise ValueError(f"need high_mb > 0 and bytes_per_param > 0, got {high_mb}, {bytes_per_param}")
-    readings = {"W_q and W_v": counts}
-    if all_linear_by_rank is not None:
-        readings["every linear layer"] = _same_ranks(all_linear_by_rank, counts, "adapter_size_row")
-    mb = {(layers, r): bytes_per_param * n / 1e6 for layers, by_rank in readings.items() for r, n in by_rank.items()}
-    v = level_range(list(mb.values()), high=high_mb, unit=" MB", fmt="{:,.1f}", what="adapter size",
-                    over=f"{_ranks(counts)} x LoRA on {' or '.join(readings)}")
-    shown = "; ".join(f"{layers}: " + ", ".join(f"r={r} {mb[layers, r]:,.1f} MB" for r in by_rank)
-                      for layers, by_rank in readings.items())
-    inside = [f"{layers} r={r}" for (layers, r), x in mb.items() if x <= high_mb]
-    return Verdict(v.verdict, shown,
-                   f"{model}, {bytes_per_param:g} bytes per parameter: {v.why}; within the bar: "
-                   f"{', '.join(inside) or 'none'}; the sentence names no rank and no layers, so no one setting "
-                   f"decides it; the whole model in the same precision: {bytes_per_param * n_model / 1e9:,.1f} GB",
-                   v.figures, f"<= {high_mb:,.0f} MB ('vài chục MB', a few tens; smaller still fits 'nhỏ', small) "
-                              "over every rank and layer choice the notes leave open")
+
+    def sizes(by_rank: dict) -> dict:
+        return {r: level(bytes_per_param * n / 1e6, high=high_mb, unit=" MB", fmt="{:,.1f}", what=f"r={r} adapter")
+                for r, n in by_rank.items()}
+
+    parts = sizes(counts)
+    shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
+    v = all_of(*parts.values(), measured=shown)
+    v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
+                f"<= {high_mb:,.0f} MB ('vài chục MB', a few tens; smaller still fits 'nhỏ', small) at every rank the "
+                f"notes list ({_ranks(counts)})")
+    v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
+                    f"{bytes_per_param * n_model / 1e9:,.1f} GB")
+    if all_linear_by_rank is None:
+        return v
+    alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))
+    same = ("the same verdict" if all_of(*alt.values()).verdict == v.verdict
+            else f"'{all_of(*alt.values()).verdict}'")
+    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {p.measured}" for r, p in alt.items())
+                       + f"; that choice of layers gives {same}")
 
 
-#: How the adapter row came to its reading (shown in its note): earlier revisions read it otherwise.
-ADAPTER_HISTORY = ("an earlier revision read this sentence rank by rank on W_q and W_v (all of r = 8, 16, 64, as the "
-                   "parameter row) and printed 'does not hold' (r=64: 335.5 MB); this one reads it over the ranks and "
-                   "layers the sentence leaves open (it names neither, unlike the parameter row's passage), the "
-                   "course's rule for a claim that names no setting")
+#: How the adapter row came to its reading (shown in its note).
+ADAPTER_HISTORY = ("the sizes are exact arithmetic, known before any reading was chosen; the reading is the parameter "
+                   "row's, every rank the notes list for LoRA, each (earlier revisions also tried a two-sided "
+                   "10-100 MB band and a reading over every rank and layer choice)")
 
 
 #: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two

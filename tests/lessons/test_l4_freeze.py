@@ -305,9 +305,9 @@ def test_speed_row_on_a_cpu_is_decided_by_the_data_scoped_to_its_shape():
     assert much.verdict == DOES_NOT_HOLD and much.bar == "1.00x < speed-up < 1.25x"  # much faster, not slightly
     assert speed_row_cpu(timed([1.10, 1.15, 1.12] * 5), full, part).verdict == HOLDS
     assert speed_row_cpu(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
-    assert "scoped to this CPU at 1 x 64 tokens" in much.why and "not the memory row's 8 x 256" in much.why
+    assert "scoped to this CPU at 1 x 256 tokens" in much.why and "not the memory row's 8 x 256" in much.why
     assert "AdamW" in much.why and "1.21x at 8 x 256" in much.why and "decides nothing" in much.why
-    assert CPU_SPEED_SHAPE == (1, 64)
+    assert CPU_SPEED_SHAPE == (1, 256)
     with pytest.raises(ValueError, match="ROW_SHAPE"):
         speed_row_cpu(timed([1.1] * 15), {(1, 2): 1.0}, {(1, 2): 1.0})
 
@@ -458,6 +458,11 @@ def test_the_lectures_reason_for_the_memory_saving_is_a_claim_over_the_sweep():
     v = reason_verdict(28_320_768, 125_198_592, peaks)
     assert v.verdict == DOES_NOT_HOLD and v.bar == "20.0%-35.0%"  # every shape far below the band
     assert "216.1 MiB of moments" in v.why and "at most 11.3%" in v.why and "1 x 256 9.6%" in v.why
+    assert "(at the memory row's 8 x 256: 4.3%)" in v.why and "read loosely" not in v.why
+    loose = reason_verdict(28_320_768, 125_198_592, peaks, frozen_params=68_491_008)  # attention + embeddings
+    assert loose.verdict == v.verdict and "read loosely" in loose.why and "8 x 256 10.4%" in loose.why
+    with pytest.raises(ValueError, match="frozen_params"):
+        reason_verdict(28_320_768, 125_198_592, peaks, frozen_params=1)
     assert reason_verdict(100, 100, {(1, 1): 2400, (2, 1): 3000}).verdict == HOLDS  # 800 B: 33% and 27%
     assert reason_verdict(100, 100, {(1, 1): 800, (2, 1): 3000}).verdict == INCONCLUSIVE  # 100% and 27%: across
     with pytest.raises(ValueError):

@@ -455,23 +455,21 @@ def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
         fewer_params_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
 
 
-def test_adapter_size_is_one_row_read_over_every_rank_and_layer_choice_the_notes_leave_open():
+def test_adapter_size_is_one_row_read_at_every_rank_the_notes_list():
     from course_utils.lessons.l5_lora import adapter_size_row
 
     v = adapter_size_row(N65, QV65, all_linear_by_rank=ALL65)  # bf16, the real LLaMA-65B counts
-    assert v.verdict == "inconclusive" and v.measured == (
-        "W_q and W_v: r=8 41.9 MB, r=16 83.9 MB, r=64 335.5 MB; every linear layer: r=8 199.9 MB, r=16 399.8 MB, "
-        "r=64 1,599.1 MB")
-    assert "41.9-1,599.1 MB" in v.why and "straddles the edge of <= 100.0 MB" in v.why and "130.6 GB" in v.why
-    assert "within the bar: W_q and W_v r=8, W_q and W_v r=16;" in v.why and v.bar.startswith("<= 100 MB")
-    # the same rule both ways, on synthetic counts (2 bytes per parameter)
+    assert v.verdict == "does not hold" and v.measured == "r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB"
+    assert "[does not hold] r=64 adapter 335.5 MB" in v.why and "[holds] r=8 adapter 41.9 MB" in v.why
+    assert "130.6 GB" in v.why and "r=64: 1,599.1 MB" in v.why  # the model it replaces; every linear layer
+    assert "gives the same verdict" in v.why and v.bar.startswith("<= 100 MB")
+    assert v.bar.endswith("at every rank the notes list (r = 8, 16, 64)")
+    # synthetic counts: every size within 100 MB holds, any one above does not hold
     assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6}).verdict == "holds"  # 20 and 40 MB
     assert adapter_size_row(N65, {8: 1_000, 16: 2_000}).verdict == "holds"  # 0.002 MB: smaller still fits 'small'
     assert adapter_size_row(N65, {8: 100 * 10**6, 16: 200 * 10**6}).verdict == "does not hold"  # 200, 400 MB
-    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "inconclusive"  # 40 and 160 MB
-    assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6},  # within on W_q, W_v; not on every layer
-                            all_linear_by_rank={8: 60 * 10**6, 16: 70 * 10**6}).verdict == "inconclusive"
-    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("W_q and W_v: r=8 83.9 MB")  # fp32
+    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "does not hold"  # 40 and 160 MB
+    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("r=8: 83.9 MB")  # float32
     with pytest.raises(ValueError):
         adapter_size_row(N65, {8: QV65[8]})
     with pytest.raises(ValueError):
