@@ -21,7 +21,18 @@ from torch import nn
 from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM, NF4_BLOCK
-from ..verdicts import Verdict, all_of, compare_runs, given, level, level_range, not_measurable, paired_difference, t975
+from ..verdicts import (
+    HOLDS,
+    Verdict,
+    all_of,
+    compare_runs,
+    given,
+    level,
+    level_range,
+    not_measurable,
+    paired_difference,
+    t975,
+)
 
 # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from the Hugging Face hub
 # (`kernels`) is missing: a speed-up for inference only, which the course does not use (and cannot fetch offline).
@@ -824,8 +835,28 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                        + f"; {same}" + (f" ({_ranks(dict.fromkeys(both))} misses on both)" if both else ""))
 
 
+#: Smaller members of the notes' model family (LLaMA; the notes name only 65B, section 6): their configurations, for
+#: the adapter row's note, which shows how its verdict moves with the model size.
+LLAMA_SIZES = {"LLaMA-7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, vocab_size=32000),
+               "LLaMA-13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                 num_attention_heads=40, vocab_size=32000)}
+
+
+def llama_meta_models(sizes: dict | None = None) -> dict[str, nn.Module]:
+    """``{name: LlamaForCausalLM on the meta device}`` for each configuration of ``sizes`` (default
+    ``LLAMA_SIZES``): shapes only, no weights, for counting LoRA's parameters."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = {}
+    for name, cfg in dict(sizes if sizes is not None else LLAMA_SIZES).items():
+        with torch.device("meta"):
+            out[name] = LlamaForCausalLM(LlamaConfig(**cfg))
+    return out
+
+
 def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
-                     high_mb: float = 100.0, bytes_per_param: float = 2.0,
+                     other_models: dict | None = None, high_mb: float = 100.0, bytes_per_param: float = 2.0,
                      what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
     """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
     ``bytes_per_param`` (bf16: 2) times LoRA's trainable count, against "vài chục MB" (a few tens of MB) read as at
@@ -837,7 +868,9 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     holds when every size is within the bar, does not hold when any is not. Scoped to the model and layers counted
     (``what``). The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
     ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and whether that choice of layers
-    gives the same verdict."""
+    gives the same verdict; with ``other_models`` ({name: {rank: count}}, the same layers and ranks on other model
+    sizes), their sizes and whether each would pass: the sentence names no model, so the note says how far the
+    verdict rests on the model counted."""
     counts = _by_rank(lora_by_rank, "adapter_size_row")
     if not high_mb > 0 or not bytes_per_param > 0:
         raise ValueError(f"need high_mb > 0 and bytes_per_param > 0, got {high_mb}, {bytes_per_param}")
@@ -854,6 +887,13 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                 f"notes list ({_ranks(counts)})")
     v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
                     f"{bytes_per_param * n_model / 1e9:,.1f} GB")
+    for name, by_rank in dict(other_models or {}).items():
+        other = sizes(_same_ranks(by_rank, counts, "adapter_size_row"))
+        within = all_of(*other.values()).verdict == HOLDS
+        v = v.with_note(f"the sentence names no model: the same layers on {name}: "
+                        + ", ".join(f"r={r} {p.measured}" for r, p in other.items())
+                        + (f" (every rank within {high_mb:,.0f} MB)" if within else
+                           f" ({', '.join(f'r={r}' for r, p in other.items() if p.verdict != HOLDS)} above it)"))
     if all_linear_by_rank is None:
         return v
     alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))

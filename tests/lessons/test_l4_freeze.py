@@ -305,9 +305,9 @@ def test_speed_row_on_a_cpu_is_decided_by_the_data_scoped_to_its_shape():
     assert much.verdict == DOES_NOT_HOLD and much.bar == "1.00x < speed-up < 1.25x"  # much faster, not slightly
     assert speed_row_cpu(timed([1.10, 1.15, 1.12] * 5), full, part).verdict == HOLDS
     assert speed_row_cpu(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
-    assert "scoped to this CPU at 1 x 256 tokens" in much.why and "not the memory row's 8 x 256" in much.why
+    assert "scoped to this CPU at 1 x 64 tokens" in much.why and "not the memory row's 8 x 256" in much.why
     assert "AdamW" in much.why and "1.21x at 8 x 256" in much.why and "decides nothing" in much.why
-    assert CPU_SPEED_SHAPE == (1, 256)
+    assert CPU_SPEED_SHAPE == (1, 64)
     with pytest.raises(ValueError, match="ROW_SHAPE"):
         speed_row_cpu(timed([1.1] * 15), {(1, 2): 1.0}, {(1, 2): 1.0})
 

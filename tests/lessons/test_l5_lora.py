@@ -456,7 +456,7 @@ def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
 
 
 def test_adapter_size_is_one_row_read_at_every_rank_the_notes_list():
-    from course_utils.lessons.l5_lora import adapter_size_row
+    from course_utils.lessons.l5_lora import adapter_size_row, llama_meta_models, lora_param_count
 
     v = adapter_size_row(N65, QV65, all_linear_by_rank=ALL65)  # bf16, the real LLaMA-65B counts
     assert v.verdict == "does not hold" and v.measured == "r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB"
@@ -470,6 +470,13 @@ def test_adapter_size_is_one_row_read_at_every_rank_the_notes_list():
     assert adapter_size_row(N65, {8: 100 * 10**6, 16: 200 * 10**6}).verdict == "does not hold"  # 200, 400 MB
     assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "does not hold"  # 40 and 160 MB
     assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("r=8: 83.9 MB")  # float32
+    # the model the sentence does not name: smaller LLaMAs, counted on the meta device
+    smaller = {name: {r: lora_param_count(m, ["q_proj", "v_proj"], r) for r in (8, 16, 64)}
+               for name, m in llama_meta_models().items()}
+    assert smaller["LLaMA-7B"] == {r: r * 2 * (4096 + 4096) * 32 for r in (8, 16, 64)}  # r x (in + out), 2 layers
+    with_7b = adapter_size_row(N65, QV65, other_models=smaller)
+    assert with_7b.verdict == v.verdict and "LLaMA-7B: r=8 8.4 MB, r=16 16.8 MB, r=64 67.1 MB (every rank within" in \
+        with_7b.why and "r=64 104.9 MB (r=64 above it)" in with_7b.why
     with pytest.raises(ValueError):
         adapter_size_row(N65, {8: QV65[8]})
     with pytest.raises(ValueError):
