@@ -22,7 +22,6 @@ from ..claims import CheckResult
 from ..env import resolve_device
 from ..memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM, NF4_BLOCK
 from ..verdicts import (
-    HOLDS,
     Verdict,
     all_of,
     compare_runs,
@@ -887,13 +886,12 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                 f"notes list ({_ranks(counts)})")
     v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
                     f"{bytes_per_param * n_model / 1e9:,.1f} GB")
-    for name, by_rank in dict(other_models or {}).items():
-        other = sizes(_same_ranks(by_rank, counts, "adapter_size_row"))
-        within = all_of(*other.values()).verdict == HOLDS
+    for name, by_rank in dict(other_models or {}).items():  # figures for the note: which sizes exceed the bar
+        mb = {r: bytes_per_param * n / 1e6 for r, n in _same_ranks(by_rank, counts, "adapter_size_row").items()}
+        above = [f"r={r}" for r, x in mb.items() if x > high_mb]
         v = v.with_note(f"the sentence names no model: the same layers on {name}: "
-                        + ", ".join(f"r={r} {p.measured}" for r, p in other.items())
-                        + (f" (every rank within {high_mb:,.0f} MB)" if within else
-                           f" ({', '.join(f'r={r}' for r, p in other.items() if p.verdict != HOLDS)} above it)"))
+                        + ", ".join(f"r={r} {x:,.1f} MB" for r, x in mb.items())
+                        + (f" ({', '.join(above)} above it)" if above else f" (every rank within {high_mb:,.0f} MB)"))
     if all_linear_by_rank is None:
         return v
     alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))
