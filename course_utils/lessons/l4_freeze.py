@@ -691,7 +691,7 @@ def speed_row(timings: dict, full_flops: dict, partial_flops: dict, most: float 
 def speed_row_cpu(timings: dict, full_flops: dict, partial_flops: dict, shape: tuple[int, int] = CPU_SPEED_SHAPE,
                   most: float = SLIGHTLY) -> Verdict:
     """"Speed rises slightly" on a machine without a CUDA GPU: the same ``speed_verdict`` as ``speed_row``, on whole
-    steps at ``shape`` (``CPU_SPEED_SHAPE``, chosen for its cost before any ratio was seen), decided by the data both
+    steps at ``shape`` (``CPU_SPEED_SHAPE``, chosen for its cost), decided by the data both
     ways and scoped to this CPU at that shape: another setting than the memory row's ``ROW_SHAPE``, which a CPU step
     cannot time within a lesson (a cost, not an impossibility, so the row is not "not measurable"). The note says why a
     step at few tokens can gain more than the FLOP ratio (the fixed work per trainable parameter weighs more) and gives

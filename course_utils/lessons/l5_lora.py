@@ -874,9 +874,12 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     if not high_mb > 0 or not bytes_per_param > 0:
         raise ValueError(f"need high_mb > 0 and bytes_per_param > 0, got {high_mb}, {bytes_per_param}")
 
+    def megabytes(by_rank: dict) -> dict:
+        return {r: bytes_per_param * n / 1e6 for r, n in by_rank.items()}
+
     def sizes(by_rank: dict) -> dict:
-        return {r: level(bytes_per_param * n / 1e6, high=high_mb, unit=" MB", fmt="{:,.1f}", what=f"r={r} adapter")
-                for r, n in by_rank.items()}
+        return {r: level(x, high=high_mb, unit=" MB", fmt="{:,.1f}", what=f"r={r} adapter")
+                for r, x in megabytes(by_rank).items()}
 
     parts = sizes(counts)
     shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
@@ -887,7 +890,7 @@ def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
     v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
                     f"{bytes_per_param * n_model / 1e9:,.1f} GB")
     for name, by_rank in dict(other_models or {}).items():  # figures for the note: which sizes exceed the bar
-        mb = {r: bytes_per_param * n / 1e6 for r, n in _same_ranks(by_rank, counts, "adapter_size_row").items()}
+        mb = megabytes(_same_ranks(by_rank, counts, "adapter_size_row"))
         above = [f"r={r}" for r, x in mb.items() if x > high_mb]
         v = v.with_note(f"the sentence names no model: the same layers on {name}: "
                         + ", ".join(f"r={r} {x:,.1f} MB" for r, x in mb.items())
@@ -940,15 +943,14 @@ FULL_FT_VRAM_FACT = ("full fine-tuning's training memory with Adam, the notes' '
 def full_ft_vram_fact(adam_bytes: int, weight_bytes: int, step_peak_bytes: int, *, precisions: dict | None = None,
                       scope: str = "") -> tuple[str, str]:
     """Full fine-tuning "cần VRAM gấp nhiều lần kích thước mô hình để lưu Optimizer states" (the notes' section 4) is
-    AdamW's arithmetic, a FACT (no precision gives less than 4x, so no measurement could miss "many times"): the
-    facts row, (``FULL_FT_VRAM_FACT``, its value), the value computed from the byte counts per parameter of
-    ``precisions`` ({name: {"weights": B, "gradients": B, "optimizer states": B, ...}}, default
-    ``TRAINING_BYTES``): (every part) / weights, i.e. fp32
-    training (4 + 4 + 8) / 4 = 4x; bf16 mixed precision without a master copy (2 + 2 + 8) / 2 = 6x; with the fp32
-    master copy (2 + 2 + 4 + 8) / 2 = 8x; the optimizer states alone (every part but weights and gradients) over the
-    weights: 2x, 4x, 6x; and this run's measured figures: the Adam state after training (``adam_bytes``) and the
-    whole training step's peak (``step_peak_bytes``) against the weights (``weight_bytes``); ``scope`` says which
-    model, shape and precision."""
+    AdamW's arithmetic, a FACT (no precision gives less than 4x, so no measurement could miss "many times"): returns the
+    facts row, ``(FULL_FT_VRAM_FACT, value)``, the value computed from the byte counts per parameter of ``precisions``
+    ({name: {"weights": B, "gradients": B, "optimizer states": B, ...}}, default ``TRAINING_BYTES``): (every part) /
+    weights, i.e. fp32 training (4 + 4 + 8) / 4 = 4x; bf16 mixed precision without a master copy (2 + 2 + 8) / 2 = 6x;
+    with the fp32 master copy (2 + 2 + 4 + 8) / 2 = 8x; the optimizer states alone (every part but weights and
+    gradients) over the weights: 2x, 4x, 6x; and this run's measured figures: the Adam state after training
+    (``adam_bytes``) and the whole training step's peak (``step_peak_bytes``) against the weights (``weight_bytes``);
+    ``scope`` says which model, shape and precision."""
     from ..memory import format_bytes
 
     table = _training_table(precisions)
