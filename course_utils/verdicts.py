@@ -349,7 +349,8 @@ def level_range(values: Sequence[float], *, low: float = -math.inf, high: float 
         band = f"{'>' if strict else '>='} {fmt.format(low)}{unit}"
     else:
         band = f"{fmt.format(low)}-{fmt.format(high)}{unit}" + (" (open)" if strict else "")
-    fig = (f"{what + ' ' if what else ''}{fmt.format(lo)}-{fmt.format(hi)}{unit} over {over} "
+    span = " to " if lo < 0 else "-"  # "-0.085 to -0.043", not "-0.085--0.043"
+    fig = (f"{what + ' ' if what else ''}{fmt.format(lo)}{span}{fmt.format(hi)}{unit} over {over} "
            f"({len(vals)} exact figures)")
     _check_budget(budget_short)
     v, why = _decide(lo, hi, low, high, budget_short, f"{fig}: every one inside {band}",
@@ -377,6 +378,36 @@ def all_of(*parts: Verdict, measured: str | None = None) -> Verdict:
     why = " AND ".join(f"[{p.verdict}] {p.why}" for p in parts)
     return Verdict(v, measured if measured is not None else "; ".join(p.measured for p in parts), why,
                    {"parts": tuple(parts)}, " and ".join(p.bar for p in parts if p.bar))
+
+
+def across(parts: dict, *, measured: str | None = None, setting: str = "setting") -> Verdict:
+    """A claim that names no setting (which model, which layers), read at each ``setting`` it could mean (``parts``:
+    {setting's name: its Verdict}, two or more): holds when it holds at every one, does not hold when it fails at
+    every one, inconclusive when they disagree (the verdict would rest on a choice the lecture does not make) or
+    any is inconclusive; not measurable when any is. The same rule as ``level_range`` for a sweep of shapes."""
+    parts = dict(parts)
+    if len(parts) < 2 or not all(isinstance(p, Verdict) for p in parts.values()):
+        raise TypeError(f"across() takes {{{setting}: Verdict}} for 2 or more {setting}s, got {parts!r}")
+    kinds = {p.verdict for p in parts.values()}
+    if NOT_MEASURABLE in kinds:
+        v = NOT_MEASURABLE
+    elif kinds == {HOLDS}:
+        v = HOLDS
+    elif kinds == {DOES_NOT_HOLD}:
+        v = DOES_NOT_HOLD
+    else:
+        v = INCONCLUSIVE
+    sides = {k: [n for n, p in parts.items() if p.verdict == k] for k in (HOLDS, DOES_NOT_HOLD)}
+    if v == INCONCLUSIVE and sides[HOLDS] and sides[DOES_NOT_HOLD]:
+        head = (f"the {setting}s disagree (holds: {', '.join(sides[HOLDS])}; does not hold: "
+                f"{', '.join(sides[DOES_NOT_HOLD])}): the verdict rests on which {setting} is meant")
+    else:
+        head = {HOLDS: f"holds at every {setting}", DOES_NOT_HOLD: f"does not hold at any {setting}"}.get(
+            v, f"not decided at every {setting}")
+    why = head + ": " + "; ".join(f"{n}: [{p.verdict}] {p.why}" for n, p in parts.items())
+    return Verdict(v, measured if measured is not None else "; ".join(f"{n} {p.measured}" for n, p in parts.items()),
+                   why, {"parts": MappingProxyType(parts)},
+                   next(iter(parts.values())).bar if len({p.bar for p in parts.values()}) == 1 else "")
 
 
 # ---- a comparison that needs a working reference ------------------------------------------------------------

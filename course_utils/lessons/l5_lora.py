@@ -23,6 +23,7 @@ from ..env import resolve_device
 from ..memory import ADAM_MOMENT_BYTES, BYTES_PER_PARAM, NF4_BLOCK
 from ..verdicts import (
     Verdict,
+    across,
     all_of,
     compare_runs,
     given,
@@ -834,12 +835,16 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
                        + f"; {same}" + (f" ({_ranks(dict.fromkeys(both))} misses on both)" if both else ""))
 
 
-#: Smaller members of the notes' model family (LLaMA; the notes name only 65B, section 6): their configurations, for
-#: the adapter row's note, which shows how its verdict moves with the model size.
+#: The LLaMA family's four sizes (the LLaMA paper's table 2; the notes name only 65B, in the QLoRA section 6): their
+#: configurations, for counting LoRA's parameters on the meta device (``llama_meta_models``).
 LLAMA_SIZES = {"LLaMA-7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                                 num_attention_heads=32, vocab_size=32000),
                "LLaMA-13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                                 num_attention_heads=40, vocab_size=32000)}
+                                 num_attention_heads=40, vocab_size=32000),
+               "LLaMA-33B": dict(hidden_size=6656, intermediate_size=17920, num_hidden_layers=60,
+                                 num_attention_heads=52, vocab_size=32000),
+               "LLaMA-65B": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80,
+                                 num_attention_heads=64, vocab_size=32000)}
 
 
 def llama_meta_models(sizes: dict | None = None) -> dict[str, nn.Module]:
@@ -854,60 +859,64 @@ def llama_meta_models(sizes: dict | None = None) -> dict[str, nn.Module]:
     return out
 
 
-def adapter_size_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
-                     other_models: dict | None = None, high_mb: float = 100.0, bytes_per_param: float = 2.0,
-                     what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
-    """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4) as ONE row: the adapter's size,
-    ``bytes_per_param`` (bf16: 2) times LoRA's trainable count, against "vài chục MB" (a few tens of MB) read as at
-    most ``high_mb`` (100 MB; MB = 1e6 bytes): one-sided, since a smaller adapter still fits the sentence's point,
-    "nhỏ" (small), against a model of GBs.
+def adapter_size_row(by_model: dict, n_params: dict, *, all_linear: dict | None = None, high_mb: float = 100.0,
+                     bytes_per_param: float = 2.0, layers: str = "W_q and W_v") -> Verdict:
+    """"Adapter nhỏ (vài chục MB) thay vì cả mô hình GB" (the notes' section 4, on PEFT in general) as ONE row: the
+    adapter's size, ``bytes_per_param`` (bf16: 2) times LoRA's trainable count, against "vài chục MB" (a few tens of
+    MB) read as at most ``high_mb`` (100 MB; MB = 1e6 bytes): one-sided, since a smaller adapter still fits the
+    sentence's point, "nhỏ" (small), against a model of GBs.
 
-    Read as the parameter row is (``fewer_params_row``): at every rank the notes list for LoRA (``lora_by_rank``,
-    {rank: count}, section 5's r = 8, 16, 64), ``all_of`` the per-rank ``level`` verdicts, an exact figure each:
-    holds when every size is within the bar, does not hold when any is not. Scoped to the model and layers counted
-    (``what``). The note gives the whole model in the same precision (the "GB" the adapter replaces) and, with
-    ``all_linear_by_rank`` (the same ranks, LoRA on every linear layer), those sizes and whether that choice of layers
-    gives the same verdict; with ``other_models`` ({name: {rank: count}}, the same layers and ranks on other model
-    sizes), their sizes and whether each would pass: the sentence names no model, so the note says how far the
-    verdict rests on the model counted."""
-    counts = _by_rank(lora_by_rank, "adapter_size_row")
+    The sentence names neither a rank nor a model. The ranks: read as the parameter row is (``fewer_params_row``),
+    at every rank the notes list for LoRA, each (``all_of`` of one exact ``level`` per rank). The model: each model
+    of ``by_model`` ({name: {rank: LoRA's count on ``layers``}}, e.g. the LLaMA family's sizes, every one "a model
+    of GBs"), combined by ``verdicts.across``: holds if the sentence holds for every size, does not hold if for none,
+    inconclusive if the sizes disagree, since the verdict would then rest on a model the sentence does not name.
+    ``n_params`` ({name: parameters}) gives each whole model in the same precision (the "GB" the adapter replaces);
+    ``all_linear`` (the same models and ranks, LoRA on every linear layer): what that choice of layers reads."""
     if not high_mb > 0 or not bytes_per_param > 0:
         raise ValueError(f"need high_mb > 0 and bytes_per_param > 0, got {high_mb}, {bytes_per_param}")
+    by_model = {name: _by_rank(c, "adapter_size_row") for name, c in dict(by_model).items()}
+    if len(by_model) < 2:
+        raise ValueError(f"adapter_size_row reads the sentence on 2 or more models ({{name: {{rank: count}}}}), "
+                         f"got {sorted(by_model)}")
+    ranks = next(iter(by_model.values()))
+    if missing := set(by_model) - set(n_params):
+        raise ValueError(f"n_params needs every model's parameter count; missing {sorted(missing)}")
 
-    def megabytes(by_rank: dict) -> dict:
-        return {r: bytes_per_param * n / 1e6 for r, n in by_rank.items()}
+    def per_model(counts: dict) -> dict:
+        out = {}
+        for name, by_rank in counts.items():
+            mb = {r: bytes_per_param * n / 1e6 for r, n in _same_ranks(by_rank, ranks, "adapter_size_row").items()}
+            parts = [level(x, high=high_mb, unit=" MB", fmt="{:,.1f}", what=f"r={r} adapter") for r, x in mb.items()]
+            above = [f"r={r} ({x:,.1f} MB)" for r, x in mb.items() if x > high_mb]
+            why = (", ".join(above) + " above " if above else "every rank within ") + f"{high_mb:,.0f} MB"
+            out[name] = Verdict(all_of(*parts).verdict, "/".join(f"{x:,.1f}" for x in mb.values()) + " MB", why,
+                                {"mb": mb}, parts[0].bar)
+        return out
 
-    def sizes(by_rank: dict) -> dict:
-        return {r: level(x, high=high_mb, unit=" MB", fmt="{:,.1f}", what=f"r={r} adapter")
-                for r, x in megabytes(by_rank).items()}
-
-    parts = sizes(counts)
-    shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
-    v = all_of(*parts.values(), measured=shown)
-    v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
-                f"<= {high_mb:,.0f} MB ('vài chục MB', a few tens; smaller still fits 'nhỏ', small) at every rank the "
-                f"notes list ({_ranks(counts)})")
-    v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole model in the same precision: "
-                    f"{bytes_per_param * n_model / 1e9:,.1f} GB")
-    for name, by_rank in dict(other_models or {}).items():  # figures for the note: which sizes exceed the bar
-        mb = megabytes(_same_ranks(by_rank, counts, "adapter_size_row"))
-        above = [f"r={r}" for r, x in mb.items() if x > high_mb]
-        v = v.with_note(f"the sentence names no model: the same layers on {name}: "
-                        + ", ".join(f"r={r} {x:,.1f} MB" for r, x in mb.items())
-                        + (f" ({', '.join(above)} above it)" if above else f" (every rank within {high_mb:,.0f} MB)"))
-    if all_linear_by_rank is None:
+    parts = per_model(by_model)
+    shown = f"r = {'/'.join(str(r) for r in ranks)}: " + "; ".join(f"{n} {p.measured}" for n, p in parts.items())
+    v = across(parts, measured=shown, setting="model size")
+    v = Verdict(v.verdict, shown, f"LoRA on {layers}, at every rank the notes list, per model: {v.why}", v.figures,
+                f"<= {high_mb:,.0f} MB ('vài chục MB', a few tens; smaller still fits 'nhỏ', small) at every rank "
+                f"the notes list ({_ranks(ranks)}), for every model size (the sentence names none)")
+    v = v.with_note(f"{bytes_per_param:g} bytes per parameter; the whole models in the same precision: "
+                    + ", ".join(f"{n} {bytes_per_param * n_params[n] / 1e9:,.1f} GB" for n in parts))
+    if all_linear is None:
         return v
-    alt = sizes(_same_ranks(all_linear_by_rank, counts, "adapter_size_row"))
-    same = ("the same verdict" if all_of(*alt.values()).verdict == v.verdict
-            else f"'{all_of(*alt.values()).verdict}'")
-    return v.with_note("on every linear layer: " + "; ".join(f"r={r}: {p.measured}" for r, p in alt.items())
-                       + f"; that choice of layers gives {same}")
+    if set(all_linear) != set(by_model):
+        raise ValueError(f"all_linear must give the same models {sorted(by_model)}, got {sorted(all_linear)}")
+    alt = across(per_model(all_linear), setting="model size")
+    return v.with_note("on every linear layer (the QLoRA recipe's choice): "
+                       + "; ".join(f"{n} {p.measured}" for n, p in alt.figures["parts"].items())
+                       + f": that choice of layers would read '{alt.verdict}'")
 
 
 #: How the adapter row came to its reading (shown in its note).
-ADAPTER_HISTORY = ("the sizes are exact arithmetic, known before any reading was chosen; the reading is the parameter "
-                   "row's, every rank the notes list for LoRA, each (earlier revisions also tried a two-sided "
-                   "10-100 MB band and a reading over every rank and layer choice)")
+ADAPTER_HISTORY = ("the sizes are exact arithmetic, known before any reading was chosen; earlier revisions read the "
+                   "sentence on LLaMA-65B alone (the notes' only model size, named for QLoRA, not for this sentence: "
+                   "r=64 above 100 MB, does not hold), and before that with a two-sided 10-100 MB band; a reader "
+                   "rejected the 65B reading because its verdict rests on the model, so every LLaMA size is read")
 
 
 #: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two

@@ -122,6 +122,23 @@ def test_all_of_needs_every_part():
     assert all_of(yes, not_measurable("n/a", "no GPU")).verdict == NOT_MEASURABLE
 
 
+
+def test_across_settings_needs_agreement_or_reads_inconclusive():
+    from course_utils.verdicts import across
+
+    yes, no = level(40.0, high=100.0), level(300.0, high=100.0)
+    maybe = level([0.5, 1.5], low=1.0)
+    assert across({"7B": yes, "65B": yes}).verdict == HOLDS
+    assert across({"7B": no, "65B": no}).verdict == DOES_NOT_HOLD
+    split = across({"7B": yes, "65B": no}, setting="model size")
+    assert split.verdict == INCONCLUSIVE and "holds: 7B; does not hold: 65B" in split.why
+    assert "rests on which model size is meant" in split.why
+    assert across({"a": yes, "b": maybe}).verdict == INCONCLUSIVE
+    assert across({"a": no, "b": not_measurable("-", "no GPU")}).verdict == NOT_MEASURABLE
+    assert across({"a": yes, "b": yes}).bar == yes.bar
+    with pytest.raises(TypeError):
+        across({"a": yes})
+
 def test_not_measurable_keeps_the_bar_fixed_before_the_data():
     v = not_measurable("n/a", "no tensor cores on cpu", bar="> 1.00x")
     assert (v.verdict, v.bar, v.why) == (NOT_MEASURABLE, "> 1.00x", "no tensor cores on cpu")

@@ -9,12 +9,11 @@ import torch.nn as nn
 from course_utils.claims import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, NOT_MEASURABLE
 from course_utils.lessons.l4_freeze import (
     ARMS,
-    CPU_SPEED_SHAPE,
     GROUPS,
     MEMORY_NOTE,
     ONE_RATE,
     SPEED_ROUNDS,
-    TREND_DEMO,
+    TREND_READING,
     attention_moments_fact,
     beyond_web_figures,
     beyond_web_reading,
@@ -23,6 +22,7 @@ from course_utils.lessons.l4_freeze import (
     compare_forgetting,
     count_verdicts,
     expected_trainable,
+    falls_steadily,
     forget_note,
     forgetting_pair,
     forgetting_verdict,
@@ -51,7 +51,6 @@ from course_utils.lessons.l4_freeze import (
     sweep_figures,
     tied_parameters,
     training_step,
-    trend_figures,
     tuned_text_note,
     unfreeze_all,
 )
@@ -293,7 +292,8 @@ def test_speed_row_is_an_ordinary_speed_verdict_with_the_flop_estimate_in_its_no
 
 
 def test_speed_row_on_a_cpu_is_decided_by_the_data_scoped_to_its_shape():
-    """On a CPU the row is the same speed verdict on whole steps at CPU_SPEED_SHAPE, both ways, scoped in its note."""
+    """On a CPU the row is the same speed verdict on whole steps at the profile's training shape, both ways, scoped in
+    its note, with how far the ceiling could move without changing the verdict."""
     shapes = [(1, 256), (8, 256), (8, 1024)]
     full, part = dict.fromkeys(shapes, 121.0), dict.fromkeys(shapes, 100.0)
     partial = [1.0 + 0.01 * i for i in range(15)]
@@ -301,15 +301,19 @@ def test_speed_row_on_a_cpu_is_decided_by_the_data_scoped_to_its_shape():
     def timed(speedups):
         return {"full": Timing([p * s for p, s in zip(partial, speedups)]), "partial": Timing(partial)}
 
-    much = speed_row_cpu(timed([1.4, 1.5, 1.45, 1.6, 1.38] * 3), full, part)
+    much = speed_row_cpu(timed([1.4, 1.5, 1.45, 1.6, 1.38] * 3), full, part, (4, 32))
     assert much.verdict == DOES_NOT_HOLD and much.bar == "1.00x < speed-up < 1.25x"  # much faster, not slightly
-    assert speed_row_cpu(timed([1.10, 1.15, 1.12] * 5), full, part).verdict == HOLDS
-    assert speed_row_cpu(timed([0.8, 0.85, 0.9] * 5), full, part).verdict == DOES_NOT_HOLD  # slower
-    assert "scoped to this CPU at 1 x 64 tokens" in much.why and "not the memory row's 8 x 256" in much.why
+    slight = speed_row_cpu(timed([1.10, 1.15, 1.12] * 5), full, part, (4, 32))
+    assert slight.verdict == HOLDS and "any ceiling above 1.15x, the interval's upper end" in slight.why
+    slower = speed_row_cpu(timed([0.8, 0.85, 0.9] * 5), full, part, (4, 32))
+    assert slower.verdict == DOES_NOT_HOLD and "no ceiling changes the verdict" in slower.why
+    assert "scoped to this CPU at batch 4 x 32 tokens, the profile's training shape" in much.why
+    assert "not the memory row's 8 x 256" in much.why and "any ceiling below 1.40x" in much.why
     assert "AdamW" in much.why and "1.21x at 8 x 256" in much.why and "decides nothing" in much.why
-    assert CPU_SPEED_SHAPE == (1, 64)
+    edge = speed_row_cpu(timed([1.2, 1.3, 1.22, 1.28, 1.25] * 3), full, part, (4, 32))
+    assert edge.verdict == INCONCLUSIVE and "the interval reaches an edge of the band" in edge.why
     with pytest.raises(ValueError, match="ROW_SHAPE"):
-        speed_row_cpu(timed([1.1] * 15), {(1, 2): 1.0}, {(1, 2): 1.0})
+        speed_row_cpu(timed([1.1] * 15), {(1, 2): 1.0}, {(1, 2): 1.0}, (4, 32))
 
 
 def test_latency_ratio_is_a_figure_per_round_not_a_verdict():
@@ -467,14 +471,22 @@ def test_the_lectures_reason_for_the_memory_saving_is_a_claim_over_the_sweep():
     assert reason_verdict(100, 100, {(1, 1): 800, (2, 1): 3000}).verdict == INCONCLUSIVE  # 100% and 27%: across
     with pytest.raises(ValueError):
         reason_verdict(200, 100, peaks)
-def test_trend_figures_count_the_seeds_that_fell_at_every_evaluation():
-    assert "demonstration" in TREND_DEMO and "not a row" in TREND_DEMO
-    steady = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
-    assert steady.startswith("fell at every evaluation in 3 of 3 seeds at 3 steps (4.100 -> 4.000")
-    rose = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
-    assert "in 2 of 3 seeds" in rose
-    with pytest.raises(ValueError, match="two evaluations"):
-        trend_figures([[4.1], [4.1, 4.0]])
+def test_falls_steadily_reads_every_step_of_every_seed_both_ways():
+    assert "lim L(t) = L_min" in TREND_READING and "not judged" in TREND_READING
+    steady = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
+    assert steady.verdict == HOLDS and steady.measured.startswith("fell at every step in 3 of 3 seeds (4.100 -> 4.000")
+    assert "-0.100 to -0.030 nats/token over 3 steps x 3 seeds" in steady.why
+    assert steady.bar.startswith("lower after every step than before it")
+    one_rise = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
+    assert one_rise.verdict == INCONCLUSIVE and "in 2 of 3 seeds" in one_rise.measured  # rose at one step
+    rising = falls_steadily([[4.10, 4.20, 4.25], [4.10, 4.15, 4.30]])  # a run whose learning broke: rose every step
+    assert rising.verdict == DOES_NOT_HOLD
+    flat = falls_steadily([[4.10, 4.10, 4.10], [4.10, 4.10, 4.10]])  # no learning at all: no fall is a fall
+    assert flat.verdict == DOES_NOT_HOLD
+    with pytest.raises(ValueError, match="same 2 or more evaluations"):
+        falls_steadily([[4.1], [4.1, 4.0]])
+    with pytest.raises(ValueError, match="two changes"):
+        falls_steadily([[4.1, 4.0]])
 
 
 def test_held_out_losses_are_evaluates_figures_in_one_pass(token_stream):

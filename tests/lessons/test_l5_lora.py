@@ -455,34 +455,40 @@ def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
         fewer_params_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
 
 
-def test_adapter_size_is_one_row_read_at_every_rank_the_notes_list():
-    from course_utils.lessons.l5_lora import adapter_size_row, llama_meta_models, lora_param_count
+def test_adapter_size_is_one_row_at_every_rank_the_notes_list_and_every_llama_size():
+    from course_utils.lessons.l5_lora import LLAMA_SIZES, adapter_size_row, llama_meta_models, lora_param_count
+    from course_utils.memory import count_parameters
 
-    v = adapter_size_row(N65, QV65, all_linear_by_rank=ALL65)  # bf16, the real LLaMA-65B counts
-    assert v.verdict == "does not hold" and v.measured == "r=8: 41.9 MB; r=16: 83.9 MB; r=64: 335.5 MB"
-    assert "[does not hold] r=64 adapter 335.5 MB" in v.why and "[holds] r=8 adapter 41.9 MB" in v.why
-    assert "130.6 GB" in v.why and "r=64: 1,599.1 MB" in v.why  # the model it replaces; every linear layer
-    assert "gives the same verdict" in v.why and v.bar.startswith("<= 100 MB")
-    assert v.bar.endswith("at every rank the notes list (r = 8, 16, 64)")
-    # synthetic counts: every size within 100 MB holds, any one above does not hold
-    assert adapter_size_row(N65, {8: 10 * 10**6, 16: 20 * 10**6}).verdict == "holds"  # 20 and 40 MB
-    assert adapter_size_row(N65, {8: 1_000, 16: 2_000}).verdict == "holds"  # 0.002 MB: smaller still fits 'small'
-    assert adapter_size_row(N65, {8: 100 * 10**6, 16: 200 * 10**6}).verdict == "does not hold"  # 200, 400 MB
-    assert adapter_size_row(N65, {8: 20 * 10**6, 16: 80 * 10**6}).verdict == "does not hold"  # 40 and 160 MB
-    assert adapter_size_row(N65, QV65, bytes_per_param=4).measured.startswith("r=8: 83.9 MB")  # float32
-    # the model the sentence does not name: smaller LLaMAs, counted on the meta device
-    smaller = {name: {r: lora_param_count(m, ["q_proj", "v_proj"], r) for r in (8, 16, 64)}
-               for name, m in llama_meta_models().items()}
-    assert smaller["LLaMA-7B"] == {r: r * 2 * (4096 + 4096) * 32 for r in (8, 16, 64)}  # r x (in + out), 2 layers
-    with_7b = adapter_size_row(N65, QV65, other_models=smaller)
-    assert with_7b.verdict == v.verdict and "LLaMA-7B: r=8 8.4 MB, r=16 16.8 MB, r=64 67.1 MB (every rank within" in \
-        with_7b.why and "r=64 104.9 MB (r=64 above it)" in with_7b.why
+    llamas = llama_meta_models()
+    assert list(llamas) == list(LLAMA_SIZES) and count_parameters(llamas["LLaMA-65B"]).total == N65
+    qv = {n: {r: lora_param_count(m, ["q_proj", "v_proj"], r) for r in (8, 16, 64)} for n, m in llamas.items()}
+    assert qv["LLaMA-65B"] == QV65 and qv["LLaMA-7B"] == {r: r * 2 * (4096 + 4096) * 32 for r in (8, 16, 64)}
+    n = {name: count_parameters(m).total for name, m in llamas.items()}
+    v = adapter_size_row(qv, n)  # bf16: 7B within 100 MB at every rank, 13B-65B above at r = 64
+    assert v.verdict == "inconclusive" and v.measured.startswith("r = 8/16/64: LLaMA-7B 8.4/16.8/67.1 MB; ")
+    assert "LLaMA-65B 41.9/83.9/335.5 MB" in v.measured and "LLaMA-13B: [does not hold] r=64 (104.9 MB) above" in v.why
+    assert "holds: LLaMA-7B; does not hold: LLaMA-13B, LLaMA-33B, LLaMA-65B" in v.why and "130.6 GB" in v.why
+    assert v.bar.startswith("<= 100 MB") and "for every model size" in v.bar
+    # the sizes decide: every size within at every rank holds, every size above at some rank does not hold
+    small = {"a": {8: 10 * 10**6, 16: 20 * 10**6}, "b": {8: 1_000, 16: 2_000}}  # 20 and 40 MB; 0.002 MB
+    assert adapter_size_row(small, {"a": 10**9, "b": 10**9}).verdict == "holds"
+    big = {"a": {8: 20 * 10**6, 16: 80 * 10**6}, "b": {8: 100 * 10**6, 16: 200 * 10**6}}  # 160 MB; 200, 400 MB
+    assert adapter_size_row(big, {"a": 10**9, "b": 10**9}).verdict == "does not hold"
+    assert adapter_size_row(big, {"a": 1, "b": 1}, bytes_per_param=1).verdict == "inconclusive"  # a: 20, 80 MB
+    all_lin = {name: {r: lora_param_count(m, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"], r) for r in (8, 16, 64)} for name, m in llamas.items()}
+    assert "LLaMA-7B 40.0/80.0/319.8 MB" in adapter_size_row(qv, n, all_linear=all_lin).why
+    assert "would read 'does not hold'" in adapter_size_row(qv, n, all_linear=all_lin).why
+    with pytest.raises(ValueError, match="2 or more models"):
+        adapter_size_row({"LLaMA-65B": QV65}, n)
     with pytest.raises(ValueError):
-        adapter_size_row(N65, {8: QV65[8]})
-    with pytest.raises(ValueError):
-        adapter_size_row(N65, QV65, high_mb=0)
+        adapter_size_row({"a": {8: 1}, "b": {8: 1}}, {"a": 1, "b": 1})  # one rank is not every rank the notes list
     with pytest.raises(ValueError, match="the ranks"):
-        adapter_size_row(N65, QV65, all_linear_by_rank={8: 1, 16: 1})
+        adapter_size_row({"a": {8: 1, 16: 1}, "b": {8: 1, 64: 1}}, {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="missing"):
+        adapter_size_row(qv, {"LLaMA-7B": 1})
+    with pytest.raises(ValueError):
+        adapter_size_row(qv, n, high_mb=0)
 
 
 def test_full_ft_vram_fact_is_the_training_memory_at_each_precision_from_byte_counts():
