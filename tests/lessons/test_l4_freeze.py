@@ -13,7 +13,7 @@ from course_utils.lessons.l4_freeze import (
     MEMORY_NOTE,
     ONE_RATE,
     SPEED_ROUNDS,
-    TREND_READING,
+    TREND_DEMO,
     attention_moments_fact,
     beyond_web_figures,
     beyond_web_reading,
@@ -22,7 +22,6 @@ from course_utils.lessons.l4_freeze import (
     compare_forgetting,
     count_verdicts,
     expected_trainable,
-    falls_steadily,
     forget_note,
     forgetting_pair,
     forgetting_verdict,
@@ -51,6 +50,7 @@ from course_utils.lessons.l4_freeze import (
     sweep_figures,
     tied_parameters,
     training_step,
+    trend_figures,
     tuned_text_note,
     unfreeze_all,
 )
@@ -471,22 +471,14 @@ def test_the_lectures_reason_for_the_memory_saving_is_a_claim_over_the_sweep():
     assert reason_verdict(100, 100, {(1, 1): 800, (2, 1): 3000}).verdict == INCONCLUSIVE  # 100% and 27%: across
     with pytest.raises(ValueError):
         reason_verdict(200, 100, peaks)
-def test_falls_steadily_reads_every_step_of_every_seed_both_ways():
-    assert "lim L(t) = L_min" in TREND_READING and "not judged" in TREND_READING
-    steady = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
-    assert steady.verdict == HOLDS and steady.measured.startswith("fell at every step in 3 of 3 seeds (4.100 -> 4.000")
-    assert "-0.100 to -0.030 nats/token over 3 steps x 3 seeds" in steady.why
-    assert steady.bar.startswith("lower after every step than before it")
-    one_rise = falls_steadily([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
-    assert one_rise.verdict == INCONCLUSIVE and "in 2 of 3 seeds" in one_rise.measured  # rose at one step
-    rising = falls_steadily([[4.10, 4.20, 4.25], [4.10, 4.15, 4.30]])  # a run whose learning broke: rose every step
-    assert rising.verdict == DOES_NOT_HOLD
-    flat = falls_steadily([[4.10, 4.10, 4.10], [4.10, 4.10, 4.10]])  # no learning at all: no fall is a fall
-    assert flat.verdict == DOES_NOT_HOLD
-    with pytest.raises(ValueError, match="same 2 or more evaluations"):
-        falls_steadily([[4.1], [4.1, 4.0]])
-    with pytest.raises(ValueError, match="two changes"):
-        falls_steadily([[4.1, 4.0]])
+def test_trend_figures_count_the_seeds_that_fell_at_every_evaluation():
+    assert "demonstration, no row" in TREND_DEMO and "lim L(t) = L_min" in TREND_DEMO
+    steady = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.02, 3.96, 3.91], [4.1, 4.0, 3.97, 3.92]])
+    assert steady.startswith("fell at every evaluation in 3 of 3 seeds at 3 steps (4.100 -> 4.000")
+    rose = trend_figures([[4.10, 4.00, 3.95, 3.90], [4.10, 4.00, 4.05, 3.90], [4.1, 4.0, 3.97, 3.92]])
+    assert "in 2 of 3 seeds" in rose
+    with pytest.raises(ValueError, match="two evaluations"):
+        trend_figures([[4.1], [4.1, 4.0]])
 
 
 def test_held_out_losses_are_evaluates_figures_in_one_pass(token_stream):
