@@ -804,7 +804,8 @@ def fewer_params_verdict(n_model: int, n_lora: int, r: int, min_factor: float = 
 
 
 def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: dict | None = None,
-                     min_factor: float = 1000.0, what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
+                     other_models: dict | None = None, min_factor: float = 1000.0,
+                     what: str = "LLaMA-65B, LoRA on W_q and W_v") -> Verdict:
     """"LoRA trains thousands of times fewer parameters" (the notes' section 5) as ONE row, read at every rank the
     notes list: ``verdicts.all_of`` of one ``fewer_params_verdict`` per rank (``lora_by_rank``: {rank: LoRA's
     trainable count} on the model of ``n_model`` parameters; ``what`` names the model and the layers adapted).
@@ -816,13 +817,26 @@ def fewer_params_row(n_model: int, lora_by_rank: dict, *, all_linear_by_rank: di
 
     The measured column gives the factor at each rank. ``all_linear_by_rank`` ({rank: count} with LoRA on every
     linear layer, the same ranks): its factors go in the note, with whether that choice of layers gives the same
-    verdict and which ranks miss on both."""
+    verdict and which ranks miss on both. ``other_models`` ({name: (parameters, {rank: count})}, the same layers on
+    other model sizes): their factors go in the note, with whether each size gives the same verdict (the factor
+    grows with the width, so the largest model is the most favourable to the claim)."""
     counts = _by_rank(lora_by_rank, "fewer_params_row")
     parts = {r: fewer_params_verdict(n_model, n, r, min_factor) for r, n in counts.items()}
     shown = "; ".join(f"r={r}: {p.measured}" for r, p in parts.items())
     v = all_of(*parts.values(), measured=shown)
     v = Verdict(v.verdict, shown, f"{what}: {v.why}", v.figures,
                 f">= {min_factor:,.0f}x at every rank the notes list ({_ranks(counts)})")
+    if other_models:
+        sizes, differ = [], []
+        for name, (n_other, by_rank) in dict(other_models).items():
+            other = {r: fewer_params_verdict(n_other, n, r, min_factor)
+                     for r, n in _same_ranks(by_rank, counts, "fewer_params_row").items()}
+            sizes.append(f"{name} " + "/".join(f"{p.value:,.0f}x" for p in other.values()))
+            if all_of(*other.values()).verdict != v.verdict:
+                differ.append(name)
+        v = v.with_note(f"the same layers on other model sizes ({'/'.join(f'r={r}' for r in counts)}): "
+                        + "; ".join(sizes) + (f": {', '.join(differ)} would read otherwise" if differ else
+                                              ": the same verdict at every size"))
     if all_linear_by_rank is None:
         return v
     other = _same_ranks(all_linear_by_rank, counts, "fewer_params_row")

@@ -447,6 +447,13 @@ def test_fewer_parameters_is_one_row_that_needs_every_rank_the_notes_list():
     assert fewer_params_row(N65, QV65, min_factor=300).verdict == "holds"
     held = fewer_params_row(10**9, {8: 10**5, 16: 2 * 10**5}, all_linear_by_rank={8: 10**7, 16: 2 * 10**7})
     assert "on every linear layer the row would read 'does not hold'" in held.why
+    # the model: the same layers on a smaller LLaMA (7B: 6.74B parameters, 32 layers of width 4096)
+    qv7 = {r: r * 2 * (4096 + 4096) * 32 for r in (8, 16, 64)}
+    with_7b = fewer_params_row(N65, QV65, other_models={"LLaMA-7B": (6_738_415_616, qv7)})
+    assert with_7b.verdict == "does not hold" and "LLaMA-7B 1,607x/803x/201x" in with_7b.why
+    assert "the same verdict at every size" in with_7b.why
+    assert "would read otherwise" in fewer_params_row(N65, QV65, min_factor=300,
+                                                      other_models={"LLaMA-7B": (6_738_415_616, qv7)}).why
     with pytest.raises(ValueError):
         fewer_params_row(N65, {8: QV65[8]})  # one rank is not a reading at the ranks the notes list
     with pytest.raises(ValueError):
