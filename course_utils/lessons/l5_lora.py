@@ -929,8 +929,8 @@ def adapter_size_row(by_model: dict, n_params: dict, *, all_linear: dict | None 
 #: How the adapter row came to its reading (shown in its note).
 ADAPTER_HISTORY = ("the sizes are exact arithmetic, known before any reading was chosen; earlier revisions read the "
                    "sentence on LLaMA-65B alone (the notes' only model size, named for QLoRA, not for this sentence: "
-                   "r=64 above 100 MB, does not hold), and before that with a two-sided 10-100 MB band; a reader "
-                   "rejected the 65B reading because its verdict rests on the model, so every LLaMA size is read")
+                   "r=64 above 100 MB, does not hold), and before that with a two-sided 10-100 MB band; the 65B-only "
+                   "reading was dropped because its verdict rests on a model the sentence does not name")
 
 
 #: Bytes per parameter that full fine-tuning with AdamW keeps, under each precision the notes leave open. AdamW's two

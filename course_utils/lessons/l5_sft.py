@@ -274,9 +274,11 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
     """``course_utils.train.train`` for ``cfg.steps`` (>= 2) steps, with the exact peak memory of the last one.
 
     The first ``cfg.steps - 1`` steps are ``step_peak_memory``'s warm-up (they create the AdamW moments); the last
-    step (its batch drawn with seed ``cfg.seed + 1``) is measured: weights, gradients, optimizer state and
-    activations, on a CPU as on a GPU. Returns ``history`` (all steps), ``optimizer_bytes`` (measured after
-    training), ``peak`` (bytes) and ``how`` (the counting method).
+    step is measured: weights, gradients, optimizer state and activations, on a CPU as on a GPU. Its batch is the
+    one an uninterrupted run of ``cfg.steps`` steps draws last (the same generator, seeded ``cfg.seed``, advanced past
+    the warm-up's batches), so the run trains on exactly ``train``'s batches and no two seeds share one. Returns
+    ``history`` (all steps), ``optimizer_bytes`` (measured after training), ``peak`` (bytes) and ``how`` (the
+    counting method).
     """
     from dataclasses import fields, replace
 
@@ -286,11 +288,17 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
         raise ValueError(f"train_measured needs cfg.steps >= 2 (warm-up, then the measured step), got {cfg.steps}")
     device = (torch.device(device) if device is not None else device_of(model))
     optimizer = make_optimizer(model, cfg, device)
-    parts = iter([replace(cfg, steps=cfg.steps - 1), replace(cfg, steps=1, seed=cfg.seed + 1)])
+    def last_batch(gen):  # train's generator restarts at cfg.seed: skip the warm-up's batches, draw the next one
+        for _ in range(cfg.steps - 1):
+            batches(gen)
+        return batches(gen)
+
+    parts = iter([(replace(cfg, steps=cfg.steps - 1), batches), (replace(cfg, steps=1), last_batch)])
     histories = []
 
     def step():
-        histories.append(train(model, batches, next(parts), loss_fn=loss_fn, optimizer=optimizer, device=device))
+        part_cfg, part_batches = next(parts)
+        histories.append(train(model, part_batches, part_cfg, loss_fn=loss_fn, optimizer=optimizer, device=device))
 
     peak, how = step_peak_memory(step, model, optimizer, device=device)  # frozen LoRA base weights are fine
     first, last = histories

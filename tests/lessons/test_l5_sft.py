@@ -245,6 +245,28 @@ def test_train_measured_peak_covers_weights_gradients_and_adam(tiny_llama):
     # the measured step holds the fp32 weights, their gradients and both Adam moments at once
     assert out["how"] == "tensor memory (MemTracker)"
     assert out["peak"] >= 16 * n
+    # it trains on exactly the batches of an uninterrupted run of cfg.steps steps: no batch of another seed's run
+    def recorded(seen):
+        draw = random_batches(examples, 2, SFTCollator(0))
+
+        def batches(gen):
+            batch = draw(gen)
+            seen.append(batch["input_ids"])
+            return batch
+        return batches
+
+    def batches_of(run, seed):
+        seen = []
+        run(tiny_llama(hidden=64, layers=2), recorded(seen), TrainConfig(steps=3, lr=1e-3, progress=False, seed=seed))
+        return seen
+
+    from course_utils.train import train
+    measured = batches_of(lambda m, b, c: train_measured(m, b, c, causal_lm_loss, device="cpu"), 0)
+    plain = batches_of(lambda m, b, c: train(m, b, c, loss_fn=causal_lm_loss, device="cpu"), 0)
+    used = measured[:2] + measured[-1:]  # the last part draws and skips the warm-up's 2 batches, then its own
+    assert len(measured) == 5 and all(torch.equal(a, b) for a, b in zip(used, plain))
+    next_seed = batches_of(lambda m, b, c: train(m, b, c, loss_fn=causal_lm_loss, device="cpu"), 1)
+    assert not any(torch.equal(used[-1], b) for b in next_seed)  # seed 0's last batch is not seed 1's
     with pytest.raises(ValueError, match="steps >= 2"):
         train_measured(model, random_batches(examples, 2, SFTCollator(0)), TrainConfig(steps=1), causal_lm_loss)
     # LoRA: frozen base weights (no gradients, no Adam state), measured the same way
