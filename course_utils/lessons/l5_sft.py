@@ -275,8 +275,9 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
 
     The first ``cfg.steps - 1`` steps are ``step_peak_memory``'s warm-up (they create the AdamW moments); the last
     step is measured: weights, gradients, optimizer state and activations, on a CPU as on a GPU. Its batch is the
-    one an uninterrupted run of ``cfg.steps`` steps draws last (the same generator, seeded ``cfg.seed``, advanced past
-    the warm-up's batches), so the run trains on exactly ``train``'s batches and no two seeds share one. Returns
+    one an uninterrupted run of ``cfg.steps`` steps draws last (the same generator, seeded ``cfg.seed``, in the state
+    the warm-up left it), so the run trains on exactly ``train``'s batches, draws each once, and no two seeds share
+    one. Returns
     ``history`` (all steps), ``optimizer_bytes`` (measured after training), ``peak`` (bytes) and ``how`` (the
     counting method).
     """
@@ -288,12 +289,18 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
         raise ValueError(f"train_measured needs cfg.steps >= 2 (warm-up, then the measured step), got {cfg.steps}")
     device = (torch.device(device) if device is not None else device_of(model))
     optimizer = make_optimizer(model, cfg, device)
-    def last_batch(gen):  # train's generator restarts at cfg.seed: skip the warm-up's batches, draw the next one
-        for _ in range(cfg.steps - 1):
-            batches(gen)
+    after_warm_up = {}
+
+    def warm_up_batch(gen):  # keep the generator's state after each warm-up draw
+        batch = batches(gen)
+        after_warm_up["state"] = gen.get_state()
+        return batch
+
+    def last_batch(gen):  # train's generator restarts at cfg.seed: continue from where the warm-up left it
+        gen.set_state(after_warm_up["state"])
         return batches(gen)
 
-    parts = iter([(replace(cfg, steps=cfg.steps - 1), batches), (replace(cfg, steps=1), last_batch)])
+    parts = iter([(replace(cfg, steps=cfg.steps - 1), warm_up_batch), (replace(cfg, steps=1), last_batch)])
     histories = []
 
     def step():
