@@ -277,9 +277,8 @@ def train_measured(model, batches: Callable, cfg, loss_fn: Callable, device=None
     step is measured: weights, gradients, optimizer state and activations, on a CPU as on a GPU. Its batch is the
     one an uninterrupted run of ``cfg.steps`` steps draws last (the same generator, seeded ``cfg.seed``, in the state
     the warm-up left it), so the run trains on exactly ``train``'s batches, draws each once, and no two seeds share
-    one. Returns
-    ``history`` (all steps), ``optimizer_bytes`` (measured after training), ``peak`` (bytes) and ``how`` (the
-    counting method).
+    one. Returns ``history`` (all steps), ``optimizer_bytes`` (measured after training), ``peak`` (bytes) and ``how``
+    (the counting method).
     """
     from dataclasses import fields, replace
 
