@@ -279,10 +279,11 @@ def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gai
     ``compare_runs(full, lora, lower=True)`` decides it, in both directions. Whether full fine-tuning itself forgot
     does not gate the verdict: where it did not and LoRA did, LoRA forgot more, and the claim does not hold.
 
-    The figure is shown as LoRA minus full FT (positive: LoRA forgot more). The note gives each arm's rise over
-    ``base`` (mean and t interval over the seeds), each arm's held-out task gain (``*_gain``: less forgetting means
-    little where one arm also learned much less) and ``scope`` (say what differs between the arms, e.g. their
-    learning rates, and the budget).
+    The figure is shown in the bar's own sign, full FT minus LoRA ("LoRA lower by", positive: LoRA forgot less), the
+    convention of the comparison in the note, so one difference is never printed with two signs. The note gives each
+    arm's rise over ``base`` (mean and t interval over the seeds), each arm's held-out task gain (``*_gain``: less
+    forgetting means little where one arm also learned much less) and ``scope`` (say what differs between the arms,
+    e.g. their learning rates, and the budget).
     """
     if not str(scope).strip():
         raise ValueError("say the comparison's scope (each arm's learning rate, the steps): the verdict holds for it")
@@ -300,7 +301,7 @@ def forgetting_comparison(lora: Sequence[float], full: Sequence[float], lora_gai
     warn = (f"; {' and '.join(no_gain)} ended no better than the base model on the held-out task: at this rate "
             f"{'it' if len(no_gain) == 1 else 'they'} did not learn it, so the row compares forgetting against a "
             "fine-tune that failed at its task" if no_gain else "")
-    shown = f"LoRA - full FT web loss {-v.gain:+.3f} nats/token ({-v.high:+.3f} to {-v.low:+.3f})"
+    shown = f"LoRA's web loss lower by {v.gain:+.3f} nats/token ({v.low:+.3f} to {v.high:+.3f})"
     return v.with_measured(shown).with_note(
         f"web-loss rise over the base model: LoRA {rise(lora)}, full FT {rise(full)} nats/token; held-out task gain "
         f"LoRA {g_lora:+.3f} vs full FT {g_full:+.3f} nats{ratio}{warn}; {scope}")
@@ -764,8 +765,8 @@ def qlora_65b_verdict(total_bytes: float, budget_bytes: float, n_embed_head: int
     gb, budget = total_bytes / 1e9, budget_bytes / 1e9
     return not_measurable(f"static state by arithmetic: {gb:.2f} of {budget:.0f} GB ({budget - gb:+.2f} GB left)",
                           f"a memory check needs a large CUDA GPU under a {budget:.0f} GB cap and LLaMA-65B-shaped NF4 "
-                          "weights (random values suffice: memory does not depend on them), a check the course could "
-                          "run on such a GPU; this run has none. The arithmetic covers weights, adapter and Adam "
+                          "weights (random values suffice: memory does not depend on them), a check this course does "
+                          "not make on any device. The arithmetic covers weights, adapter and Adam "
                           f"state, a necessary condition, not a whole step: {rest}",
                           bar=bar if bar is not None else QLORA_65B_BAR.format(gb=budget))
 
