@@ -517,13 +517,15 @@ def results_header(nb_name: str, seconds: float, peak_gpu_bytes: int | None = No
     """Where a claims table was measured: date, profile, device, versions, wall time, peak GPU memory."""
     from datetime import date
 
-    from .env import _version, env_facts, get_profile, step_cap
+    from .env import _version, dry_run, env_facts, get_profile, step_cap
 
     f = env_facts()
     f["bitsandbytes"] = _version("bitsandbytes")
     keys = ("gpu", "device", "torch", "transformers", "peft", "bitsandbytes", "python", "hub")
     facts = " | ".join(f"{k} {f[k]}" for k in keys if k in f)
-    return (f"# {nb_name}: claims measured in the {get_profile()} profile\n\n"
+    dry = (" (DRY RUN: the full profile's code paths at capped sizes, COURSE_DRY_RUN=1; a test of the code, not "
+           "results)") if dry_run() else ""
+    return (f"# {nb_name}: claims measured in the {get_profile()} profile{dry}\n\n"
             f"{date.today().isoformat()} | {facts} | executed in {seconds:.0f} s"
             + (f" | peak GPU memory {peak_gpu_bytes / 2**30:.2f} GiB" if peak_gpu_bytes is not None else "")
             + (f" | steps capped at {step_cap()} (COURSE_STEP_CAP): the lecture's counts did not fit the sitting"

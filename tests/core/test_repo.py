@@ -83,3 +83,13 @@ def test_readme_is_the_learners_page_and_its_commands_are_real():
     for path in ("CONTRIBUTING.md", "benchmarks/README.md"):
         assert (ROOT / path).exists() and f"]({path})" in readme
     assert "tokens/s" not in readme and "## Benchmarks" not in readme  # measured figures live in benchmarks/
+
+
+def test_a_dry_run_results_header_says_it_is_not_results(monkeypatch):
+    """gpu_results.sh's DRY=1 test of a sitting writes results files on a CPU: their header must say so."""
+    from course_utils.nbtools import results_header
+
+    monkeypatch.setenv("COURSE_DRY_RUN", "1")
+    assert "DRY RUN" in results_header("01_x.ipynb", 12.0) and "not results" in results_header("01_x.ipynb", 1.0)
+    monkeypatch.setenv("COURSE_DRY_RUN", "0")
+    assert "DRY RUN" not in results_header("01_x.ipynb", 12.0)
