@@ -21,7 +21,10 @@ loss vs sliced, the HF model as a plain loop would run it (default ``gelu_new``,
 defaults), chunk sizes (``--chunks``). Peak training memory of each candidate is measured over one step taken
 after the optimizer state exists (CPU: tensor memory counted by PyTorch's MemTracker; CUDA: the allocator's
 peak). MFU on a GPU: tokens/s x (6N + 12 L d T) / the GPU's dense peak for the precision (bf16, or TF32 for
-fp32 rows); N = parameters without the position embedding. Writes everything as JSON.
+fp32 rows); N = parameters without the position embedding. ``--profile N`` (on by default on a GPU) also records
+where Model 5's step spends its time: torch.profiler over N steps, by kernel on CUDA (and the GPU's idle share of the
+wall time: host overhead, syncs) or by operator on CPU, grouped into matmul / attention / optimizer / other (what
+limits MFU). Writes everything as JSON.
 
     python benchmarks/train_step.py                       # CPU: tiny config, fp32, contexts 256 and 1024, levers
     python benchmarks/train_step.py                       # GPU: GPT-2 small, bf16, context 1024, batch 64, compiled
@@ -60,8 +63,9 @@ CONFIGS = {
 }
 
 PRESETS = {  # defaults by device; every one can be overridden on the command line
-    "cpu": dict(configs=["tiny"], contexts=[256, 1024], amp=["off"], compile="off", levers=True, repeats=15),
-    "gpu": dict(configs=["gpt2-small"], contexts=[1024], amp=["bf16"], compile="on", levers=False, repeats=10),
+    "cpu": dict(configs=["tiny"], contexts=[256, 1024], amp=["off"], compile="off", levers=True, repeats=15, profile=0),
+    "gpu": dict(configs=["gpt2-small"], contexts=[1024], amp=["bf16"], compile="on", levers=False, repeats=10,
+                profile=3),
 }
 
 # Dense (no sparsity) tensor-core peak FLOP/s from NVIDIA's data sheets: bf16, and TF32 (what fp32 matmuls run
@@ -97,6 +101,71 @@ def peak_flops(device: torch.device, amp: str) -> tuple[float | None, str | None
 def flops_per_token(n_params_no_pos: int, n_layer: int, n_embd: int, T: int) -> float:
     """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) + attention 12 L d T."""
     return 6 * n_params_no_pos + 12 * n_layer * n_embd * T
+
+
+#: Where a step's time goes, by the name of a CUDA kernel or a CPU operator (first match; lower-case substrings):
+#: what MFU counts (the matmuls) against everything else.
+PROFILE_GROUPS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "attn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "triton_tem", "aten::mm", "aten::addmm", "aten::bmm",
+                "aten::linear", "aten::matmul", "aten::baddbmm", "mkldnn")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+)
+
+
+def profile_group(name: str) -> str:
+    """``matmul``, ``attention``, ``optimizer`` or ``other`` (element-wise, norms, softmax, cross-entropy, copies)."""
+    low = name.lower()
+    return next((group for group, keys in PROFILE_GROUPS if any(k in low for k in keys)), "other")
+
+
+def summarize_profile(events: list[tuple[str, float]], wall_s: float, steps: int, busy_is_device: bool,
+                      top: int = 12) -> dict:
+    """``events``: (kernel or operator name, self seconds) over ``steps`` profiled steps that took ``wall_s``.
+    Per step: the busy time (their sum), its share by group and the ``top`` names; on a device, the idle share of
+    the wall time (the GPU waiting for the host: launch overhead, synchronisation)."""
+    if steps < 1 or wall_s <= 0:
+        raise ValueError(f"need steps >= 1 and a positive wall time, got {steps} and {wall_s}")
+    by_name: dict[str, float] = {}
+    for name, sec in events:
+        by_name[name] = by_name.get(name, 0.0) + sec
+    busy = sum(by_name.values())
+    if busy <= 0:
+        raise ValueError("the profile recorded no time: nothing ran inside it")
+    groups: dict[str, float] = {}
+    for name, sec in by_name.items():
+        groups[profile_group(name)] = groups.get(profile_group(name), 0.0) + sec
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+    out = {"clock": "CUDA kernels (self time)" if busy_is_device else "CPU operators (self time)", "steps": steps,
+           "wall_ms_per_step": 1e3 * wall_s / steps, "busy_ms_per_step": 1e3 * busy / steps,
+           "shares": {g: groups[g] / busy for g in sorted(groups, key=lambda g: -groups[g])},
+           "top": [{"name": n[:120], "group": profile_group(n), "ms_per_step": 1e3 * t / steps, "share": t / busy}
+                   for n, t in ranked]}
+    if busy_is_device:
+        out["device_idle_share"] = max(0.0, 1 - busy / wall_s)
+    return out
+
+
+def step_profile(step, device: torch.device, steps: int) -> dict:
+    """``summarize_profile`` of ``steps`` calls of ``step`` under torch.profiler (after the timed rounds, so warm):
+    CUDA kernels' self time on a GPU (the CPU operators that launch them would count it twice), else the CPU
+    operators' self time."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+    events = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6)
+              for e in prof.key_averages() if (e.device_type != DeviceType.CPU) == cuda]
+    return summarize_profile(events, wall, steps, busy_is_device=cuda)
 
 
 def hf_config(cfg: dict, T: int, activation: str = "gelu_pytorch_tanh"):
@@ -253,6 +322,8 @@ def bench_one(name: str, T: int, amp: str, compiled: bool, device: torch.device,
         res[f"{k}_peak_bytes"], res["memory_method"] = peak_step_memory(steps[k], models[k], opts[k], x, y, device)
     if compile_s:
         res["compile_s"] = compile_s
+    if args.profile:
+        res["course_profile"] = step_profile(steps["course"], device, args.profile)
     res["ratio_course_over_hf"] = res["course_tokens_per_s"] / res["hf_tokens_per_s"]
     # > 1: Model 5 (fused loss, compiled in compiled rows) is that much faster than the candidate: the ratio of
     # medians, and the course's speed procedure over the paired rounds (rounds ran back to back, so load drift
@@ -297,6 +368,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", nargs="+", type=int, default=None, help="also time these loss chunk sizes (rows)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", "--steps", dest="repeats", type=int, default=None, help="timed steps per candidate")
+    p.add_argument("--profile", type=int, default=None, metavar="N",
+                   help="profile N of Model 5's steps: where the time goes (default: 3 on a GPU, 0 = off on CPU)")
     p.add_argument("--out", default=None, help="JSON file (default: runs/bench/train_step-<device>.json)")
     args = p.parse_args(argv)
 
@@ -346,6 +419,15 @@ def main(argv=None) -> int:
                     if "compile_s" in r:
                         print("  compile time (first step): "
                               + ", ".join(f"{k} {v:.0f} s" for k, v in r["compile_s"].items()))
+                    if "course_profile" in r:
+                        pr = r["course_profile"]
+                        idle = (f"; GPU idle {pr['device_idle_share']:.0%} of the wall time"
+                                if "device_idle_share" in pr else "")
+                        print(f"  Model 5's step by {pr['clock']}: {pr['busy_ms_per_step']:.1f} of "
+                              f"{pr['wall_ms_per_step']:.1f} ms busy{idle}; "
+                              + ", ".join(f"{g} {v:.0%}" for g, v in pr["shares"].items()))
+                        for t in pr["top"][:5]:
+                            print(f"    {t['share']:5.1%} {t['ms_per_step']:8.2f} ms  [{t['group']}] {t['name'][:70]}")
                     print(f"  memory: {r['memory_method']}", flush=True)
     print(f"\n(vs course: the candidate's tokens/s over Model 5's, from medians; paired: the median over rounds of "
           f"Model 5's step time over the candidate's; < 1 means slower than Model 5; "
