@@ -30,7 +30,6 @@ from ..verdicts import (
     level,
     level_range,
     not_measurable,
-    paired_difference,
     t975,
 )
 
@@ -1068,15 +1067,64 @@ def grid_error(weight: torch.Tensor, levels: Sequence[float], blocksize: int = N
     return float((deq - blocks).norm() / blocks.norm())
 
 
-def nf4_vs_uniform(weights: Sequence[torch.Tensor]) -> str:
-    """A demonstration's figures (no verdict: NF4's optimality for normal data holds by construction, its levels
-    being quantiles of N(0, 1)): the relative rounding error of NF4 against a uniform 4-bit grid
-    (``UNIFORM4_LEVELS``) at the same 16 levels and blocks of 64, on normal samples and on ``weights`` (>= 2
-    matrices), with the paired difference over the matrices and its 95% interval."""
-    nf4 = [grid_error(w, NF4_LEVELS) for w in weights]
-    uni = [grid_error(w, UNIFORM4_LEVELS) for w in weights]
-    d = paired_difference(uni, nf4, lower=True, fmt="{:+.4f}", pairs="weight matrices")
+def _full_blocks(weight: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """``weight`` flattened to float32 blocks of ``blocksize`` (a final partial block left out)."""
+    flat = weight.detach().reshape(-1).float()
+    if flat.numel() < blocksize:
+        raise ValueError(f"need at least one block of {blocksize} values, got {flat.numel()}")
+    return flat[: flat.numel() // blocksize * blocksize].view(-1, blocksize)
+
+
+def code_entropy(weight: torch.Tensor, levels: Sequence[float], blocksize: int = NF4_BLOCK) -> float:
+    """Entropy in bits of which of the 16 ``levels`` the values of ``weight`` round to, after one absmax per block
+    of ``blocksize`` (as ``grid_error`` rounds): 4 bits where every code is used equally often, which quantiles of
+    N(0, 1) would give for N(0, 1) data taken as it is."""
+    blocks = _full_blocks(weight, blocksize)
+    absmax = blocks.abs().max(dim=1, keepdim=True).values.clamp_min(1e-12)
+    lv = torch.tensor(levels, dtype=torch.float32, device=blocks.device)
+    codes = torch.bucketize(blocks / absmax, (lv[:-1] + lv[1:]) / 2).reshape(-1)
+    counts = torch.bincount(codes, minlength=len(lv))
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def bnb_4bit_error(weight: torch.Tensor, quant_type: str, blocksize: int = NF4_BLOCK) -> float:
+    """``||W - deq(W)|| / ||W||`` of bitsandbytes' own 4-bit round trip (``quantize_4bit`` then ``dequantize_4bit``,
+    ``quant_type`` "nf4" or "fp4", one absmax per block of ``blocksize``) over the same full blocks as
+    ``grid_error``."""
+    import bitsandbytes.functional as bnbf
+
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type is bitsandbytes' 'nf4' or 'fp4', got {quant_type!r}")
+    blocks = _full_blocks(weight, blocksize).contiguous()
+    q, state = bnbf.quantize_4bit(blocks, blocksize=blocksize, quant_type=quant_type)
+    deq = bnbf.dequantize_4bit(q, state).float()
+    return float((deq - blocks).norm() / blocks.norm())
+
+
+def nf4_demonstration(weights: Sequence[torch.Tensor]) -> str:
+    """A demonstration's figures (no verdict) for the notes' "NF4 is optimal for normally distributed weights", on
+    normal samples and on ``weights`` (>= 2 matrices), blocks of 64 with one absmax each:
+
+    - what its construction gives and what it does not: NF4's levels are quantiles of N(0, 1), so N(0, 1) data taken
+      as it is would use its 16 codes equally often (4 bits of entropy); after absmax scaling the values are not
+      N(0, 1) and the codes are used unequally (``code_entropy``, against a uniform grid's);
+    - rounding error ``||W - deq(W)|| / ||W||`` against the other 4-bit types: bitsandbytes' FP4 (the QLoRA paper's
+      comparison) and a uniform grid (``UNIFORM4_LEVELS``), with how many matrices NF4 rounds best."""
+    if len(weights) < 2:
+        raise ValueError(f"give at least 2 weight matrices, got {len(weights)}")
     g = torch.randn(2**20, generator=torch.Generator().manual_seed(0))
-    return (f"normal samples: NF4 {grid_error(g, NF4_LEVELS):.4f} vs uniform {grid_error(g, UNIFORM4_LEVELS):.4f}; "
-            f"{len(nf4)} weight matrices: NF4 {statistics.fmean(nf4):.4f} vs uniform {statistics.fmean(uni):.4f} "
-            f"(NF4 lower by {d.gain:+.4f}, {d.low:+.4f} to {d.high:+.4f})")
+
+    def errors(ws):
+        return ([grid_error(w, NF4_LEVELS) for w in ws], [bnb_4bit_error(w, "fp4") for w in ws],
+                [grid_error(w, UNIFORM4_LEVELS) for w in ws])
+
+    (n_g,), (f_g,), (u_g,) = errors([g])
+    nf4, fp4, uni = errors(weights)
+    best = sum(n < min(f, u) for n, f, u in zip(nf4, fp4, uni))
+    h_w = statistics.fmean(code_entropy(w, NF4_LEVELS) for w in weights)
+    return (f"codes used, entropy of 4 bits (equal use): normal samples NF4 {code_entropy(g, NF4_LEVELS):.2f}, "
+            f"uniform grid {code_entropy(g, UNIFORM4_LEVELS):.2f}; {len(weights)} weight matrices NF4 {h_w:.2f} bits; "
+            f"rounding error NF4 / FP4 (bitsandbytes) / uniform: normal samples {n_g:.4f} / {f_g:.4f} / {u_g:.4f}, "
+            f"weight matrices (mean) {statistics.fmean(nf4):.4f} / {statistics.fmean(fp4):.4f} / "
+            f"{statistics.fmean(uni):.4f}; NF4 the lowest on {best} of {len(weights)} matrices")

@@ -568,10 +568,11 @@ def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     from course_utils.lessons.l5_lora import (
         NF4_LEVELS,
         UNIFORM4_LEVELS,
+        bnb_4bit_error,
         grid_error,
+        nf4_demonstration,
         nf4_dequantize,
         nf4_quantize,
-        nf4_vs_uniform,
     )
 
     g = torch.Generator().manual_seed(0)
@@ -579,14 +580,35 @@ def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     nf4_err = lambda ws: [grid_error(w, NF4_LEVELS) for w in ws]
     uni_err = lambda ws: [grid_error(w, UNIFORM4_LEVELS) for w in ws]
     assert all(a < b for a, b in zip(nf4_err(normal), uni_err(normal)))
-    shown = nf4_vs_uniform(normal)
-    assert "4 weight matrices" in shown and "NF4 lower by +0.0" in shown and "normal samples: NF4 0.09" in shown
+    assert all(bnb_4bit_error(w, "nf4") == pytest.approx(e, abs=1e-6) for w, e in zip(normal, nf4_err(normal)))
+    assert all(bnb_4bit_error(w, "fp4") > e for w, e in zip(normal, nf4_err(normal)))  # the QLoRA paper's finding
+    shown = nf4_demonstration(normal)
+    assert "4 weight matrices NF4 3.8" in shown and "NF4 the lowest on 4 of 4 matrices" in shown
+    assert "normal samples 0.0920 / 0.1219 / 0.1005" in shown  # NF4 / bitsandbytes' FP4 / uniform, 2**20 samples
     w = normal[0]
     ref = float((nf4_dequantize(nf4_quantize(w)) - w).norm() / w.norm())
     assert abs(grid_error(w, NF4_LEVELS) - ref) < 1e-6  # the same rounding as our NF4
     flat = [torch.rand(64, 64, generator=g) * 2 - 1 for _ in range(4)]  # uniform weights: the uniform grid wins
     assert all(a > b for a, b in zip(nf4_err(flat), uni_err(flat)))
-    assert "NF4 lower by -0.0" in nf4_vs_uniform(flat)
+    assert "NF4 the lowest on 0 of 4 matrices" in nf4_demonstration(flat)
+    with pytest.raises(ValueError, match="at least 2"):
+        nf4_demonstration(normal[:1])
+    with pytest.raises(ValueError, match="'nf4' or 'fp4'"):
+        bnb_4bit_error(w, "int4")
+
+
+def test_code_entropy_is_four_bits_only_where_every_code_is_used_equally():
+    """NF4's levels are N(0, 1) quantiles, yet after one absmax per block its codes are not used equally."""
+    import torch
+
+    from course_utils.lessons.l5_lora import NF4_LEVELS, UNIFORM4_LEVELS, code_entropy
+
+    lv = torch.tensor(UNIFORM4_LEVELS)
+    equal = lv.repeat(64)  # every level 64 times, blocks of 64 each holding all 16 levels 4 times (absmax 1)
+    assert code_entropy(equal, UNIFORM4_LEVELS) == pytest.approx(4.0)
+    assert code_entropy(torch.ones(128), UNIFORM4_LEVELS) == pytest.approx(0.0)  # one code only
+    normal = torch.randn(2**16, generator=torch.Generator().manual_seed(0))
+    assert 3.8 < code_entropy(normal, NF4_LEVELS) < 3.95 and code_entropy(normal, UNIFORM4_LEVELS) < 3.7
 
 
 def test_full_ft_preconditions_both_ways_on_synthetic_figures():
