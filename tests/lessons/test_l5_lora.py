@@ -570,9 +570,9 @@ def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
         UNIFORM4_LEVELS,
         bnb_4bit_error,
         grid_error,
-        nf4_demonstration,
         nf4_dequantize,
         nf4_quantize,
+        rounding_comparison,
     )
 
     g = torch.Generator().manual_seed(0)
@@ -582,33 +582,58 @@ def test_nf4_beats_a_uniform_grid_on_normal_weights_and_not_on_uniform_ones():
     assert all(a < b for a, b in zip(nf4_err(normal), uni_err(normal)))
     assert all(bnb_4bit_error(w, "nf4") == pytest.approx(e, abs=1e-6) for w, e in zip(normal, nf4_err(normal)))
     assert all(bnb_4bit_error(w, "fp4") > e for w, e in zip(normal, nf4_err(normal)))  # the QLoRA paper's finding
-    shown = nf4_demonstration(normal)
-    assert "4 weight matrices NF4 3.8" in shown and "NF4 the lowest on 4 of 4 matrices" in shown
+    shown = rounding_comparison(normal)
+    assert "4 weight matrices (mean) 0.09" in shown and "NF4 the lowest on 4 of 4 matrices" in shown
     assert "normal samples 0.0920 / 0.1219 / 0.1005" in shown  # NF4 / bitsandbytes' FP4 / uniform, 2**20 samples
     w = normal[0]
     ref = float((nf4_dequantize(nf4_quantize(w)) - w).norm() / w.norm())
     assert abs(grid_error(w, NF4_LEVELS) - ref) < 1e-6  # the same rounding as our NF4
     flat = [torch.rand(64, 64, generator=g) * 2 - 1 for _ in range(4)]  # uniform weights: the uniform grid wins
     assert all(a > b for a, b in zip(nf4_err(flat), uni_err(flat)))
-    assert "NF4 the lowest on 0 of 4 matrices" in nf4_demonstration(flat)
-    with pytest.raises(ValueError, match="at least 2"):
-        nf4_demonstration(normal[:1])
+    assert "NF4 the lowest on 0 of 4 matrices" in rounding_comparison(flat)
     with pytest.raises(ValueError, match="'nf4' or 'fp4'"):
         bnb_4bit_error(w, "int4")
 
 
 def test_code_entropy_is_four_bits_only_where_every_code_is_used_equally():
-    """NF4's levels are N(0, 1) quantiles, yet after one absmax per block its codes are not used equally."""
+    """NF4's levels are N(0, 1) quantiles (the control on NF4's own scale: equal use), yet after one absmax per
+    block its codes are not used equally."""
     import torch
 
-    from course_utils.lessons.l5_lora import NF4_LEVELS, UNIFORM4_LEVELS, code_entropy
+    from course_utils.lessons.l5_lora import NF4_LEVELS, NF4_NORMALIZER, UNIFORM4_LEVELS, code_entropy, normal_samples
 
     lv = torch.tensor(UNIFORM4_LEVELS)
-    equal = lv.repeat(64)  # every level 64 times, blocks of 64 each holding all 16 levels 4 times (absmax 1)
+    equal = lv.repeat(64)  # blocks of 64 each holding all 16 levels 4 times (absmax 1): every code equally
     assert code_entropy(equal, UNIFORM4_LEVELS) == pytest.approx(4.0)
     assert code_entropy(torch.ones(128), UNIFORM4_LEVELS) == pytest.approx(0.0)  # one code only
-    normal = torch.randn(2**16, generator=torch.Generator().manual_seed(0))
+    normal = normal_samples(2**16)
+    assert code_entropy(normal, NF4_LEVELS, scale=NF4_NORMALIZER) > 3.99  # the levels are N(0, 1)'s quantiles
     assert 3.8 < code_entropy(normal, NF4_LEVELS) < 3.95 and code_entropy(normal, UNIFORM4_LEVELS) < 3.7
+    assert code_entropy(normal, NF4_LEVELS, blocksize=32) > code_entropy(normal, NF4_LEVELS, blocksize=256)
+    assert NF4_NORMALIZER == pytest.approx(1.848, abs=1e-3)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        code_entropy(normal, NF4_LEVELS, scale=0.0)
+
+
+def test_the_nf4_row_decides_both_ways_on_injected_data():
+    """Normal data after absmax blocks: does not hold; data built to use every code equally: holds; the two
+    disagreeing: inconclusive (level_range over the figures)."""
+    import torch
+
+    from course_utils.lessons.l5_lora import NF4_LEVELS, nf4_optimal_row
+
+    g = torch.Generator().manual_seed(1)
+    normal = [torch.randn(64, 64, generator=g) for _ in range(2)]
+    v = nf4_optimal_row(normal)
+    assert v.verdict == "does not hold" and v.bar == ">= 3.99 bits"
+    assert v.measured.startswith("code entropy, one absmax per block of 64: normal samples 3.88 bits; 2 weight")
+    assert "control: the same samples on NF4's own scale (divided by 1.848, no blocks) 3.996 bits" in v.why
+    assert "arXiv 2306.06965" in v.why and "NF4 the lowest on 2 of 2 matrices" in v.why
+    equal = torch.tensor(NF4_LEVELS).repeat(4 * 64)  # every code 4 times per block of 64, absmax 1
+    assert nf4_optimal_row([equal, equal], samples=equal).verdict == "holds"
+    assert nf4_optimal_row([equal, equal], samples=normal[0].reshape(-1)).verdict == "inconclusive"
+    with pytest.raises(ValueError, match="at least 2"):
+        nf4_optimal_row(normal[:1])
 
 
 def test_full_ft_preconditions_both_ways_on_synthetic_figures():
