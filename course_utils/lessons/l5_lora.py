@@ -1112,8 +1112,10 @@ def nf4_design_entropy() -> float:
 
 #: The NF4 row's bar, from NF4's levels alone: the entropy its codes reach on N(0, 1) data as built
 #: (``nf4_design_entropy``: every code used as equally as NF4's own bins allow, the QLoRA paper's "information-
-#: theoretically optimal") less 0.001 bit, far above the sampling error of 2**20 draws (about 1e-5 bit).
+#: theoretically optimal") less 0.001 bit, ten times the sampling error of 2**20 draws (sd about 1e-4 bit).
 NF4_EQUAL_USE_BITS = nf4_design_entropy() - 0.001
+#: The block sizes bitsandbytes' quantize_4bit accepts: the row's note reads the entropy at each.
+BNB_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def normal_samples(n: int = 2**20, seed: int = 0) -> torch.Tensor:
@@ -1122,39 +1124,51 @@ def normal_samples(n: int = 2**20, seed: int = 0) -> torch.Tensor:
 
 
 def nf4_optimal_row(weights: Sequence[torch.Tensor], samples: torch.Tensor | None = None,
-                    blocksize: int = NF4_BLOCK) -> Verdict:
+                    blocksize: int = NF4_BLOCK, parts: int = 4) -> Verdict:
     """The notes' "NF4 is optimal for normally distributed weights" as a row, in the sense of the QLoRA paper it
     repeats (its 16 codes used equally): NF4's code entropy on ``samples`` (default ``normal_samples()``: 2**20
-    draws of N(0, 1), the claim's normal data) stored as NF4 stores them, one absmax per block of ``blocksize`` (64
-    in the paper and bitsandbytes), against ``NF4_EQUAL_USE_BITS`` (``level``). ``weights`` (>= 2 matrices) are
-    reported beside it, not deciding (the course's weights were rounded to Q4_1 before and are not checked for
-    normality). The note gives the control (the same samples on NF4's own scale, no blocks), why blocks fall short
-    (the mean block maximum against the 1.848 sigma NF4's levels are built for), other block sizes and the practical
+    draws of N(0, 1), the claim's normal data), split in ``parts`` equal parts (a mean and its 95% interval), stored
+    as NF4 stores them, one absmax per block of ``blocksize`` (64 in the paper and bitsandbytes), against
+    ``NF4_EQUAL_USE_BITS`` (``level``). ``weights`` (>= 2 matrices) are reported beside it, not deciding (the
+    course's weights were rounded to Q4_1 before and are not checked for normality). The note gives the control (the
+    same samples on NF4's own scale, no blocks), why blocks fall short (the mean largest absolute value of a block
+    against the 1.848 sigma NF4's levels are built for), every block size bitsandbytes offers and the practical
     comparison: rounding error against bitsandbytes' FP4 and a uniform grid (``rounding_comparison``)."""
     if len(weights) < 2:
         raise ValueError(f"give at least 2 weight matrices, got {len(weights)}")
-    g = normal_samples() if samples is None else samples
-    h_g, h_w = code_entropy(g, NF4_LEVELS, blocksize), [code_entropy(w, NF4_LEVELS, blocksize) for w in weights]
-    v = level(h_g, low=NF4_EQUAL_USE_BITS, fmt="{:.3f}", unit=" bits",
-              what=f"NF4's code entropy on the normal samples, blocks of {blocksize}")
+    g = normal_samples() if samples is None else samples.reshape(-1)
+    if parts < 2 or g.numel() % (parts * blocksize):
+        raise ValueError(f"samples must split into {parts} >= 2 parts of whole blocks of {blocksize}, "
+                         f"got {g.numel()} values")
+    h_parts = [code_entropy(x, NF4_LEVELS, blocksize) for x in g.chunk(parts)]
+    h_w = [code_entropy(w, NF4_LEVELS, blocksize) for w in weights]
+    v = level(h_parts, low=NF4_EQUAL_USE_BITS, fmt="{:.3f}", unit=" bits",
+              what=f"NF4's code entropy (normal samples, blocks of {blocksize})")
     blocks = _full_blocks(g, blocksize)
     max_sigma = float(blocks.abs().max(dim=1).values.mean() / blocks.std())
-    other = ", ".join(f"{b}: {code_entropy(g, NF4_LEVELS, b):.2f}" for b in (32, 256) if b != blocksize)
-    measured = (f"code entropy, one absmax per block of {blocksize}: normal samples {h_g:.3f} bits (as built, no "
-                f"blocks: {nf4_design_entropy():.3f}); beside it, not deciding: {len(h_w)} weight matrices "
-                f"{min(h_w):.2f}-{max(h_w):.2f} bits")
+    h_g = statistics.fmean(h_parts)
+    sizes = {b: code_entropy(g, NF4_LEVELS, b) for b in BNB_BLOCKSIZES if g.numel() >= b}
+    missed = [b for b, h in sizes.items() if h < NF4_EQUAL_USE_BITS]
+    every = ("every block size bitsandbytes offers misses the bar" if len(missed) == len(sizes) else
+             f"{len(missed)} of the {len(sizes)} block sizes bitsandbytes offers miss the bar")
+    measured = (f"code entropy, one absmax per block of {blocksize}: normal samples {h_g:.3f} bits; beside it, not "
+                f"deciding: {len(h_w)} weight matrices {min(h_w):.2f}-{max(h_w):.2f} bits")
     history = ("this row's bar was written after an earlier revision of this notebook had printed 3.88 bits as a "
-               f"demonstration; it comes from NF4's levels alone: any bar above {h_g:.3f} bits gives the same verdict")
+               f"demonstration; it comes from NF4's levels alone; a bar at or below {h_g:.3f} bits would call that "
+               f"near-optimal, which the notes do not say; {every} ("
+               + ", ".join(f"{b}: {h:.2f}" for b, h in sizes.items()) + " bits)")
     return v.with_measured(measured).with_note(history).with_note(
         f"control: the same samples on NF4's own scale (divided by {NF4_NORMALIZER:.3f}, no blocks) "
-        f"{code_entropy(g, NF4_LEVELS, scale=NF4_NORMALIZER):.3f} bits (exactly {nf4_design_entropy():.5f}): the "
-        f"levels are the quantiles they are said to be; the blocks are what fall short: the largest of {blocksize} "
-        f"normal values averages {max_sigma:.2f} sigma, while NF4's levels put +-1 at {NF4_NORMALIZER:.3f} sigma, so "
-        f"the scaled values crowd the inner codes, and larger blocks crowd them more (other blocks: {other} bits; a "
-        f"uniform grid {code_entropy(g, UNIFORM4_LEVELS, blocksize):.2f}); D. Yoshida, 2023, 'NF4 Isn't Information "
-        "Theoretically Optimal (and that's Good)' (arXiv 2306.06965); the weight matrices (Q4_1 before, normality not "
-        "checked) are reported, not deciding; in practice NF4 still rounds better than the two other 4-bit types "
-        f"measured: {rounding_comparison(weights, g)}")
+        f"{code_entropy(g, NF4_LEVELS, scale=NF4_NORMALIZER):.3f} bits; NF4's design figure from the normal CDF "
+        f"{nf4_design_entropy():.5f} bits: the levels are the quantiles they are said to be; blocks of {blocksize} "
+        f"(and every size above) are what fall short: the largest absolute value of {blocksize} normal values averages "
+        f"{max_sigma:.2f} sigma, while NF4's levels put +-1 at {NF4_NORMALIZER:.3f} sigma, so the scaled values "
+        f"crowd the inner codes (a uniform grid {code_entropy(g, UNIFORM4_LEVELS, blocksize):.2f} bits); D. Yoshida, "
+        "2023, 'NF4 Isn't Information Theoretically Optimal (and that's Good)' (arXiv 2306.06965), whose AF4 code "
+        "minimises the expected L1 rounding error instead; the weight matrices (Q4_1 before, normality not checked) "
+        "are reported, not "
+        "deciding; in practice NF4 still rounds better than the two other 4-bit types measured (not the least error "
+        f"any 4-bit code could reach): {rounding_comparison(weights, g)}")
 
 
 def bnb_4bit_error(weight: torch.Tensor, quant_type: str, blocksize: int = NF4_BLOCK) -> float:

@@ -628,15 +628,19 @@ def test_the_nf4_row_decides_both_ways_on_injected_data():
     normal = [torch.randn(64, 64, generator=g) for _ in range(2)]
     v = nf4_optimal_row(normal)
     assert v.verdict == "does not hold" and v.bar == ">= 3.995 bits"
-    assert v.measured.startswith("code entropy, one absmax per block of 64: normal samples 3.884 bits (as built")
-    assert "no blocks) 3.996 bits (exactly 3.99616)" in v.why and "averages 2.60 sigma" in v.why
+    assert v.measured.startswith("code entropy, one absmax per block of 64: normal samples 3.884 bits; beside it")
+    assert "3.884 bits (mean of 4, 95% interval 3.88" in v.why  # 4 parts of the 2**20 samples: a sampling interval
+    assert "no blocks) 3.996 bits; NF4's design figure from the normal CDF 3.99616 bits" in v.why
+    assert "largest absolute value of 64 normal values averages 2.60 sigma" in v.why
+    assert "every block size bitsandbytes offers misses the bar (32: 3.95, 64: 3.88" in v.why
     assert "arXiv 2306.06965" in v.why and "NF4 the lowest on 2 of 2 matrices" in v.why
-    assert "any bar above 3.884 bits" in v.why  # how far the bar could move without changing the verdict
     equal = torch.tensor(NF4_LEVELS).repeat(4 * 64)  # every code 4 times per block of 64, absmax 1: equal use
     assert nf4_optimal_row(normal, samples=equal).verdict == "holds"  # the weights (normal, 3.88 bits) do not decide
     assert nf4_optimal_row([equal, equal], samples=normal[0].reshape(-1)).verdict == "does not hold"
     with pytest.raises(ValueError, match="at least 2"):
         nf4_optimal_row(normal[:1])
+    with pytest.raises(ValueError, match="whole blocks of 64"):
+        nf4_optimal_row(normal, samples=torch.randn(1000))
 
 
 def test_full_ft_preconditions_both_ways_on_synthetic_figures():
