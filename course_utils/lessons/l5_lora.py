@@ -1153,11 +1153,14 @@ def nf4_optimal_row(weights: Sequence[torch.Tensor], samples: torch.Tensor | Non
              f"{len(missed)} of the {len(sizes)} block sizes bitsandbytes offers miss the bar")
     measured = (f"code entropy, one absmax per block of {blocksize}: normal samples {h_g:.3f} bits; beside it, not "
                 f"deciding: {len(h_w)} weight matrices {min(h_w):.2f}-{max(h_w):.2f} bits")
+    reading = ("the claim is about weights, and QLoRA stores weights only this way (bitsandbytes rescales each block "
+               "by its absmax before rounding to NF4's levels), so the stored reading decides; NF4's levels alone, on "
+               "N(0, 1) as they were built for, reach equal use by definition (a fact under the table)")
     history = ("this row's bar was written after an earlier revision of this notebook had printed 3.88 bits as a "
                f"demonstration; it comes from NF4's levels alone; a bar at or below {h_g:.3f} bits would call that "
                f"near-optimal, which the notes do not say; {every} ("
                + ", ".join(f"{b}: {h:.2f}" for b, h in sizes.items()) + " bits)")
-    return v.with_measured(measured).with_note(history).with_note(
+    return v.with_measured(measured).with_note(reading).with_note(history).with_note(
         f"control: the same samples on NF4's own scale (divided by {NF4_NORMALIZER:.3f}, no blocks) "
         f"{code_entropy(g, NF4_LEVELS, scale=NF4_NORMALIZER):.3f} bits; NF4's design figure from the normal CDF "
         f"{nf4_design_entropy():.5f} bits: the levels are the quantiles they are said to be; blocks of {blocksize} "

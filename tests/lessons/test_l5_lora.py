@@ -634,6 +634,7 @@ def test_the_nf4_row_decides_both_ways_on_injected_data():
     assert "largest absolute value of 64 normal values averages 2.60 sigma" in v.why
     assert "every block size bitsandbytes offers misses the bar (32: 3.95, 64: 3.88" in v.why
     assert "arXiv 2306.06965" in v.why and "NF4 the lowest on 2 of 2 matrices" in v.why
+    assert "QLoRA stores weights only this way" in v.why  # why the stored reading decides, not the levels alone
     equal = torch.tensor(NF4_LEVELS).repeat(4 * 64)  # every code 4 times per block of 64, absmax 1: equal use
     assert nf4_optimal_row(normal, samples=equal).verdict == "holds"  # the weights (normal, 3.88 bits) do not decide
     assert nf4_optimal_row([equal, equal], samples=normal[0].reshape(-1)).verdict == "does not hold"
