@@ -134,7 +134,8 @@ def summarize_profile(events: list[tuple[str, float]], wall_s: float, steps: int
         raise ValueError("the profile recorded no time: nothing ran inside it")
     groups: dict[str, float] = {}
     for name, sec in by_name.items():
-        groups[profile_group(name)] = groups.get(profile_group(name), 0.0) + sec
+        group = profile_group(name)
+        groups[group] = groups.get(group, 0.0) + sec
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
     out = {"clock": "CUDA kernels (self time)" if busy_is_device else "CPU operators (self time)", "steps": steps,
            "wall_ms_per_step": 1e3 * wall_s / steps, "busy_ms_per_step": 1e3 * busy / steps,

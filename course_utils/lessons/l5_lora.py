@@ -1054,25 +1054,32 @@ def memory_row(lora_peak: int, full_peak: int, *, batch: int, tokens: int, preci
 UNIFORM4_LEVELS = tuple(-1 + 2 * i / 15 for i in range(16))  # 16 evenly spaced levels on [-1, 1]: a plain 4-bit grid
 
 
-def grid_error(weight: torch.Tensor, levels: Sequence[float], blocksize: int = NF4_BLOCK) -> float:
-    """Relative error ``||W - deq(W)|| / ||W||`` of rounding ``weight`` to a 4-bit grid of ``levels`` (in
-    [-1, 1]) with one absmax per block of ``blocksize`` values, as NF4 does (a final partial block is left out)."""
-    flat = weight.detach().reshape(-1).float()
-    if flat.numel() < blocksize:
-        raise ValueError(f"need at least one block of {blocksize} values, got {flat.numel()}")
-    blocks = flat[: flat.numel() // blocksize * blocksize].view(-1, blocksize)
-    absmax = blocks.abs().max(dim=1, keepdim=True).values.clamp_min(1e-12)
-    lv = torch.tensor(levels, dtype=torch.float32, device=flat.device)
-    deq = lv[torch.bucketize(blocks / absmax, (lv[:-1] + lv[1:]) / 2)] * absmax
-    return float((deq - blocks).norm() / blocks.norm())
-
-
 def _full_blocks(weight: torch.Tensor, blocksize: int) -> torch.Tensor:
     """``weight`` flattened to float32 blocks of ``blocksize`` (a final partial block left out)."""
     flat = weight.detach().reshape(-1).float()
     if flat.numel() < blocksize:
         raise ValueError(f"need at least one block of {blocksize} values, got {flat.numel()}")
     return flat[: flat.numel() // blocksize * blocksize].view(-1, blocksize)
+
+
+def _absmax_blocks(weight: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(blocks, absmax)``: ``_full_blocks`` and each block's largest absolute value, the scale NF4 stores."""
+    blocks = _full_blocks(weight, blocksize)
+    return blocks, blocks.abs().max(dim=1, keepdim=True).values.clamp_min(1e-12)
+
+
+def _nearest_level(scaled: torch.Tensor, levels: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(levels as a tensor, the index of the level nearest each value of scaled)``: rounding to a 4-bit grid."""
+    lv = torch.tensor(levels, dtype=torch.float32, device=scaled.device)
+    return lv, torch.bucketize(scaled, (lv[:-1] + lv[1:]) / 2)
+
+
+def grid_error(weight: torch.Tensor, levels: Sequence[float], blocksize: int = NF4_BLOCK) -> float:
+    """Relative error ``||W - deq(W)|| / ||W||`` of rounding ``weight`` to a 4-bit grid of ``levels`` (in
+    [-1, 1]) with one absmax per block of ``blocksize`` values, as NF4 does (a final partial block is left out)."""
+    blocks, absmax = _absmax_blocks(weight, blocksize)
+    lv, idx = _nearest_level(blocks / absmax, levels)
+    return float((lv[idx] * absmax - blocks).norm() / blocks.norm())
 
 
 #: NF4's scale before its levels are divided into [-1, 1]: the N(0, 1) quantile at 0.9677, the largest level (the
@@ -1091,10 +1098,10 @@ def code_entropy(weight: torch.Tensor, levels: Sequence[float], blocksize: int =
             raise ValueError(f"scale must be > 0, got {scale}")
         scaled = weight.detach().reshape(-1).float() / scale
     else:
-        blocks = _full_blocks(weight, blocksize)
-        scaled = blocks / blocks.abs().max(dim=1, keepdim=True).values.clamp_min(1e-12)
-    lv = torch.tensor(levels, dtype=torch.float32, device=scaled.device)
-    counts = torch.bincount(torch.bucketize(scaled, (lv[:-1] + lv[1:]) / 2).reshape(-1), minlength=len(lv))
+        blocks, absmax = _absmax_blocks(weight, blocksize)
+        scaled = blocks / absmax
+    lv, idx = _nearest_level(scaled, levels)
+    counts = torch.bincount(idx.reshape(-1), minlength=len(lv))
     p = counts[counts > 0].double() / counts.sum()
     return float(-(p * p.log2()).sum())
 
@@ -1144,8 +1151,8 @@ def nf4_optimal_row(weights: Sequence[torch.Tensor], samples: torch.Tensor | Non
     h_w = [code_entropy(w, NF4_LEVELS, blocksize) for w in weights]
     v = level(h_parts, low=NF4_EQUAL_USE_BITS, fmt="{:.3f}", unit=" bits",
               what=f"NF4's code entropy (normal samples, blocks of {blocksize})")
-    blocks = _full_blocks(g, blocksize)
-    max_sigma = float(blocks.abs().max(dim=1).values.mean() / blocks.std())
+    blocks, absmax = _absmax_blocks(g, blocksize)
+    max_sigma = float(absmax.mean() / blocks.std())
     h_g = statistics.fmean(h_parts)
     sizes = {b: code_entropy(g, NF4_LEVELS, b) for b in BNB_BLOCKSIZES if g.numel() >= b}
     missed = [b for b, h in sizes.items() if h < NF4_EQUAL_USE_BITS]
